@@ -19,6 +19,7 @@ from torch import nn
 
 from .errors import UserError
 from .fileio import atomic_path
+from .focused_dropout import insert_focused_dropout
 from .models import build_model
 
 FORMAT = "modeldoctor-checkpoint/1"
@@ -77,10 +78,16 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> tuple[nn.Module, C
         raise UserError(f"{p} is not a modeldoctor checkpoint (no '{FORMAT}' marker); train one with `modeldoctor train`")
     try:
         meta = CheckpointMeta(**json.loads(blob["meta_json"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{p} has unreadable metadata ({exc}); the file is damaged") from None
+        state = dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{p} has unreadable metadata or weights ({exc}); the file is damaged") from None
+    if meta.weights_sha256 and weights_hash(state) != meta.weights_sha256:
+        raise UserError(f"{p} is corrupted: its weights do not match the SHA-256 recorded when it was saved; "
+                        "use an intact copy")
     model = build_model(meta.model, meta.num_classes, meta.in_channels)
-    load_state(model, blob["state_dict"], str(p))
+    if meta.train_config.get("focused_dropout"):
+        insert_focused_dropout(model, **meta.train_config["focused_dropout"])
+    load_state(model, state, str(p))
     model.eval()
     return model, meta
 
@@ -99,12 +106,26 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
 
 
 def _read(p: Path, trust: bool) -> Any:
+    with p.open("rb") as f:
+        head = f.read(2)
+    is_zip = head == b"PK"  # torch.save's archive; a plain pickle starts with the PROTO opcode 0x80
+    if not is_zip and head[:1] != b"\x80":
+        raise UserError(f"{p} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle); "
+                        "pass the model.pt written by `modeldoctor train`")
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported" in str(exc) or "global" in str(exc).lower():
+        # The weights-only unpickler names the refused GLOBAL; a plain pickle fails on its framing opcodes.
+        if not trust and (not is_zip or "global" in str(exc).lower()):
             raise UserError(f"{p} contains pickled Python objects, which can run code when loaded; "
                             "if you trust its origin pass --trust-checkpoint") from None
-        raise UserError(f"{p} is corrupted or truncated ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise UserError(f"{p} is corrupted, truncated or not a PyTorch file ({str(exc).splitlines()[0][:120]})") from None
+        raise UserError(f"{p} is corrupted or truncated ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            AttributeError, ImportError, TypeError) as exc:
+        # torch.load surfaces damaged input as any of these; trusted unpickling adds import/attribute errors.
+        raise UserError(f"{p} is corrupted, truncated or not a PyTorch file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:120] if lines else ''}"

@@ -175,6 +175,9 @@ def load_imagefolder(arg: str, input_size: int | None) -> DataBundle:
     else:
         parts = stratified_split(np.asarray(all_labels), [0.7, 0.1, 0.2])
         groups = [([all_paths[i] for i in p], [all_labels[i] for i in p]) for p in parts]
+    for split_name, (paths, _) in zip(("train", "val", "test"), groups):
+        if not paths:
+            raise UserError(f"the {split_name} split of {root} has no images; add images (about 10 or more per class)")
     sample = torch.stack([_load_image_file(p, size, channels) for p in groups[0][0][:512]])
     mean = sample.mean(dim=(0, 2, 3)).tolist()
     std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()

@@ -14,6 +14,9 @@ from typing import Any, Iterator
 
 from .errors import UserError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, finished outputs get the usual umask permissions
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
@@ -31,6 +34,7 @@ def atomic_path(path: str | os.PathLike, protect: tuple[str | os.PathLike, ...] 
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

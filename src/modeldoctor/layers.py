@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -87,16 +87,18 @@ class LayerHooks(contextlib.AbstractContextManager):
 
 
 class FeatureCapture(LayerHooks):
-    """Record each named layer's output during one forward pass (``captured[name]``).
+    """Record each named layer's output (or, with ``source="input"``, its input) during one forward pass.
 
     Refuses layers that fire twice in one pass (shared modules): their feature map is ambiguous.
     The stored tensor is a clone, so in-place ops after the layer (``ReLU(inplace=True)``) cannot change it.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], detach: bool = True) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[LayerRef], detach: bool = True,
+                 source: Literal["output", "input"] = "output") -> None:
         super().__init__(model)
         self.names = resolve_layers(model, list(layers))
         self.detach = detach
+        self.source = source  # "input": the layer's first positional input (e.g. the features entering a Linear)
         self.captured: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> "FeatureCapture":
@@ -109,9 +111,11 @@ class FeatureCapture(LayerHooks):
             if name in self.captured:
                 raise UserError(f"layer {name!r} runs more than once per forward pass (a shared module); "
                                 "choose a layer that runs once")
-            if not isinstance(output, torch.Tensor):
-                raise UserError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose a conv layer")
-            self.captured[name] = output.detach().clone() if self.detach else output.clone()
+            value = (inputs[0] if inputs else None) if self.source == "input" else output
+            if not isinstance(value, torch.Tensor):
+                raise UserError(f"layer {name!r} has a {self.source} of type {type(value).__name__}, not a tensor; "
+                                "choose a conv or linear layer")
+            self.captured[name] = value.detach().clone() if self.detach else value.clone()
         return hook
 
     def reset(self) -> None:

@@ -13,15 +13,18 @@ from torch import nn
 
 from .errors import UserError
 
-# Smallest square input (pixels) each torchvision builder accepts; measured by tests/test_architectures.py.
+# Smallest square input (pixels) for which forward (eval, batch 1) and forward+backward (train, batch 2)
+# work, measured by scanning sizes upward; tests/test_architectures.py checks size and size - 1.
 MIN_INPUT_SIZE: dict[str, int] = {
-    "alexnet": 63,
-    "inception_v3": 75,
-    "googlenet": 15,
-    "squeezenet1_0": 21,
-    "squeezenet1_1": 17,
+    "simple-cnn": 4, "simple-cnn-narrow": 4, "resnet20": 1, "resnet32": 1,
+    "alexnet": 63, "inception_v3": 75, "densenet121": 29, "densenet161": 29, "densenet169": 29,
+    "densenet201": 29, "googlenet": 15, "squeezenet1_0": 21, "squeezenet1_1": 17,
+    **{vgg: 32 for vgg in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
+    **{name: 1 for name in ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "resnext50_32x4d",
+                            "efficientnet_v2_s", "mobilenet_v2", "shufflenet_v2_x1_0", "mnasnet1_0",
+                            "timm:xception41", "timm:seresnet34")},
 }
-DEFAULT_MIN_INPUT = 8
+DEFAULT_MIN_INPUT = 8  # unmeasured architectures: a guess that stops obviously too-small inputs
 
 
 def select_logits(output: Any) -> torch.Tensor:

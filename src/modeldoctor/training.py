@@ -111,6 +111,19 @@ def evaluate(model: nn.Module, split: ImageSplit, num_classes: int, batch_size: 
     return metrics_from_logits(logits, labels, num_classes)
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+               loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
+    """One update: loss, zero_grad, backward, optimiser and schedule step; ``None`` (no update) on a non-finite loss."""
+    loss, _ = loss_fn(model, x, y, index)
+    if not torch.isfinite(loss):
+        return None
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach()
+
+
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, cfg: TrainConfig,
         loss_fn: LossFn = cross_entropy_loss, state_path: str | Path | None = None, resume: bool = False,
         desc: str = "train") -> dict[str, Any]:
@@ -146,14 +159,10 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
                    disable=None)
         for batch in bar:
             x, y, idx = unpack_batch(batch)
-            loss, _ = loss_fn(model, x, y, idx)
-            if not torch.isfinite(loss):
+            loss = train_step(model, opt, sched, loss_fn, x, y, idx)
+            if loss is None:
                 stopped = f"non-finite loss at epoch {epoch + 1}; kept the best weights so far"
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
             total += loss.item() * len(y)
             seen += len(y)
         if stopped:

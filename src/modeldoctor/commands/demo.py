@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    targs = argparse.Namespace(model="simple-cnn", data="mnist5k", out=args.out, epochs=1 if args.quick else 5,
-                               batch_size=128, optimizer="sgd", lr=None, weight_decay=5e-4, schedule="cosine",
-                               seed=0, input_size=None)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)  # train's own defaults, including flags added later
+    targs = parser.parse_args(["--model", "simple-cnn", "--data", "mnist5k", "--out", args.out,
+                               "--epochs", "1" if args.quick else "5"])
     return train.run(targs)

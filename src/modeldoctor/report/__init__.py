@@ -1,0 +1,5 @@
+"""The HTML report: figures from saved outputs, assembled into one self-contained page (see :func:`report`)."""
+
+from .build import report
+
+__all__ = ["report"]

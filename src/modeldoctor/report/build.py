@@ -1,0 +1,213 @@
+"""``report(run_dir)``: one HTML page (plus one PNG per figure) from whatever outputs the run directory holds.
+
+Sections appear only when their data exists.  Numbers come from the saved files; the model is re-loaded
+(from the checkpoints the outputs name, or found beside them by weights hash) only for image overlays.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fileio import write_bytes, write_text
+from . import figures
+from .collect import RunFiles, find_outputs
+from .html import Section, render, table
+from .images import ModelSet, annotation_section, attention_sections, load_models
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, images: bool = True, max_images: int = 6) -> Path:
+    """Build ``report.html`` (default: inside ``run_dir``) and a ``figures/`` folder of PNGs beside it.
+
+    ``images=False`` skips everything that needs the model (overlays, thumbnails); ``max_images`` bounds the
+    images per overlay row.  Returns the HTML path.
+    """
+    files = find_outputs(run_dir)
+    target = Path(out) if out is not None else files.root / "report.html"
+    diagnosis = _load_diagnosis(files)
+    models = load_models(files, diagnosis) if images else ModelSet()
+    sections: list[Section] = []
+    if diagnosis is not None:
+        sections.append(discovery_section(diagnosis))
+    if models.original is not None and diagnosis is not None:
+        sections += attention_sections(models, diagnosis, files, max_images)
+    annotate = files.json("annotate")
+    if annotate:
+        sections.append(annotation_section(annotate, models))
+    treat = files.json("treat")
+    if treat:
+        sections.append(treatment_section(treat, _class_names(diagnosis, models, treat)))
+    stability = files.json("stability")
+    if stability:
+        sections.append(stability_section(stability, files.get("stability")))
+    decompose = files.json("decompose")
+    if decompose:
+        sections.append(decomposition_section(decompose))
+    ablate = files.json("ablate")
+    if ablate:
+        sections.append(ablation_section(ablate))
+    sections = _order(sections)
+    cards = summary_cards(treat, diagnosis, stability, decompose)
+    page = render("Model Doctor report", f"Outputs found under {files.root}", cards, sections)
+    fig_dir = target.parent / "figures"
+    for section in sections:
+        for fig in section.figures:
+            write_bytes(fig_dir / f"{fig.name}.png", fig.png)
+    write_text(target, page)
+    print(f"modeldoctor report: {len(sections)} sections, "
+          f"{sum(len(s.figures) for s in sections)} figures → {target}", file=sys.stderr)
+    return target
+
+
+ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
+
+
+def _order(sections: list[Section]) -> list[Section]:
+    return sorted(sections, key=lambda s: ORDER.index(s.key) if s.key in ORDER else len(ORDER))
+
+
+def _load_diagnosis(files: RunFiles):
+    path = files.get("diagnosis")
+    if path is None:
+        return None
+    from ..diagnosis_io import load_diagnosis
+
+    return load_diagnosis(path.parent)
+
+
+def _class_names(diagnosis, models: ModelSet, treat: dict) -> list[str]:
+    if diagnosis is not None:
+        return list(diagnosis.class_names)
+    if models.meta is not None:
+        return list(models.meta.class_names)
+    return [str(i) for i in range(len(treat["original"]["test"]["per_class"]))]
+
+
+def discovery_section(diagnosis) -> Section:
+    """Discovery 1: class × kernel heatmaps per layer, kernels-for-90% vs depth, one sample vs its class."""
+    layers = sorted(diagnosis.layers.values(), key=lambda l: l.depth)
+    section = Section("discovery", "Discovery 1: which kernels each class relies on",
+                      "Correlation ā between every class and every kernel (Eq. 4): the mean absolute derivative of the "
+                      f"class score with respect to each feature map, over up to {diagnosis.options.samples_per_class} "
+                      "confident, correctly classified training images per class, with "
+                      f"{diagnosis.options.noise_draws} noise draws each.")
+    for layer in reversed(layers):  # the deepest layer first: that is where the paper's claim is strongest
+        abar = layer.correlation.numpy()
+        section.figures.append(figures.correlation_heatmap(abar, diagnosis.class_names, layer.name))
+    if len(layers) > 1:
+        counts = [[figures.kernels_for_mass(r) for r in l.correlation.numpy()] for l in layers]
+        section.figures.append(figures.mass_vs_depth([l.name for l in layers], counts, [l.channels for l in layers]))
+    profile = _best_profile(diagnosis, layers[-1])
+    if profile is not None:
+        c, p = profile
+        section.figures.append(figures.sample_vs_average(
+            layers[-1].profiles[c, p].numpy(), layers[-1].correlation[c].numpy(), diagnosis.class_names[c],
+            layers[-1].name, float(diagnosis.profile_confidence[c, p])))
+    return section
+
+
+def _best_profile(diagnosis, layer) -> tuple[int, int] | None:
+    """(class, slot) of the most confident single-sample profile kept in the diagnosis, if any."""
+    conf = diagnosis.profile_confidence.clone()
+    conf[(diagnosis.profile_index < 0) | layer.profiles.isnan().any(-1)] = float("-inf")
+    if conf.numel() == 0 or not bool(conf.isfinite().any()):
+        return None
+    flat = int(conf.argmax())
+    return flat // conf.shape[1], flat % conf.shape[1]
+
+
+def _accuracy_runs(treat: dict, split: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    runs = {}
+    for name in ("original", "control", "treated"):
+        m = treat.get(name)
+        if not m or split not in m:
+            continue
+        std = (m.get("std") or {}).get(split, {}).get("per_class")
+        runs[name] = (np.asarray(m[split]["per_class"], dtype=float), None if std is None else np.asarray(std, float))
+    return runs
+
+
+def treatment_section(treat: dict, class_names: list[str]) -> Section:
+    """Fig. 4: per-class accuracy original / control / treated, with the seed spread, and a summary table."""
+    seeds = max(int((treat.get(n) or {}).get("seeds", 1)) for n in ("original", "control", "treated"))
+    section = Section("treatment", "Treatment: accuracy before and after, against a matched control",
+                      "The control is the same fine-tuning (weights, data order, optimiser, epochs, seed) without the "
+                      "constraints, so any difference between treated and control is the constraints' effect. "
+                      "Epochs were chosen on the validation split; the test split judges.")
+    rows = []
+    for name in ("original", "control", "treated"):
+        m = treat.get(name)
+        if not m:
+            continue
+        std = m.get("std") or {}
+        rows.append([name] + [_pct(m[s]["accuracy"], (std.get(s) or {}).get("accuracy")) for s in ("val", "test")])
+    section.tables.append(table(["model", "val accuracy", "test accuracy"], rows,
+                                f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"))
+    section.figures.append(figures.per_class_accuracy(class_names, _accuracy_runs(treat, "test"), "test", seeds))
+    return section
+
+
+def stability_section(result: dict, path: Path | None) -> Section:
+    """Fig. 3: noise keeps normal samples and moves adversarials back; the detector's held-out AUROC."""
+    from ..stability import plot_curves
+
+    section = Section("stability", "Discovery 2: adversarial samples are isolated, normal samples are not",
+                      f"Uniform(−δ, δ) noise added to a layer's feature map, {result['draws']} draws per sample and δ; "
+                      f"FGSM adversarials at ε = {result['fgsm']['eps']:g}.")
+    tmp = (path.parent if path else Path(".")) / ".report_stability.png"
+    try:
+        plot_curves(result, tmp)
+        png = tmp.read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
+    title = (f"Noise at δ = {result['delta']:g} tells adversarials from normal images with held-out AUROC "
+             f"{result['auroc']:.2f}")
+    caption = (f"Normal accuracy under that noise {result['normal_accuracy_at_best']:.0%}; "
+               f"{result['keep_false_at_best']:.0%} of adversarial replays keep the false label.")
+    section.figures.append(figures.Figure("stability", title, caption, png))
+    return section
+
+
+def decomposition_section(summary: dict) -> Section:
+    section = Section("decomposition", "Class-specific features in the final layer (Decomposing the Deep)",
+                      f"Final layer {summary['layer']}: {summary['features']} features, {summary['classes']} classes; "
+                      f"k₁ = {summary['k1']}, k₂ = {summary['k2']}.")
+    section.figures.append(figures.decomposition(summary))
+    mac = summary.get("multiply_adds")
+    if mac:
+        section.notes.append("Final-layer multiply-adds: " + ", ".join(f"{k} {v:g}" for k, v in mac.items()))
+    return section
+
+
+def ablation_section(result: dict) -> Section:
+    section = Section("ablation", "Unit deletion: which units help and which hurt",
+                      f"Each unit of {result['layer']} removed in turn (output set to zero); accuracy change on the "
+                      f"{result['rank_split']} split (baseline {result['baseline']['accuracy']:.1%}).")
+    section.figures.append(figures.ablation_ranking(result["units"], result["layer"]))
+    rows = [[label, e["unit"], f"{100 * e['delta']:+.2f}"] for label, key in (("worst (removal helps)", "worst"),
+                                                                               ("best (removal hurts)", "best"))
+            for e in result["ranking"][key]]
+    section.tables.append(table(["kind", "unit", "Δ accuracy (points)"], rows))
+    return section
+
+
+def summary_cards(treat: Any, diagnosis: Any, stability: Any, decompose: Any) -> list[tuple[str, str]]:
+    cards = []
+    if treat:
+        for name in ("original", "control", "treated"):
+            if treat.get(name):
+                cards.append((f"{100 * treat[name]['test']['accuracy']:.1f}%", f"{name} test accuracy"))
+    if diagnosis is not None:
+        cards.append((str(len(diagnosis.layers)), "layers diagnosed"))
+    if stability:
+        cards.append((f"{stability['auroc']:.2f}", "adversarial detector AUROC"))
+    if decompose:
+        cards.append((f"{decompose['r_A']:.2f}", "r_A (decomposed / full)"))
+    return cards
+
+
+def _pct(value: float, std: float | None) -> str:
+    return f"{100 * value:.2f}%" + (f" ± {100 * std:.2f}" if std else "")

@@ -1,0 +1,269 @@
+"""Report figures, one function per figure, from saved numbers only (matplotlib, Agg backend).
+
+Every function returns a :class:`Figure` (the PNG bytes, a title that states what the reader should see, and
+a short caption).  Colour maps: ``viridis`` for non-negative data (correlations), ``inferno`` overlays on
+grey images (derivative maps, Grad-CAM), a diverging map only for signed data (accuracy changes).
+Titles are computed from the data, so a figure never claims what its numbers do not show.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+SEQUENTIAL = "viridis"
+OVERLAY = "inferno"
+RUN_COLOURS = {"original": "#7f7f7f", "control": "#4c72b0", "treated": "#dd8452"}
+
+
+@dataclass
+class Figure:
+    """One rendered figure: ``name`` becomes the PNG file name beside the HTML."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def _render(fig: "plt.Figure", name: str, title: str, caption: str) -> Figure:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Figure(name, title, caption, buf.getvalue())
+
+
+def kernels_for_mass(row: np.ndarray, fraction: float = 0.9) -> int:
+    """Smallest number of kernels whose summed correlation reaches ``fraction`` of the row's total."""
+    values = np.sort(np.abs(row))[::-1]
+    total = values.sum()
+    if total <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(values), fraction * total) + 1)
+
+
+def kernel_order(abar: np.ndarray) -> np.ndarray:
+    """Kernels sorted by the class they correlate with most, then by that correlation (descending).
+
+    With rows min-max normalised, a sparse class × kernel matrix then shows as a staircase (paper Fig. 2a).
+    """
+    norm = row_normalise(abar)
+    best = norm.argmax(0)
+    return np.lexsort((-norm[best, np.arange(norm.shape[1])], best))
+
+
+def row_normalise(abar: np.ndarray) -> np.ndarray:
+    """Each class row min-max scaled to [0, 1] (classes with larger gradients would otherwise dominate)."""
+    lo = abar.min(1, keepdims=True)
+    span = abar.max(1, keepdims=True) - lo
+    return (abar - lo) / np.where(span > 0, span, 1.0)
+
+
+def correlation_heatmap(abar: np.ndarray, class_names: Sequence[str], layer: str) -> Figure:
+    """Paper Fig. 2a / supp. Fig. 8–9: class × kernel correlation ā (Eq. 4), rows normalised, kernels ordered."""
+    norm = row_normalise(abar)[:, kernel_order(abar)]
+    counts = [kernels_for_mass(r) for r in abar]
+    channels = abar.shape[1]
+    median = float(np.median(counts))
+    fig, ax = plt.subplots(figsize=(min(14, 3 + channels * 0.06), 0.8 + 0.32 * len(class_names)))
+    im = ax.imshow(norm, aspect="auto", cmap=SEQUENTIAL, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel=f"kernel of {layer} (sorted by the class it serves most)", ylabel="class")
+    fig.colorbar(im, ax=ax, label="correlation ā (row min-max)", fraction=0.03, pad=0.01)
+    sparse = median <= 0.5 * channels
+    title = (f"{layer}: each class relies on few of its {channels} kernels (median {median:.0f} for 90% of the mass)"
+             if sparse else f"{layer}: classes spread over many of its {channels} kernels (median {median:.0f} for 90%)")
+    caption = ("Bright cells are kernels whose feature maps move the class score most (mean |∂ŷ/∂m| over "
+               "confident training images, Eq. 4). A staircase of bright cells means class-specific kernels.")
+    return _render(fig, f"correlation_{_slug(layer)}", title, caption)
+
+
+def mass_vs_depth(layers: Sequence[str], counts: Sequence[Sequence[int]], channels: Sequence[int]) -> Figure:
+    """Share of a layer's kernels holding 90% of each class's correlation mass, against depth (supp. Fig. 8)."""
+    shares = [np.asarray(c, dtype=float) / ch for c, ch in zip(counts, channels)]
+    x = np.arange(len(layers))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(layers)), 3.6))
+    ax.boxplot(shares, positions=x, widths=0.5, showfliers=True)
+    ax.plot(x, [np.median(s) for s in shares], "o-", color="#dd8452", label="median over classes")
+    ax.set_xticks(x, [f"{n}\n({c} k.)" for n, c in zip(layers, channels)], fontsize=8)
+    ax.set(xlabel="layer (input → output)", ylabel="share of kernels for 90% of ā", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    first, last = float(np.median(shares[0])), float(np.median(shares[-1]))
+    title = ("Deeper layers concentrate each class on a smaller share of kernels" if last < first
+             else "The share of kernels per class does not shrink with depth in this model")
+    caption = f"Median share {first:.0%} in {layers[0]}, {last:.0%} in {layers[-1]}; boxes span the classes."
+    return _render(fig, "kernels_vs_depth", title, caption)
+
+
+def sample_vs_average(sample: np.ndarray, average: np.ndarray, class_name: str, layer: str,
+                      confidence: float) -> Figure:
+    """Supp. Fig. 7: one confident sample's kernel correlation next to its class average, same kernel order."""
+    order = np.argsort(-average)
+    a, s = average[order] / max(average.max(), 1e-12), sample[order] / max(sample.max(), 1e-12)
+    cosine = float(sample @ average / max(np.linalg.norm(sample) * np.linalg.norm(average), 1e-12))
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    k = np.arange(len(order))
+    ax.bar(k, a, width=1.0, color="#4c72b0", alpha=0.55, label=f"class {class_name} average")
+    ax.plot(k, s, ".", color="#dd8452", markersize=4, label=f"one sample (confidence {confidence:.2f})")
+    ax.set(xlabel=f"kernel of {layer}, sorted by the class average", ylabel="correlation (÷ max)")
+    ax.legend(fontsize=8)
+    title = (f"One confident '{class_name}' uses the same kernels as its class average (cosine {cosine:.2f})"
+             if cosine >= 0.8 else f"One confident '{class_name}' differs from its class average (cosine {cosine:.2f})")
+    caption = "Per-sample ā (Eq. 4) against the class average in the same layer; the paper's supp. Fig. 7."
+    return _render(fig, f"sample_vs_average_{_slug(layer)}", title, caption)
+
+
+def image_grid(name: str, title: str, caption: str, images: Sequence[np.ndarray],
+               overlays: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str],
+               column_labels: Sequence[str]) -> Figure:
+    """Grey images (columns) and, per row, the same images with a heat overlay (``None``: the plain image)."""
+    rows, cols = len(overlays), len(images)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols + 0.8, 1.5 * rows + 0.3), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=1)
+            heat = overlays[r][c]
+            if heat is not None:
+                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap=OVERLAY, alpha=0.6, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(column_labels[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_labels[r], fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return _render(fig, name, title, caption)
+
+
+def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+                       split: str, seeds: int) -> Figure:
+    """Paper Fig. 4: per-class accuracy of each run (bars, ± std over seeds) and treated − control (lower panel)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.7 * len(class_names) + 2), 5.4), sharex=True,
+                                      gridspec_kw={"height_ratios": [2, 1]})
+    x = np.arange(len(class_names))
+    width = 0.8 / len(runs)
+    for i, (run, (mean, std)) in enumerate(runs.items()):
+        top.bar(x + (i - (len(runs) - 1) / 2) * width, 100 * mean, width, yerr=None if std is None else 100 * std,
+                capsize=2, label=run, color=RUN_COLOURS.get(run))
+    top.set(ylabel=f"{split} accuracy (%)", ylim=(max(0, 100 * min(m.min() for m, _ in runs.values()) - 10), 100))
+    top.legend(fontsize=8, ncol=len(runs))
+    top.grid(alpha=0.3, axis="y")
+    title = f"Per-class {split} accuracy"
+    if "treated" in runs and "control" in runs:
+        diff = 100 * (runs["treated"][0] - runs["control"][0])
+        limit = max(1.0, float(np.abs(diff).max()))
+        bottom.bar(x, diff, color=plt.get_cmap("RdBu")(0.5 + diff / (2.4 * limit)), edgecolor="#333", linewidth=0.4)
+        bottom.axhline(0, color="black", linewidth=0.8)
+        bottom.set(ylabel="treated − control\n(points)")
+        overall = float(diff.mean())
+        title = (f"Treatment {'raises' if overall > 0 else 'lowers'} mean per-class {split} accuracy by "
+                 f"{abs(overall):.1f} points over the matched control")
+    bottom.set_xticks(x, class_names)
+    bottom.set(xlabel="class")
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread available)"
+    caption = f"Original, control (same fine-tuning without the constraints) and treated models; {spread}."
+    return _render(fig, f"per_class_accuracy_{split}", title, caption)
+
+
+def background_share(name: str, runs: Mapping[str, np.ndarray], background_area: float) -> Figure:
+    """Share of the summed derivative map falling on the background, per image, for each model."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    names = list(runs)
+    ax.boxplot([runs[n] for n in names], widths=0.5)
+    ax.set_xticks(range(1, len(names) + 1), names)
+    ax.axhline(background_area, color="#555", linestyle="--", linewidth=1,
+               label=f"background's share of the pixels ({background_area:.0%})")
+    ax.set(ylabel="share of Σ|∂ŷ/∂m| on background", ylim=(0, 1))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    first = float(np.mean(runs[names[0]]))
+    title = (f"The {names[0]} model puts {first:.0%} of its derivative map on the background"
+             + (f"; treated {float(np.mean(runs['treated'])):.0%}" if "treated" in runs and names[0] != "treated" else ""))
+    caption = ("Per test image: mass of the upsampled summed derivative map outside the (exact) digit mask divided "
+               "by its total. Above the dashed line the model looks at the background more than its area warrants.")
+    return _render(fig, name, title, caption)
+
+
+def thumbnails(name: str, title: str, caption: str, rows: Mapping[str, Sequence[tuple[np.ndarray, str]]]) -> Figure:
+    """A row of small labelled images per key (e.g. per class: the images to annotate first)."""
+    cols = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.05 * cols + 0.6, 1.15 * len(rows) + 0.2), squeeze=False)
+    for r, (label, items) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(items):
+                ax.imshow(_grey(items[c][0]), cmap="gray", vmin=0, vmax=1)
+                ax.set_title(items[c][1], fontsize=7)
+            else:
+                ax.axis("off")
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    fig.tight_layout(pad=0.2)
+    return _render(fig, name, title, caption)
+
+
+def decomposition(summary: Mapping) -> Figure:
+    """Decomposing the Deep: full vs decomposed (vs retrained) test accuracy, and Table 8 essentiality."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = ["full", "decomposed"] + (["retrained"] if summary.get("accuracy_retrained") is not None else [])
+    values = [summary["accuracy_full"], summary["accuracy_decomposed"], summary.get("accuracy_retrained")][:len(names)]
+    left.bar(names, [100 * v for v in values], color=["#7f7f7f", "#4c72b0", "#dd8452"][:len(names)])
+    left.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"r_A = A_d / A_f = {summary['r_A']:.3f}")
+    ess = summary.get("essentiality") or {}
+    if ess:
+        labels = ["original", "influential\nreplaced", "as many others\nreplaced"]
+        vals = [ess["original"], ess["influential_replaced"], ess["non_influential_replaced"]]
+        right.bar(labels, [100 * v for v in vals], color=["#7f7f7f", "#c44e52", "#55a868"])
+        right.set(ylabel="test accuracy (%)", ylim=(0, 100),
+                  title=f"{ess['features_replaced_per_sample']:.1f} features per sample → noise")
+    else:
+        right.axis("off")
+    kept = summary.get("k2", "k")
+    title = (f"Keeping {kept} final-layer features per class retains {summary['r_A']:.0%} of the full accuracy")
+    caption = ("Left: the final layer restricted to each class's influential features (Algorithm 1). Right: "
+               "replacing those features by Gaussian noise hurts far more than replacing random others (Table 8)."
+               if ess else "The final layer restricted to each class's influential features (Algorithm 1).")
+    return _render(fig, "decomposition", title, caption)
+
+
+def ablation_ranking(units: Sequence[Mapping], layer: str, top: int = 8) -> Figure:
+    """Unit deletion: Δ accuracy when each unit is removed, all units sorted; the extremes labelled."""
+    deltas = np.array([u["delta"] for u in units]) * 100
+    ids = np.array([u["unit"] for u in units])
+    order = np.argsort(-deltas, kind="stable")
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    colours = plt.get_cmap("RdBu_r")(0.5 + deltas[order] / (2.2 * max(1e-9, float(np.abs(deltas).max()))))
+    ax.bar(np.arange(len(order)), deltas[order], width=1.0, color=colours)
+    ax.axhline(0, color="black", linewidth=0.8)
+    for rank in list(range(min(top // 2, len(order)))) + list(range(max(0, len(order) - top // 2), len(order))):
+        ax.annotate(str(ids[order[rank]]), (rank, deltas[order[rank]]), fontsize=6, ha="center",
+                    va="bottom" if deltas[order[rank]] >= 0 else "top")
+    ax.set(xlabel=f"unit of {layer}, sorted (labels: unit index)", ylabel="Δ accuracy when removed (points)")
+    helping = int((deltas < 0).sum())
+    title = f"Removing any one of {len(units)} units of {layer} changes accuracy by at most {np.abs(deltas).max():.1f} points"
+    caption = (f"{helping} units help (removing them lowers accuracy, blue), {int((deltas > 0).sum())} hurt "
+               "(removing them raises it, red). Units ranked on the validation split.")
+    return _render(fig, f"ablation_{_slug(layer)}", title, caption)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W) in [0, 1] → (H, W) grey, or (H, W, 3) colour for matplotlib."""
+    image = np.asarray(image, dtype=float)
+    if image.ndim == 3:
+        image = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+    return np.clip(image, 0, 1)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text)

@@ -1,0 +1,77 @@
+"""Per-image maps for the report: Grad-CAM and Model Doctor's summed derivative map.
+
+Summed derivative map (paper, Discovery 1 / Fig. 2b): ``Σ_k |∂ŷ_n/∂m_k^r|`` at layer r, upsampled to the image.
+
+Grad-CAM (Selvaraju et al. 2017, Eq. 1–2), the baseline the paper's Fig. 5 compares against:
+
+    α_k^c = (1/Z) Σ_ij ∂y^c/∂A^k_ij          (Eq. 1: global-average-pooled gradients)
+    L^c   = ReLU(Σ_k α_k^c A^k)               (Eq. 2)
+
+Our own few lines rather than pytorch-grad-cam: that library (which installs cleanly here) calls
+``.backward()`` and zeroes the model's ``.grad``, pulls in OpenCV, and the report must leave the user's model
+untouched.  For a network ending in global average pooling and one linear layer, ``α_k^c = w_ck / Z`` and
+Grad-CAM equals ReLU of the CAM (Zhou et al. 2016) ``Σ_k w_ck A^k`` divided by ``Z`` (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import LayerRef, replace_output
+from ..models import select_logits
+
+
+def layer_gradient(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(m, ∂ŷ/∂m, logits)`` at ``layer`` for class ``target`` (default: the prediction), in eval mode.
+
+    Mode, ``requires_grad`` and ``.grad`` of the model are left as they were (``torch.autograd.grad``).
+    """
+    held: list[torch.Tensor] = []
+
+    def keep(output: torch.Tensor) -> torch.Tensor:
+        if not output.requires_grad:  # a frozen model: start the graph at the layer
+            output = output.detach().requires_grad_(True)
+        held.append(output)
+        return output
+
+    with _eval(model), torch.enable_grad(), replace_output(model, layer, keep):
+        logits = select_logits(model(x))
+        cls = logits.argmax(1) if target is None else target
+        score = logits.gather(1, cls.view(-1, 1)).sum()
+        (grad,) = torch.autograd.grad(score, held[0])
+    return held[0].detach(), grad, logits.detach()
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None,
+             upsample: bool = True) -> torch.Tensor:
+    """Grad-CAM maps (N, H, W) of class ``target`` (default: the prediction) at ``layer``, ≥ 0, unnormalised."""
+    feature, grad, _ = layer_gradient(model, x, layer, target)
+    cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * feature).sum(1))
+    return _to_input(cam, x) if upsample else cam
+
+
+def summed_derivative_map(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None,
+                          upsample: bool = True) -> torch.Tensor:
+    """``Σ_k |∂ŷ/∂m_k|`` (N, H, W) at ``layer`` for class ``target`` (default: the prediction)."""
+    _, grad, _ = layer_gradient(model, x, layer, target)
+    smap = grad.abs().sum(1)
+    return _to_input(smap, x) if upsample else smap
+
+
+def _to_input(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(maps.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
+
+
+@contextlib.contextmanager
+def _eval(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

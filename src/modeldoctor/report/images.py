@@ -1,0 +1,180 @@
+"""Report sections that need the model and the data: derivative-map overlays, Grad-CAM, thumbnails.
+
+The original checkpoint is the one ``treat.json`` names, or any ``*.pt`` under the run directory whose
+weights hash equals the diagnosis's; ``treated.pt`` / ``control.pt`` sit beside ``treat.json``.  The data is
+re-loaded from the spec the checkpoint records, normalised with the checkpoint's statistics.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointMeta, load_checkpoint
+from ..data import DataBundle
+from ..errors import UserError
+from ..training import predict
+from . import figures
+from .collect import RunFiles
+from .gradcam import grad_cam, summed_derivative_map
+from .html import Section, table
+
+MAX_BACKGROUND_IMAGES = 500
+
+
+@dataclass
+class ModelSet:
+    """The models the run produced (``None`` where absent) and the data they were trained on."""
+
+    original: nn.Module | None = None
+    meta: CheckpointMeta | None = None
+    bundle: DataBundle | None = None
+    arms: dict[str, nn.Module] = field(default_factory=dict)  # "control", "treated"
+
+
+def load_models(files: RunFiles, diagnosis: Any) -> ModelSet:
+    """Find and load the original (and treated / control) checkpoints and their data; empty when impossible."""
+    from ..commands.common import data_for
+
+    treat_path = files.get("treat")
+    named: list[Path] = []  # the checkpoint treat.json says it treated: the original by definition
+    if treat_path is not None:
+        given = Path(files.json("treat").get("checkpoint", ""))
+        named = [p for p in (given, files.root / given, treat_path.parent / given) if p.suffix == ".pt"]
+    arm_paths = {arm: treat_path.parent / f"{arm}.pt" for arm in ("control", "treated")} if treat_path else {}
+    others = [p for p in files.checkpoints if p not in arm_paths.values()]
+    wanted = getattr(diagnosis, "weights_sha256", None)
+    models = ModelSet()
+    try:
+        for path in named + others:
+            if not path.is_file():
+                continue
+            model, meta = load_checkpoint(path)
+            if path in named or wanted is None or meta.weights_sha256 == wanted:
+                models.original, models.meta = model, meta
+                break
+        if models.original is None:
+            return models
+        models.bundle = data_for(models.meta, None)
+        for arm, path in arm_paths.items():
+            if path.is_file():
+                models.arms[arm] = load_checkpoint(path)[0]
+    except UserError as exc:
+        print(f"modeldoctor report: skipping image figures ({exc})", file=sys.stderr)
+        return ModelSet()
+    return models
+
+
+def attention_sections(models: ModelSet, diagnosis: Any, files: RunFiles, max_images: int) -> list[Section]:
+    """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
+    layer = max(diagnosis.layers.values(), key=lambda l: l.depth).name
+    test = models.bundle.test
+    logits, labels = predict(models.original, test)
+    conf_true = logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)
+    correct = logits.argmax(1) == labels
+    high = [int(i) for i in torch.argsort(torch.where(correct, -conf_true, 1.0), stable=True)[:max_images]]
+    low = [int(i) for i in torch.argsort(conf_true, stable=True)[:max_images]]
+    chosen = high + low
+    x = torch.stack([test[i][0] for i in chosen])
+    raw = [test.raw(i).numpy() for i in chosen]
+    smap = summed_derivative_map(models.original, x, layer).numpy()
+    names = models.bundle.class_names
+    pred = logits.argmax(1)
+    col = [f"{names[int(labels[i])]}→{names[int(pred[i])]} p={float(conf_true[i]):.2f}" for i in chosen]
+    attention = Section("attention", "Where the model looks: confident vs hesitant test images",
+                        f"Summed derivative map Σ_k |∂ŷ/∂m_k| of the predicted class at {layer}, upsampled onto the "
+                        "image (bright = the score is most sensitive there). Column titles: true→predicted class, "
+                        "p = probability of the true class.")
+    attention.figures.append(figures.image_grid(
+        "confidence_overlays", "Confident predictions look at the object; hesitant ones also at the background",
+        "Top rows: the most confident correct test images; bottom rows: the least confident (paper Fig. 2b).",
+        raw, [[None] * len(chosen), list(smap)], ["image", "Σ|∂ŷ/∂m|"], col))
+    sections = [attention]
+    shares = _background_shares(models, layer)
+    if shares is not None:
+        shares_by_model, area = shares
+        attention.figures.append(figures.background_share("background_share", {"original": shares_by_model["original"]}, area))
+    if models.arms:
+        sections.append(_before_after(models, layer, low, raw[len(high):], col[len(high):], shares))
+    return sections
+
+
+def _before_after(models: ModelSet, layer: str, index: list[int], raw: list[np.ndarray], col: list[str],
+                  shares: tuple[dict[str, np.ndarray], float] | None) -> Section:
+    """Fig. 5: the same hesitant test images, maps of original / control / treated, and Grad-CAM."""
+    test = models.bundle.test
+    x = torch.stack([test[i][0] for i in index])
+    target = test.labels[index]
+    rows, labels = [], []
+    for name, model in [("original", models.original)] + sorted(models.arms.items()):
+        rows.append(list(summed_derivative_map(model, x, layer, target).numpy()))
+        labels.append(f"{name}\nΣ|∂ŷ/∂m|")
+    for name, model in [("original", models.original)] + [(n, m) for n, m in models.arms.items() if n == "treated"]:
+        rows.append(list(grad_cam(model, x, layer, target).numpy()))
+        labels.append(f"{name}\nGrad-CAM")
+    section = Section("before-after", "Before and after treatment: the same hesitant images",
+                      f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
+                      "(the paper's Fig. 5). Each map is scaled to its own maximum.")
+    claim = "Treatment moves the derivative map from the background onto the digit" if shares and \
+        float(np.mean(shares[0].get("treated", [1.0]))) < float(np.mean(shares[0]["original"])) \
+        else "Derivative maps before and after treatment"
+    section.figures.append(figures.image_grid("before_after", claim,
+                                              "Rows: model and map; columns: the least confident test images "
+                                              "of the original model.", raw, rows, labels, col))
+    if shares is not None:
+        by_model, area = shares
+        section.figures.append(figures.background_share("background_share_treated", by_model, area))
+        section.tables.append(table(["model", "mean background share", "images"],
+                                    [[n, f"{float(np.mean(v)):.1%}", len(v)] for n, v in by_model.items()]))
+    return section
+
+
+def _background_shares(models: ModelSet, layer: str) -> tuple[dict[str, np.ndarray], float] | None:
+    """Per test image, the summed derivative map's mass outside the object mask / its total, per model."""
+    test, masks = models.bundle.test, models.bundle.masks
+    index = [i for i, sid in enumerate(test.ids) if sid in masks][:MAX_BACKGROUND_IMAGES]
+    if not index:
+        return None
+    x = torch.stack([test[i][0] for i in index])
+    target = test.labels[index]
+    obj = torch.stack([masks[test.ids[i]] for i in index]).bool()
+    if obj.shape[-2:] != x.shape[-2:]:
+        return None
+    result = {}
+    for name, model in [("original", models.original)] + sorted(models.arms.items()):
+        maps = torch.cat([summed_derivative_map(model, xb, layer, tb) for xb, tb in zip(x.split(128), target.split(128))])
+        total = maps.sum((1, 2)).clamp_min(1e-12)
+        result[name] = ((maps * ~obj).sum((1, 2)) / total).numpy()
+    return result, float((~obj).float().mean())
+
+
+def annotation_section(annotate: dict, models: ModelSet) -> Section:
+    """The images to annotate first: per class the lowest-confidence training images (thumbnails if possible)."""
+    per_class = annotate["per_class"]
+    section = Section("annotate", "Images to annotate first",
+                      "Per class, the training images whose true class the model trusts least. An object mask (or "
+                      "box) on these gives the space-wise constraint the most to correct.")
+    split = models.bundle.train if models.bundle is not None else None
+    if split is not None:
+        rows = {}
+        for cname, items in per_class.items():
+            thumbs = [(split.raw(split.index_of[e["id"]]).numpy(), f"p={e['confidence']:.2f}")
+                      for e in items[:10] if e["id"] in split.index_of]
+            if thumbs:
+                rows[f"class {cname}"] = thumbs
+        if rows:
+            section.figures.append(figures.thumbnails(
+                "annotate", "The least confident training images of each class",
+                "p = the model's probability of the true class; the full list is in annotate.json.", rows))
+    names = models.meta.class_names if models.meta is not None else None
+    body = [[cname, len(items), ", ".join(e["id"] for e in items[:5]) + (" …" if len(items) > 5 else ""),
+             ", ".join(names[e["predicted"]] if names else str(e["predicted"]) for e in items[:5])]
+            for cname, items in per_class.items()]
+    section.tables.append(table(["class", "images listed", "first ids", "predicted as"], body))
+    return section

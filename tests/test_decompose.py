@@ -1,0 +1,173 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from modeldoctor import cli
+from modeldoctor.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from modeldoctor.decompose import (DecomposedLinear, class_histogram, decomposed, essentiality, final_features,
+                                   final_linear, find_influential, influential_features, instance_top_features,
+                                   mask_overlap, multiply_adds, parse_count, retrain_decomposed, FinalFeatures)
+from modeldoctor.errors import UserError
+from modeldoctor.models import build_model
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("simple-cnn-narrow", 10, 1).eval()
+
+
+def test_full_mask_equals_original_layer_exactly():
+    linear = nn.Linear(7, 3)
+    x = torch.randn(11, 7)
+    layer = DecomposedLinear(linear, torch.ones(3, 7, dtype=torch.bool))
+    assert torch.equal(layer(x), linear(x))
+
+
+def test_decomposed_logit_uses_only_influential_features():
+    linear = nn.Linear(4, 2)
+    mask = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0]], dtype=torch.bool)
+    layer = DecomposedLinear(linear, mask)
+    x = torch.randn(5, 4)
+    w, b = linear.weight.detach(), linear.bias.detach()
+    expected = torch.stack([x[:, 0] * w[0, 0] + x[:, 3] * w[0, 3] + b[0], x[:, 1] * w[1, 1] + b[1]], 1)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+    assert multiply_adds(mask) == {"full": 8, "decomposed": 3, "ratio": 3 / 8}
+
+
+def test_histogram_selection_on_hand_made_example():
+    # class 0: instances rank features {0, 2}, {0, 1}, {0, 2}; class 1: {3, 1}, {3, 2}
+    feats = torch.tensor([[5., 0., 4., 1.], [-6., 3., 0., 1.], [2., 0., 1., 0.5],
+                          [0., 2., 0., 9.], [0., 1., 3., 7.]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    top = instance_top_features(feats, 2)  # by |x|: the -6 counts as 6
+    assert top.tolist() == [[True, False, True, False], [True, True, False, False], [True, False, True, False],
+                            [False, True, False, True], [False, False, True, True]]
+    hist = class_histogram(top, labels, 2)
+    assert hist.tolist() == [[3, 1, 2, 0], [0, 1, 1, 2]]
+    assert influential_features(hist, 1).tolist() == [[True, False, False, False], [False, False, False, True]]
+    # ties (class 1: indices 1 and 2 both 1) go to the lower index
+    assert influential_features(hist, 2).tolist() == [[True, False, True, False], [False, True, False, True]]
+    # mass fraction: class 0 needs 3/6 → {0}; 0.6 → {0, 2}
+    assert influential_features(hist, 0.5)[0].tolist() == [True, False, False, False]
+    assert influential_features(hist, 0.6)[0].tolist() == [True, False, True, False]
+    mask, _ = find_influential(feats, labels, 2, 2, 2)
+    assert mask.sum(1).tolist() == [2, 2]
+
+
+def test_parse_count():
+    assert parse_count("5") == 5 and parse_count("0.9") == 0.9
+    for bad in ("0", "-1", "1.5", "x"):
+        with pytest.raises(UserError):
+            parse_count(bad)
+
+
+def test_context_manager_swaps_and_restores(mnist5k):
+    model = tiny_model()
+    name, linear = final_linear(model)
+    feats = final_features(model, torch.utils.data.Subset(mnist5k.test, range(64)))
+    mask, _ = find_influential(feats.features, feats.labels, 10, 3, 3)
+    x = torch.stack([mnist5k.test[i][0] for i in range(64)])
+    with torch.no_grad(), decomposed(model, mask) as layer:
+        inside = model(x)
+        assert model.get_submodule(name) is layer
+    assert model.get_submodule(name) is linear
+    with torch.no_grad():
+        assert torch.allclose(inside, DecomposedLinear(linear, mask)(feats.features), atol=1e-5)
+        assert torch.allclose(model(x), feats.logits, atol=1e-5)
+
+
+def test_retraining_keeps_masked_weights_zero():
+    torch.manual_seed(0)
+    x = torch.randn(200, 6).abs()
+    y = (x[:, 0] > x[:, 1]).long()
+    data = FinalFeatures(x, y, torch.zeros(200, 2))
+    mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    layer = DecomposedLinear(nn.Linear(6, 2), mask)
+    before = (layer.weight.detach() * layer.mask).clone()
+    info = retrain_decomposed(layer, data, data, epochs=3, lr=0.1, seed=0)
+    assert torch.all(layer.weight.detach()[~mask] == 0)
+    assert not torch.equal(layer.weight.detach(), before)
+    assert 1 <= info["best_epoch"] <= 3 and len(info["history"]) == 3
+
+
+def test_essentiality_replaces_only_chosen_features():
+    linear = nn.Linear(4, 2)
+    with torch.no_grad():  # class 0 reads feature 0, class 1 feature 1; features 2-3 are ignored
+        linear.weight.copy_(torch.tensor([[1., 0., 0., 0.], [0., 1., 0., 0.]]))
+        linear.bias.zero_()
+    x = torch.tensor([[3., 0., 0., 0.], [0., 3., 0., 0.]]).repeat(50, 1)
+    data = FinalFeatures(x, torch.tensor([0, 1]).repeat(50), torch.zeros(100, 2))
+    mask = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    res = essentiality(linear, data, mask, torch.zeros(4), torch.ones(4) * 3, repeats=3)
+    assert res["original"] == 1.0
+    assert res["influential_replaced"] < 0.9
+    # a random non-influential feature of class 0 may be feature 1, which class 1's logit reads
+    assert res["non_influential_replaced"] > res["influential_replaced"]
+    assert res["features_replaced_per_sample"] == 1.0
+
+
+def test_mask_overlap():
+    a = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    b = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    res = mask_overlap(a, b)
+    assert res["intersection"] == [1, 2]
+    assert res["jaccard"] == pytest.approx([1 / 3, 1.0])
+    assert res["chance_intersection"] == pytest.approx([1.0, 1.0])
+    with pytest.raises(UserError):
+        mask_overlap(a, b[:, :3])
+
+
+def test_model_without_linear_is_refused():
+    with pytest.raises(UserError):
+        final_linear(nn.Sequential(nn.Conv2d(1, 2, 3)))
+
+
+def _checkpoint(tmp_path, mnist5k):
+    model = tiny_model()
+    meta = CheckpointMeta(model="simple-cnn-narrow", num_classes=10, in_channels=1, input_size=28,
+                          class_names=mnist5k.class_names, mean=mnist5k.mean, std=mnist5k.std, dataset="mnist5k")
+    return save_checkpoint(tmp_path / "model.pt", model, meta)
+
+
+def test_cli_decompose(tmp_path, mnist5k, capsys):
+    ckpt = _checkpoint(tmp_path, mnist5k)
+    out = tmp_path / "dec"
+    code = cli.main(["decompose", "--checkpoint", str(ckpt), "--k", "3", "--retrain-epochs", "1",
+                     "--noise-repeats", "1", "--out", str(out), "--json"])
+    assert code == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("accuracy_full", "accuracy_decomposed", "r_A", "accuracy_retrained"):
+        assert isinstance(res[key], float)
+    assert res["r_A"] == pytest.approx(res["accuracy_decomposed"] / res["accuracy_full"])
+    assert res["multiply_adds"]["decomposed"] <= 30
+    saved = json.loads((out / "influential.json").read_text())
+    assert all(len(ix) == 3 for ix in saved["influential"])
+    model, meta = load_checkpoint(out / "decomposed.pt")
+    assert int((model.fc.weight != 0).sum()) <= 30 and meta.parent == str(ckpt)
+    assert json.loads((out / "decompose.json").read_text())["r_A"] == res["r_A"]
+    assert cli.main(["decompose", "--checkpoint", str(ckpt), "--k", "0", "--json"]) == 2
+
+
+def test_overlap_with_diagnosis_relevant_kernels(tmp_path, mnist5k, capsys):
+    from modeldoctor.decompose import compare_with_diagnosis
+    from modeldoctor.diagnosis import diagnose
+
+    ckpt = _checkpoint(tmp_path, mnist5k)
+    model, _ = load_checkpoint(ckpt)
+    subset = torch.utils.data.Subset(mnist5k.train, range(300))
+    diagnosis = diagnose(model, subset, layers="features.11", noise_draws=2, samples_per_class=3, require_correct=False)
+    feats = final_features(model, subset)
+    mask, _ = find_influential(feats.features, feats.labels, 10, 4, 4)
+    res = compare_with_diagnosis(mask, diagnosis, "features.11")
+    top = res["top_k_same_size"]
+    assert top["k"] == 4 and len(top["jaccard"]) == 10 and all(0 <= j <= 1 for j in top["jaccard"])
+    assert top["intersection"] == mask_overlap(mask, diagnosis.relevant("features.11", "topk", k=4))["intersection"]
+    with pytest.raises(UserError):
+        compare_with_diagnosis(mask[:, :5], diagnosis, "features.11")
+    diagnosis.save(str(tmp_path / "diag"))
+    assert cli.main(["decompose", "--checkpoint", str(ckpt), "--retrain-epochs", "0", "--noise-repeats", "1",
+                     "--diagnosis", str(tmp_path / "diag"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["diagnosis_overlap"]["layer"] == "features.11" and res["accuracy_retrained"] is None

@@ -1,0 +1,145 @@
+"""The HTML report: built from real command outputs of a toy run, rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeldoctor import cli
+from modeldoctor.data import bundle_from_tensors, register_dataset
+from modeldoctor.diagnosis import diagnose
+from modeldoctor.diagnosis_io import save_diagnosis
+from modeldoctor.fileio import write_json
+from modeldoctor.report import report
+from modeldoctor.report.figures import kernel_order, kernels_for_mass
+from modeldoctor.report.gradcam import grad_cam
+
+SECTIONS = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
+
+
+def toy_bundle(arg: str, input_size: int | None):
+    """3 classes, 20 px: a bright square whose position is the class, over noise; masks = the square."""
+    g = torch.Generator().manual_seed(0)
+    n, size = 180, 20
+    labels = np.arange(n) % 3
+    images = 0.3 * torch.rand(n, 1, size, size, generator=g)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    for i, c in enumerate(labels):
+        r = 2 + 5 * int(c) + int(torch.randint(0, 2, (1,), generator=g))
+        masks[i, r:r + 6, 7:13] = True
+    images[:, 0][masks] = 1.0
+    parts = [np.arange(0, 120), np.arange(120, 150), np.arange(150, 180)]
+    ids = [f"toy-{i:03d}" for i in range(n)]
+    return bundle_from_tensors("report-toy", images, labels, ids, ["top", "middle", "bottom"], parts, input_size,
+                               masks={sid: masks[i] for i, sid in enumerate(ids)})
+
+
+register_dataset("report-toy", toy_bundle)
+
+
+def _cli(*argv: str) -> None:
+    assert cli.main([*argv, "--json"]) == 0
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """Outputs of train, diagnose, treat, stability, decompose and ablate on the toy data, plus annotate.json."""
+    run = tmp_path_factory.mktemp("run")
+    _cli("train", "--model", "simple-cnn-narrow", "--data", "report-toy", "--epochs", "3", "--batch-size", "16",
+         "--optimizer", "adam", "--lr", "0.01",
+         "--out", str(run / "base"))
+    ckpt = str(run / "base" / "model.pt")
+    from modeldoctor.checkpoint import load_checkpoint
+    from modeldoctor.data import load_data
+
+    model, meta = load_checkpoint(ckpt)
+    bundle = load_data("report-toy")
+    diagnosis = diagnose(model, bundle.train, layers="all", samples_per_class=8, noise_draws=2,
+                         class_names=bundle.class_names, model_spec=meta.model)
+    save_diagnosis(diagnosis, run / "diag")
+    per_class = {name: [{"id": bundle.train.ids[i], "confidence": 0.1 * k, "label": c, "predicted": (c + 1) % 3}
+                        for k, i in enumerate(range(c, 30, 3))] for c, name in enumerate(bundle.class_names)}
+    write_json(run / "diag" / "annotate.json", {"per_class": per_class})
+    _cli("treat", "--checkpoint", ckpt, "--diagnosis", str(run / "diag"), "--masks", "builtin",
+         "--annotate-per-class", "5", "--epochs", "1", "--seeds", "2", "--noise-draws", "2", "--out", str(run / "treat"))
+    _cli("stability", "--checkpoint", ckpt, "--eps", "0.3", "--deltas", "0,0.5,1", "--draws", "2",
+         "--max-samples", "30", "--out", str(run / "stability"))
+    _cli("decompose", "--checkpoint", ckpt, "--k", "3", "--retrain-epochs", "1", "--out", str(run / "decompose"))
+    _cli("ablate", "--checkpoint", ckpt, "--k", "2", "--out", str(run / "ablate"))
+    return run
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(run_dir: Path, tmp_path: Path) -> None:
+    html_path = report(run_dir, tmp_path / "report.html")
+    page = html_path.read_text()
+    for key in SECTIONS:
+        assert f"<section id='{key}'>" in page, key
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page), "external URL in the report"
+    pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert len(pngs) == page.count("<img"), pngs
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+    dom = subprocess.run(flags + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert attrs.get("status") == "loaded", attrs
+    assert int(attrs["images-total"]) == len(pngs) > 0
+    assert attrs["images-loaded"] == attrs["images-total"], attrs
+    assert attrs["errors"] == "0", attrs
+    shot = tmp_path / "report.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,4000", html_path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_report_shows_only_sections_with_data(run_dir: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(run_dir / "decompose", partial / "decompose")
+    page = report(partial, images=False).read_text()
+    assert "<section id='decomposition'>" in page
+    assert all(f"<section id='{k}'>" not in page for k in SECTIONS if k != "decomposition")
+
+
+@pytest.mark.slow
+def test_report_json_from_the_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
+    shutil.copytree(run_dir / "stability", tmp_path / "s")
+    assert cli.main(["report", str(tmp_path / "s"), "--no-images", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["html"]).is_file() and [Path(f).name for f in out["figures"]] == ["stability.png"]
+
+
+def test_kernel_order_makes_a_staircase() -> None:
+    abar = np.array([[0.0, 5.0, 0.0, 1.0], [4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
+    order = kernel_order(abar)
+    assert order.tolist() == [1, 3, 0, 2]  # class 0's kernels (strongest first), then class 1's, then class 2's
+    assert [kernels_for_mass(r) for r in abar] == [2, 1, 2]
+
+
+def test_grad_cam_of_gap_linear_tail_is_the_cam() -> None:
+    """With global average pooling and one linear layer, Grad-CAM = ReLU(Σ_k w_ck A^k) / (H·W)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    fc = torch.nn.Linear(4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), fc)
+    x = torch.randn(2, 1, 6, 6)
+    target = torch.tensor([0, 2])
+    cam = grad_cam(model, x, "0", target, upsample=False)
+    a = conv(x).detach()
+    expected = torch.relu(torch.einsum("nk,nkhw->nhw", fc.weight[target].detach(), a)) / 36
+    torch.testing.assert_close(cam, expected)
+    assert all(p.grad is None for p in model.parameters())
