@@ -12,7 +12,7 @@ under FGSM at two ε (raw [0, 1] pixel units).
   units, as the paper's choice of conv5_3), ``par_rate`` 0.1, γ ~ U(0.6, 0.9).
 * Input-gradient regularisation: double backpropagation with λ = 0.1 (each step costs ~3–4× a plain step).
 
-Run: ``python benchmarks/regularizers.py`` (one thread, ~15 min on an idle core; results are rewritten after
+Run: ``python benchmarks/regularizers.py`` (one thread, ~11 min on an idle core at 2 epochs; results are rewritten after
 every run, so an interrupted benchmark leaves the finished runs in the JSON).
 """
 
@@ -94,7 +94,7 @@ def summarise(runs: list[dict], eps_values: list[float]) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eps", default="0.05,0.1")
     parser.add_argument("--out", default=str(RESULTS))

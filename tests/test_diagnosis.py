@@ -180,7 +180,8 @@ def _prepared_model() -> nn.Module:
     return model
 
 
-def test_model_left_as_found_after_success_and_after_an_exception():
+@pytest.mark.parametrize("fallback", [False, True])
+def test_model_left_as_found_after_success_and_after_an_exception(fallback):
     model, data = _prepared_model(), _items(6, size=8)
     before = _snapshot(model)
     diagnose(model, data, ["layer1.0.conv1", "layer3.2.conv2"], noise_draws=2, target="label", require_correct=False)
@@ -194,7 +195,7 @@ def test_model_left_as_found_after_success_and_after_an_exception():
     before = _snapshot(model)
     with pytest.raises(RuntimeError, match="second call"):
         diagnose(model, data, "layer3.2.conv2", noise_draws=2, target="label", require_correct=False,
-                 force_fallback=True)
+                 force_fallback=fallback)
     after = _snapshot(model)
     assert _hooks(model) == 0
     assert after["training"] == before["training"] and after["inplace"] == before["inplace"]

@@ -51,6 +51,15 @@ def test_focused_dropout_mask_is_shared_and_exact():
     assert torch.equal(mask[2, 0], (x[2, 3] > gamma[2] * x[2, 3].max()).float())
 
 
+def test_nonpositive_top_channel_keeps_only_its_peak():
+    x = -positive_features(5, (1, 2, 3, 3))
+    x[0, 1] += 0.3  # channel 1 has the highest mean but may still be all negative
+    mask = focused_mask(x, torch.tensor([0.7]))
+    chosen = x[0, 1]
+    expected = (chosen > 0.7 * chosen.max()) | (chosen == chosen.max())
+    assert mask.sum() >= 1 and torch.equal(mask[0, 0].bool(), expected)
+
+
 def test_focused_dropout_is_identity_in_eval():
     x = positive_features(1)
     layer = FocusedDropout(par_rate=1.0).eval()

@@ -7,6 +7,15 @@ from modeldoctor.models import build_model
 from modeldoctor.replay import NoiseReplay, draw_noise
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a shared two-core machine stall in OpenMP spin waits; these tests are tiny anyway."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _resnet() -> nn.Module:
     torch.manual_seed(0)
     model = build_model("resnet20", 4, 1).eval()

@@ -126,7 +126,7 @@ def test_report_json_from_the_cli(run_dir: Path, tmp_path: Path, capsys) -> None
 def test_kernel_order_makes_a_staircase() -> None:
     abar = np.array([[0.0, 5.0, 0.0, 1.0], [4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
     order = kernel_order(abar)
-    assert order.tolist() == [1, 3, 0, 2]  # class 0's kernels (strongest first), then class 1's, then class 2's
+    assert order.tolist() == [1, 0, 2, 3]  # by the class each kernel serves most (rows min-max scaled), then strength
     assert [kernels_for_mass(r) for r in abar] == [2, 1, 2]
 
 

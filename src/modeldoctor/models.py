@@ -45,13 +45,16 @@ def select_logits(output: Any) -> torch.Tensor:
 
 
 class SimpleCNN(nn.Module):
-    """A compact CNN for small images: three conv-BN-ReLU stages, global pooling, one linear layer."""
+    """A compact CNN for small images: three conv-BN-ReLU stages, global pooling, one linear layer.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32) -> None:
+    ``stem_stride=2`` halves the resolution in the first conv (cheap on ≥ 48-px inputs).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, stem_stride: int = 1) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, w, 3, stride=stem_stride, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
             nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
@@ -114,6 +117,7 @@ class CifarResNet(nn.Module):
 BUILTINS: dict[str, Callable[..., nn.Module]] = {
     "simple-cnn": lambda num_classes, in_channels: SimpleCNN(num_classes, in_channels),
     "simple-cnn-narrow": lambda num_classes, in_channels: SimpleCNN(num_classes, in_channels, width=8),
+    "simple-cnn-s2": lambda num_classes, in_channels: SimpleCNN(num_classes, in_channels, width=16, stem_stride=2),
     "resnet20": lambda num_classes, in_channels: CifarResNet(20, num_classes, in_channels),
     "resnet32": lambda num_classes, in_channels: CifarResNet(32, num_classes, in_channels),
 }

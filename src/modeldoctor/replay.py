@@ -93,13 +93,18 @@ class NoiseReplay:
             with _no_inplace(self.model), _capture(self.model, self.layers) as feats:
                 logits = select_logits(self.model(x))
             return ForwardState(x, logits, dict(feats), training=training)
+        state = self._graph_state(gm, x, training)
+        if not training and not self._checked:
+            # Two samples show whether the graph reproduces the model; checking the whole batch would cost
+            # one more full forward pass.
+            self._check_against_model(state if len(x) <= 2 else self._graph_state(gm, x[:2], training))
+        return state
+
+    def _graph_state(self, gm: fx.GraphModule, x: torch.Tensor, training: bool) -> ForwardState:
         with _no_inplace(self.model):
             env, out = _run_graph(gm, x)
         feats = {name: env[_node_of(gm, name)] for name in self.layers}
-        state = ForwardState(x, select_logits(out), feats, env, training)
-        if not training and not self._checked:
-            self._check_against_model(state)
-        return state
+        return ForwardState(x, select_logits(out), feats, env, training)
 
     def gradients(self, state: ForwardState, layer: str, classes: Sequence[torch.Tensor], noise_draws: int,
                   delta: float, output: Output = "logit", create_graph: bool = False,

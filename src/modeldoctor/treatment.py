@@ -13,10 +13,11 @@ per batch, optimiser, schedule, epochs and seed.  Both pick their epoch on the v
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class TreatConfig:
     competitor: str = "runner_up"  # or "wrong_top1"
     competitor_kernels: bool = False  # restrict Eq. 5's second term to the competitor's relevant kernels
     expansion: int = 3  # object mask growth in input pixels before computing I_bg
-    normalise: str = "annotated"  # space-wise average over annotated images ("batch": over all)
+    normalise: str = "annotated"  # space-wise / input-gradient average over annotated images ("batch": over all)
     mix_annotated: int = 0  # annotated images appended to every batch (treated and control alike)
 
     def __post_init__(self) -> None:
@@ -162,44 +163,63 @@ def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch
     def loss_fn(model_: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None):
         if mixer is not None and idx is not None:
             x, y, idx = mixer(x, y, idx)
-        masks, annotated = bank.lookup(idx) if bank is not None and idx is not None else (None, None)
-        if use_ig:
-            grad, logits = log_prob_input_gradient(model_, x)
-            background = (~expand_mask(masks, cfg.expansion)).unsqueeze(1) & annotated.view(-1, 1, 1, 1)
-            penalty = squared_gradient_norm(grad, background) * len(x) / annotated.sum().clamp_min(1)
-            record("input_gradient", penalty)
-            return F.cross_entropy(logits, y) + cfg.lam_input_gradient * penalty, logits
         if replay is None:
             logits = select_logits(model_(x))
-            return F.cross_entropy(logits, y), logits
-        state = replay.forward(x)
-        logits = state.logits
+        else:
+            state = replay.forward(x)
+            logits = state.logits
         loss = F.cross_entropy(logits, y)
-        first = first_classes(logits, y, cfg.first)
-        second, weight = competitor_classes(logits, y, first, cfg.competitor)
-        for layer in layers:
-            space_here = use_space and layer in space_layers and annotated is not None and bool(annotated.any())
-            channel_here = use_channel and layer in channel_layers
-            if not (space_here or channel_here):
-                continue
-            feature = state.features[layer]
-            classes = [first, second] if channel_here else [first]
-            g = replay.gradients(state, layer, classes, noise_draws=cfg.noise_draws,
-                                 delta=_relative_delta(feature, cfg.delta), output="logit", create_graph=True)
-            if space_here:
-                bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
-                term = spatial_constraint(g.grads[0], bg, annotated, cfg.form, cfg.normalise)
-                record(f"space:{layer}", term)
-                loss = loss + cfg.lam_space * term
-            if channel_here:
+        if use_channel:
+            first = first_classes(logits, y, cfg.first)
+            second, weight = competitor_classes(logits, y, first, cfg.competitor)
+            for layer in channel_layers:
+                feature = state.features[layer]
+                g = replay.gradients(state, layer, [first, second], noise_draws=cfg.noise_draws,
+                                     delta=_relative_delta(feature, cfg.delta), output="logit", create_graph=True)
                 rel = relevant[layer].to(feature.device)
                 term = channel_constraint(g.grads[0], g.grads[1], ~rel[first], weight,
                                           rel[second] if cfg.competitor_kernels else None, cfg.form)
                 record(f"channel:{layer}", term)
                 loss = loss + cfg.lam_channel * term
+        rows = torch.nonzero(bank.annotated[idx]).flatten() if bank is not None and idx is not None else None
+        if rows is None or not len(rows) or not (use_space or use_ig):
+            return loss, logits
+        # The annotated rows get their own clean pass in eval mode (BatchNorm running statistics, as in the
+        # replayed tail): the constraint then costs J replays of the annotated images only, not of the batch.
+        xa, ya, masks = x[rows], y[rows], bank.masks[idx[rows]]
+        share = len(rows) / len(x) if cfg.normalise == "batch" else 1.0
+        with _all_eval(model_):
+            if use_ig:
+                grad, _ = log_prob_input_gradient(model_, xa)
+                background = (~expand_mask(masks, cfg.expansion)).unsqueeze(1)
+                term = squared_gradient_norm(grad, background) * share
+                record("input_gradient", term)
+                loss = loss + cfg.lam_input_gradient * term
+            if use_space:
+                sub = replay.forward(xa)
+                target = first_classes(sub.logits, ya, cfg.first)
+                for layer in space_layers:
+                    feature = sub.features[layer]
+                    g = replay.gradients(sub, layer, [target], noise_draws=cfg.noise_draws,
+                                         delta=_relative_delta(feature, cfg.delta), output="logit", create_graph=True)
+                    bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
+                    term = spatial_constraint(g.grads[0], bg, form=cfg.form) * share
+                    record(f"space:{layer}", term)
+                    loss = loss + cfg.lam_space * term
         return loss, logits
 
     return loss_fn
+
+
+@contextlib.contextmanager
+def _all_eval(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor,

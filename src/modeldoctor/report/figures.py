@@ -72,10 +72,12 @@ def correlation_heatmap(abar: np.ndarray, class_names: Sequence[str], layer: str
     counts = [kernels_for_mass(r) for r in abar]
     channels = abar.shape[1]
     median = float(np.median(counts))
-    fig, ax = plt.subplots(figsize=(min(14, 3 + channels * 0.06), 0.8 + 0.32 * len(class_names)))
+    fig, ax = plt.subplots(figsize=(10.5, 1.2 + 0.3 * len(class_names)))
     im = ax.imshow(norm, aspect="auto", cmap=SEQUENTIAL, vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(class_names)), class_names)
-    ax.set(xlabel=f"kernel of {layer} (sorted by the class it serves most)", ylabel="class")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set(xlabel=f"the {channels} kernels of {layer}, grouped by the class each serves most (position, not index)",
+           ylabel="class")
     fig.colorbar(im, ax=ax, label="correlation ā (row min-max)", fraction=0.03, pad=0.01)
     sparse = median <= 0.5 * channels
     title = (f"{layer}: each class relies on few of its {channels} kernels (median {median:.0f} for 90% of the mass)"
@@ -121,26 +123,29 @@ def sample_vs_average(sample: np.ndarray, average: np.ndarray, class_name: str, 
     return _render(fig, f"sample_vs_average_{_slug(layer)}", title, caption)
 
 
-def image_grid(name: str, title: str, caption: str, images: Sequence[np.ndarray],
-               overlays: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str],
-               column_labels: Sequence[str]) -> Figure:
-    """Grey images (columns) and, per row, the same images with a heat overlay (``None``: the plain image)."""
-    rows, cols = len(overlays), len(images)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols + 0.8, 1.5 * rows + 0.3), squeeze=False)
-    for r in range(rows):
+def image_grid(name: str, title: str, caption: str, rows: Sequence[tuple[str, Sequence[np.ndarray],
+               Sequence[np.ndarray | None], Sequence[str]]]) -> Figure:
+    """Rows of grey images, each row ``(label, images, overlays, titles)``; an overlay is a heat map drawn
+    over its image (``None``: the plain image)."""
+    cols = max(len(r[1]) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.55 * cols + 0.9, 1.75 * len(rows)), squeeze=False)
+    for r, (label, images, overlays, titles) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
-            ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=1)
-            heat = overlays[r][c]
-            if heat is not None:
-                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap=OVERLAY, alpha=0.6, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(column_labels[c], fontsize=8)
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=1)
+            heat = overlays[c]
+            if heat is not None:
+                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap=OVERLAY, alpha=0.6, vmin=0, vmax=1)
+            if titles[c]:
+                ax.set_title(titles[c], fontsize=7)
             if c == 0:
-                ax.set_ylabel(row_labels[r], fontsize=8)
-    fig.tight_layout(pad=0.3)
+                ax.set_ylabel(label, fontsize=8)
+    fig.tight_layout(pad=0.4, h_pad=0.6)
     return _render(fig, name, title, caption)
 
 
@@ -154,7 +159,7 @@ def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.n
     for i, (run, (mean, std)) in enumerate(runs.items()):
         top.bar(x + (i - (len(runs) - 1) / 2) * width, 100 * mean, width, yerr=None if std is None else 100 * std,
                 capsize=2, label=run, color=RUN_COLOURS.get(run))
-    top.set(ylabel=f"{split} accuracy (%)", ylim=(max(0, 100 * min(m.min() for m, _ in runs.values()) - 10), 100))
+    top.set(ylabel=f"{split} accuracy (%)", ylim=(max(0, 100 * min(m.min() for m, _ in runs.values()) - 10), 101))
     top.legend(fontsize=8, ncol=len(runs))
     top.grid(alpha=0.3, axis="y")
     title = f"Per-class {split} accuracy"
@@ -166,7 +171,8 @@ def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.n
         bottom.set(ylabel="treated − control\n(points)")
         overall = float(diff.mean())
         title = (f"Treatment {'raises' if overall > 0 else 'lowers'} mean per-class {split} accuracy by "
-                 f"{abs(overall):.1f} points over the matched control")
+                 f"{abs(overall):.1f} points over the matched control" if abs(overall) >= 0.05
+                 else f"Treatment leaves per-class {split} accuracy where the matched control has it")
     bottom.set_xticks(x, class_names)
     bottom.set(xlabel="class")
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread available)"
@@ -176,27 +182,31 @@ def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.n
 
 def background_share(name: str, runs: Mapping[str, np.ndarray], background_area: float) -> Figure:
     """Share of the summed derivative map falling on the background, per image, for each model."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
     names = list(runs)
-    ax.boxplot([runs[n] for n in names], widths=0.5)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(names), 3.4))
+    ax.boxplot([runs[n] for n in names], widths=0.45, showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.axhline(background_area, color="#555", linestyle="--", linewidth=1,
                label=f"background's share of the pixels ({background_area:.0%})")
     ax.set(ylabel="share of Σ|∂ŷ/∂m| on background", ylim=(0, 1))
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="y")
-    first = float(np.mean(runs[names[0]]))
-    title = (f"The {names[0]} model puts {first:.0%} of its derivative map on the background"
-             + (f"; treated {float(np.mean(runs['treated'])):.0%}" if "treated" in runs and names[0] != "treated" else ""))
+    means = {n: float(np.mean(v)) for n, v in runs.items()}
+    title = (f"The {names[0]} model puts {means[names[0]]:.0%} of its derivative map on the background, "
+             f"which covers {background_area:.0%} of the pixels")
+    if "treated" in means and "control" in means:
+        title = (f"Background share of the derivative map: original {means[names[0]]:.0%}, control "
+                 f"{means['control']:.0%}, treated {means['treated']:.0%} (background = {background_area:.0%} of pixels)")
     caption = ("Per test image: mass of the upsampled summed derivative map outside the (exact) digit mask divided "
-               "by its total. Above the dashed line the model looks at the background more than its area warrants.")
+               "by its total; triangles mark the means. Above the dashed line the model attends to the background more than "
+               "its area warrants.")
     return _render(fig, name, title, caption)
 
 
 def thumbnails(name: str, title: str, caption: str, rows: Mapping[str, Sequence[tuple[np.ndarray, str]]]) -> Figure:
     """A row of small labelled images per key (e.g. per class: the images to annotate first)."""
     cols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.05 * cols + 0.6, 1.15 * len(rows) + 0.2), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.05 * cols + 0.6, 1.3 * len(rows) + 0.2), squeeze=False)
     for r, (label, items) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r][c]
@@ -209,7 +219,7 @@ def thumbnails(name: str, title: str, caption: str, rows: Mapping[str, Sequence[
                 ax.axis("off")
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, h_pad=0.8)
     return _render(fig, name, title, caption)
 
 
@@ -231,30 +241,60 @@ def decomposition(summary: Mapping) -> Figure:
         right.axis("off")
     kept = summary.get("k2", "k")
     title = (f"Keeping {kept} final-layer features per class retains {summary['r_A']:.0%} of the full accuracy")
-    caption = ("Left: the final layer restricted to each class's influential features (Algorithm 1). Right: "
-               "replacing those features by Gaussian noise hurts far more than replacing random others (Table 8)."
-               if ess else "The final layer restricted to each class's influential features (Algorithm 1).")
+    caption = "Left: the final layer restricted to each class's influential features (Algorithm 1)."
+    if ess:
+        gap = ess["non_influential_replaced"] - ess["influential_replaced"]
+        caption += (f" Right (Table 8): replacing a sample's influential features by Gaussian noise costs "
+                    f"{100 * (ess['original'] - ess['influential_replaced']):.1f} points, replacing as many others "
+                    f"{100 * (ess['original'] - ess['non_influential_replaced']):.1f}"
+                    + (" — the influential ones matter more." if gap > 0.005 else "."))
     return _render(fig, "decomposition", title, caption)
 
 
-def ablation_ranking(units: Sequence[Mapping], layer: str, top: int = 8) -> Figure:
-    """Unit deletion: Δ accuracy when each unit is removed, all units sorted; the extremes labelled."""
-    deltas = np.array([u["delta"] for u in units]) * 100
-    ids = np.array([u["unit"] for u in units])
-    order = np.argsort(-deltas, kind="stable")
-    fig, ax = plt.subplots(figsize=(9, 3.4))
-    colours = plt.get_cmap("RdBu_r")(0.5 + deltas[order] / (2.2 * max(1e-9, float(np.abs(deltas).max()))))
-    ax.bar(np.arange(len(order)), deltas[order], width=1.0, color=colours)
+def ablation_ranking(units: Sequence[Mapping], layer: str, label: int = 4) -> Figure:
+    """Unit deletion: Δ accuracy when each unit is removed, all units sorted worst (removal helps) to best."""
+    order = sorted(range(len(units)), key=lambda i: (-units[i]["delta"], units[i].get("delta_loss", 0.0), i))
+    deltas = np.array([units[i]["delta"] for i in order]) * 100
+    ids = [units[i]["unit"] for i in order]
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    scale = max(1e-9, float(np.abs(deltas).max()))
+    ax.bar(np.arange(len(order)), deltas, width=0.9, color=plt.get_cmap("RdBu_r")(0.5 + deltas / (2.2 * scale)))
     ax.axhline(0, color="black", linewidth=0.8)
-    for rank in list(range(min(top // 2, len(order)))) + list(range(max(0, len(order) - top // 2), len(order))):
-        ax.annotate(str(ids[order[rank]]), (rank, deltas[order[rank]]), fontsize=6, ha="center",
-                    va="bottom" if deltas[order[rank]] >= 0 else "top")
-    ax.set(xlabel=f"unit of {layer}, sorted (labels: unit index)", ylabel="Δ accuracy when removed (points)")
-    helping = int((deltas < 0).sum())
-    title = f"Removing any one of {len(units)} units of {layer} changes accuracy by at most {np.abs(deltas).max():.1f} points"
-    caption = (f"{helping} units help (removing them lowers accuracy, blue), {int((deltas > 0).sum())} hurt "
-               "(removing them raises it, red). Units ranked on the validation split.")
+    extremes = [r for r in list(range(label)) + list(range(len(order) - label, len(order)))
+                if 0 <= r < len(order) and deltas[r] != 0]
+    for r in dict.fromkeys(extremes):
+        ax.annotate(f"#{ids[r]}", (r, deltas[r]), fontsize=7, ha="center", va="bottom" if deltas[r] > 0 else "top")
+    ax.set(xlabel=f"units of {layer}, sorted from 'removal helps' to 'removal hurts' (labels: unit index)",
+           ylabel="Δ accuracy when removed (points)")
+    ax.set_xlim(-1, len(order))
+    hurt, helped = int((deltas < 0).sum()), int((deltas > 0).sum())
+    title = (f"Removing any one of {len(units)} units of {layer} changes accuracy by at most "
+             f"{np.abs(deltas).max():.1f} points")
+    caption = (f"{hurt} of {len(units)} units help (removing one lowers accuracy, blue), {helped} hurt (removing one "
+               "raises it, red), the rest change nothing. Ties are broken by the change in loss.")
     return _render(fig, f"ablation_{_slug(layer)}", title, caption)
+
+
+def stability_curves(result: Mapping) -> Figure:
+    """Fig. 3 from stability.json: per layer, normal accuracy and adversarial true-label / keep-false shares."""
+    names = list(result["curves"])
+    fig, axes = plt.subplots(1, len(names), figsize=(max(6.5, 4.8 * len(names)), 3.8), squeeze=False)
+    unit = "δ × activation std" if result["relative_delta"] else "δ"
+    for ax, name in zip(axes[0], names):
+        c = result["curves"][name]
+        ax.plot(c["deltas"], c["normal_accuracy"], "o-", color="#4c72b0", label="normal: accuracy")
+        ax.plot(c["deltas"], c["adversarial_true_label"], "s-", color="#55a868", label="adversarial: back to true label")
+        ax.plot(c["deltas"], c["adversarial_keep_false"], "^-", color="#c44e52", label="adversarial: keeps false label")
+        ax.set(xlabel=f"noise range {unit} at {name}", ylabel="share of noisy replays", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    auc = result["auroc"]
+    title = (f"Feature noise tells FGSM adversarials from normal images: held-out AUROC {auc:.2f}" if auc >= 0.7
+             else f"Feature noise barely separates FGSM adversarials from normal images here (AUROC {auc:.2f})")
+    caption = (f"{result['draws']} noise draws per image and δ; detector δ = {result['delta']:g} at {result['layer']} "
+               f"chosen on a calibration half. There, {result['normal_accuracy_at_best']:.0%} of normal replays stay "
+               f"correct and {result['keep_false_at_best']:.0%} of adversarial replays keep the false label.")
+    return _render(fig, "stability", title, caption)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,162 @@
+"""Issue 6's three analyses on mnist5k models: decomposed final layer, Discovery 2 detector, unit deletion.
+
+Protocol: resnet20 (CIFAR-style, 1 input channel, 28 px) trained from scratch on mnist5k (3,500 / 500 / 1,000)
+with the project defaults (SGD lr 0.05, momentum 0.9, Nesterov, weight decay 5e-4, cosine, batch 128; best
+epoch on validation), one model per seed; every analysis runs on every seed's model; mean ± std over seeds.
+
+* decompose (Badola et al.): k₁ = k₂ = 5 from the training split; A_f, A_d, r_A on test; one epoch retraining
+  only the decomposed layer on cached training features (SGD lr 0.01; epoch chosen on val); Table 8 essentiality
+  on test; overlap of the influential sets with Model Doctor's relevant kernels of the last conv layer
+  (diagnosis with T = 50 samples per class, J = 10, the diagnosis engine's default rule and top-k at equal size).
+* stability (Model Doctor, Discovery 2): FGSM ε = 0.1 (raw pixels) on the first 500 test images, successful
+  adversarials only.  "paper": the paper's absolute δ grid 0 … 0.3 at the last conv layer.  "detector": δ in units
+  of the layer's activation std (0 … 3) at four depths; layer and δ chosen on a calibration half, AUROC reported
+  on the held-out half.
+* ablation (Kim et al. §3.1, Table 1, via modeldoctor.ablation): units of the last conv layer ranked on val,
+  deletion / scaling (c = 2) of the 5 worst / best units evaluated on test.
+
+Run: ``python benchmarks/analyses.py [--epochs 5] [--seeds 0,1,2]`` (one thread).  Writes
+benchmarks/results/analyses.json after every seed; the last stdout line is a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from modeldoctor.ablation import intervention_table, rank_units, unit_deletion
+from modeldoctor.data import load_data
+from modeldoctor.decompose import compare_with_diagnosis, decompose_model
+from modeldoctor.diagnosis import diagnose
+from modeldoctor.fileio import write_json
+from modeldoctor.layers import default_layer
+from modeldoctor.models import build_model
+from modeldoctor.stability import DEFAULT_DELTAS, discovery2
+from modeldoctor.training import TrainConfig, evaluate, fit
+
+RESULTS = Path(__file__).parent / "results" / "analyses.json"
+DETECTOR_LAYERS = ["conv1", "layer1.2.conv2", "layer2.2.conv2", "layer3.2.conv2"]
+DETECTOR_DELTAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def log(msg: str) -> None:
+    print(f"[analyses {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - started
+
+
+def one_seed(seed: int, epochs: int, bundle, max_samples: int) -> dict:
+    torch.manual_seed(seed)
+    model = build_model("resnet20", bundle.num_classes, bundle.in_channels, bundle.input_size)
+    _, train_s = timed(fit, model, bundle.train, bundle.val, bundle.num_classes, TrainConfig(epochs=epochs, seed=seed))
+    test_acc = evaluate(model, bundle.test, bundle.num_classes)["accuracy"]
+    log(f"seed {seed}: trained in {train_s:.0f}s, test {test_acc:.4f}")
+    last = default_layer(model)
+
+    dec, dec_s = timed(decompose_model, model, bundle, 5, 5, retrain_epochs=1, lr=0.01, seed=seed)
+    diagnosis, diag_s = timed(diagnose, model, bundle.train, layers=last, samples_per_class=50, noise_draws=10, seed=seed)
+    decompose = {**{k: v for k, v in dec.summary.items() if k != "influential"}, "seconds": dec_s,
+                 "diagnosis_overlap": compare_with_diagnosis(dec.mask, diagnosis, last), "diagnosis_seconds": diag_s}
+    log(f"seed {seed}: decompose r_A {decompose['r_A']:.4f}, retrained {decompose['accuracy_retrained']:.4f}")
+
+    paper, paper_s = timed(discovery2, model, bundle.test, eps=0.1, layers=last, deltas=DEFAULT_DELTAS,
+                           max_samples=max_samples, seed=seed)
+    detector, det_s = timed(discovery2, model, bundle.test, eps=0.1, layers=DETECTOR_LAYERS, deltas=DETECTOR_DELTAS,
+                            relative=True, max_samples=max_samples, seed=seed)
+    log(f"seed {seed}: stability paper AUROC {paper['auroc']:.3f}, detector AUROC {detector['auroc']:.3f} "
+        f"({detector['layer']}, δ={detector['delta']:g}·std)")
+
+    ranking, rank_s = timed(unit_deletion, model, bundle.val, bundle.num_classes, layer=last)
+    table, table_s = timed(intervention_table, model, {"test": bundle.test}, bundle.num_classes, last, ranking,
+                           k=5, constants=(2.0,))
+    ablation = {"layer": last, "ranking_split": "val", "ranked": rank_units(ranking, bundle.class_names, top=5),
+                "table": table, "seconds": rank_s + table_s}
+    log(f"seed {seed}: ablation done")
+    return {"seed": seed, "test_accuracy": test_acc, "train_seconds": train_s, "decompose": decompose,
+            "stability": {"paper": {**paper, "seconds": paper_s}, "detector": {**detector, "seconds": det_s}},
+            "ablation": ablation}
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def summarise(runs: list[dict]) -> dict:
+    def pick(path: str) -> dict[str, float]:
+        vals = []
+        for run in runs:
+            v = run
+            for key in path.split("."):
+                v = v[key]
+            vals.append(float(v))
+        return mean_std(vals)
+
+    def ablation_delta(label: str) -> dict[str, float]:
+        return mean_std([next(row["delta"]["test"] for row in run["ablation"]["table"] if row["intervention"] == label)
+                         for run in runs])
+
+    dec = {k: pick(f"decompose.{k}") for k in ("accuracy_full", "accuracy_decomposed", "r_A", "accuracy_retrained")}
+    overlap = "decompose.diagnosis_overlap.top_k_same_size"
+    dec.update({"essentiality_influential": pick("decompose.essentiality.influential_replaced"),
+                "essentiality_non_influential": pick("decompose.essentiality.non_influential_replaced"),
+                "jaccard_vs_diagnosis_topk": pick(f"{overlap}.mean_jaccard"),
+                "intersection_vs_diagnosis_topk": pick(f"{overlap}.mean_intersection"),
+                "chance_intersection_topk": pick(f"{overlap}.mean_chance_intersection"),
+                "multiply_adds_ratio": pick("decompose.multiply_adds.ratio")})
+    return {
+        "seeds": [r["seed"] for r in runs],
+        "test_accuracy": pick("test_accuracy"),
+        "decompose": dec,
+        "stability": {"fgsm_success_rate": pick("stability.paper.fgsm.success_rate"),
+                      "paper_auroc": pick("stability.paper.auroc"),
+                      "paper_keep_false_at_best": pick("stability.paper.keep_false_at_best"),
+                      "detector_auroc": pick("stability.detector.auroc"),
+                      "detector_keep_false_at_best": pick("stability.detector.keep_false_at_best"),
+                      "detector_normal_accuracy_at_best": pick("stability.detector.normal_accuracy_at_best"),
+                      "detector_choice": [[r["stability"]["detector"]["layer"], r["stability"]["detector"]["delta"]]
+                                          for r in runs]},
+        "ablation_test_delta": {label: ablation_delta(label) for label in
+                                ("delete worst-k", "delete best-k", "worst outputs / 2", "best outputs x 2")},
+    }
+
+
+def compact(obj):
+    """Means ± std only, for the one-line stdout summary."""
+    if isinstance(obj, dict) and "mean" in obj and "std" in obj:
+        return [round(obj["mean"], 4), round(obj["std"], 4)]
+    if isinstance(obj, dict):
+        return {k: compact(v) for k, v in obj.items()}
+    return obj
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--max-samples", type=int, default=500, help="test images used by the stability analysis")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    bundle = load_data("mnist5k")
+    runs: list[dict] = []
+    started = time.perf_counter()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        runs.append(one_seed(seed, args.epochs, bundle, args.max_samples))
+        summary = summarise(runs)
+        write_json(RESULTS, {"protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
+                             "seconds": time.perf_counter() - started})
+    print(json.dumps({"benchmark": "analyses", "seconds": round(time.perf_counter() - started), **compact(summary)}))
+
+
+if __name__ == "__main__":
+    main()
