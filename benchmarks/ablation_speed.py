@@ -1,6 +1,6 @@
 """Speed of batched unit deletion vs one full evaluation per unit, as a ratio measured in one run.
 
-Model: simple-cnn trained for one epoch on mnist5k (seed 0, project defaults; its weights do not change the
+Model: simple-cnn trained for two epochs on mnist5k (seed 0, project defaults; its weights do not change the
 cost, but a trained model makes the per-unit accuracies worth comparing).  Layer: its last conv
 (features.11, 128 units).  Data: the mnist5k validation split (500 images), batch 128, one thread.
 
@@ -9,7 +9,7 @@ replayed for the ablated copies).  Reference: unit_deletion_one_at_a_time (128 f
 zeroing hook).  Order: batched, reference, batched; the speedup uses the mean of the two batched runs, so
 load drift on a shared machine affects both sides alike.  Per-unit accuracies must be identical.
 
-Usage: python benchmarks/ablation_speed.py [--epochs 1]
+Usage: python benchmarks/ablation_speed.py [--epochs 2]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def timed(fn, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_data("mnist5k")

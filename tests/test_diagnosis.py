@@ -245,3 +245,14 @@ def test_discovery_statistics():
     assert spearman([0, 1, 2, 3], [10, 8, 8, 1]) == pytest.approx(-0.9486833, abs=1e-6)
     assert kendall_tau([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert depth_trend([0, 1, 2], [6.0, 4.0, 2.0])["first_to_last_ratio"] == pytest.approx(3.0)
+
+
+def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks():
+    from modeldoctor.layers import default_layer, layer_table
+
+    model = _resnet()
+    table = layer_table(model, (2, 8, 8))
+    assert [t.depth for t in table] == list(range(len(table)))
+    assert table[0].name == "conv1" and table[0].out_shape == (16, 8, 8)
+    assert table[-1].name == default_layer(model) == "layer3.2.conv2" and table[-1].out_shape == (64, 2, 2)
+    assert _hooks(model) == 0

@@ -118,12 +118,12 @@ def test_torchvision_mnist_from_its_raw_files(tmp_path: Path) -> None:
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (40, 28, 28)), "t10k": rng.integers(0, 256, (12, 28, 28))}
+    images = {"train": rng.integers(0, 256, (100, 28, 28)), "t10k": rng.integers(0, 256, (12, 28, 28))}
     for prefix, pixels in images.items():
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", pixels)
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(len(pixels)) % 10)
     bundle = load_data(f"mnist:{tmp_path}")
-    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (36, 4, 12)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (90, 10, 12)
     assert bundle.num_classes == 10 and bundle.in_channels == 1 and bundle.input_size == 28
     assert bundle.test.labels.tolist() == [i % 10 for i in range(12)]
     assert torch.allclose(bundle.test.raw(3)[0] * 255, torch.from_numpy(images["t10k"][3]).float(), atol=1e-3)

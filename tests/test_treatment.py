@@ -204,9 +204,112 @@ def test_treatment_loss_and_mixer_drive_a_step():
     assert np.isfinite(loss) and set(log) == {"space:conv1", "space:conv2", "channel:conv2"}
     assert all(v > 0 for v in log.values())
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    sub_log: dict[str, float] = {}
+    subset = TreatConfig(constraints=("space",), space_layers=["conv1"], noise_draws=2, expansion=0, space_pass="subset")
+    treat_step(model, opt, treatment_loss(model, subset, None, bank, mix, sub_log), x[:4], y[:4], idx[:4])
+    assert set(sub_log) == {"space:conv1"} and sub_log["space:conv1"] > 0 and model.training
     ig = treatment_loss(model, TreatConfig(constraints=("input-gradient",), expansion=0), None, bank, mix, log)
     assert np.isfinite(treat_step(model, opt, ig, x[:4], y[:4], idx[:4])) and log["input_gradient"] > 0
     with pytest.raises(UserError, match="masks"):
         treatment_loss(model, TreatConfig(constraints=("space",)), None, None)
     with pytest.raises(UserError, match="relevant kernels"):
         treatment_loss(model, TreatConfig(constraints=("channel",)), {}, None)
+
+
+PAPER_CLASSIFIERS = ["alexnet", "vgg16", "resnet34", "resnet50", "wide_resnet50_2", "resnext50_32x4d", "densenet121",
+                     "simple-cnn", "efficientnet_v2_s", "googlenet", "timm:xception41", "mobilenet_v2",
+                     "inception_v3", "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0"]
+
+
+@pytest.mark.slow
+def test_treat_step_on_the_16_paper_classifiers():
+    from modeldoctor.layers import conv_layer_names
+    from modeldoctor.models import build_model, min_input_size
+
+    failures = []
+    for name in PAPER_CLASSIFIERS:
+        torch.manual_seed(0)
+        size = max(min_input_size(name), 32)
+        model = build_model(name, 3, 3, size)
+        last = conv_layer_names(model)[-2:]
+        out_channels = model.get_submodule(last[-1]).out_channels
+        masks = torch.zeros(2, size, size, dtype=torch.bool)
+        masks[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
+        bank = MaskBank(masks, torch.ones(2, dtype=torch.bool), [0, 1])
+        relevant = {last[-1]: torch.rand(3, out_channels, generator=torch.Generator().manual_seed(0)) > 0.5}
+        log: dict[str, float] = {}
+        cfg = TreatConfig(space_layers=last, channel_layers=last[-1:], noise_draws=2, expansion=2)
+        loss_fn = treatment_loss(model, cfg, relevant, bank, log=log)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
+        try:
+            loss = treat_step(model, opt, loss_fn, x, y, torch.arange(2))
+            assert np.isfinite(loss) and f"channel:{last[-1]}" in log, log
+        except Exception as exc:  # collect, so one run names every failing architecture
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        del model, opt
+    assert not failures, failures
+
+
+def _tiny_imagefolder(root) -> None:
+    """3 classes of 24-px squares at class-specific places, with object masks next to them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / "data" / f"c{c}").mkdir(parents=True)
+        (root / "masks" / f"c{c}").mkdir(parents=True)
+        for i in range(40):
+            img = rng.uniform(0, 0.4, (24, 24))
+            r, col = 2 + 6 * c + rng.integers(0, 3), 4 + rng.integers(0, 10)
+            img[r:r + 6, col:col + 6] = 1.0
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / "data" / f"c{c}" / f"{i}.png")
+            mask = np.zeros((24, 24), dtype=np.uint8)
+            mask[r:r + 6, col:col + 6] = 255
+            Image.fromarray(mask).save(root / "masks" / f"c{c}" / f"{i}.png")  # named after the sample id c0/3.png
+
+
+@pytest.mark.slow
+def test_treat_cli_resume_after_kill_matches_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from modeldoctor.cli import main
+    from modeldoctor.data import load_data
+    from modeldoctor.diagnosis import diagnose
+    from modeldoctor.checkpoint import load_checkpoint
+
+    _tiny_imagefolder(tmp_path)
+    data = f"imagefolder:{tmp_path / 'data'}"
+    assert main(["train", "--model", "simple-cnn-narrow", "--data", data, "--epochs", "2", "--out",
+                 str(tmp_path / "base"), "--json"]) == 0
+    model, _ = load_checkpoint(tmp_path / "base" / "model.pt")
+    diagnose(model, load_data(data).train, samples_per_class=10).save(str(tmp_path / "diag"))
+    masks = tmp_path / "masks"
+    args = ["treat", "--checkpoint", str(tmp_path / "base" / "model.pt"), "--diagnosis", str(tmp_path / "diag"),
+            "--data", data, "--constraints", "space,channel", "--masks", str(masks), "--annotate-per-class", "5",
+            "--epochs", "6", "--json"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "treat.json").read_text())
+    assert first["annotated"] == 15 and set(first) >= {"checkpoint", "original", "control", "treated"}
+    assert 0 <= first["treated"]["test"]["accuracy"] <= 1 and len(first["treated"]["val"]["per_class"]) == 3
+    treated, meta = load_checkpoint(tmp_path / "a" / "treated.pt")
+    assert meta.parent and meta.parent.endswith("model.pt")
+
+    out_b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "modeldoctor", *args, "--out", str(out_b)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out_b / ".state-treated.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out_b / "treat.json").exists()
+    assert main([*args, "--out", str(out_b), "--resume"]) == 0
+    second = json.loads((out_b / "treat.json").read_text())
+    for arm in ("original", "control", "treated"):
+        assert second[arm] == first[arm], arm

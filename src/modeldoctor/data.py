@@ -112,6 +112,9 @@ def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids
                         class_names: list[str], parts: list[np.ndarray], input_size: int | None,
                         masks: dict[str, torch.Tensor] | None = None) -> DataBundle:
     """Build a bundle from in-memory images in [0, 1] and index arrays for train / val / test."""
+    for split_name, part in zip(("train", "val", "test"), parts):
+        if not len(part):
+            raise UserError(f"the {split_name} split of {spec} is empty; the dataset has too few images per class")
     size = input_size or images.shape[-1]
     images = resize_images(images, size)
     train_idx = parts[0]

@@ -189,9 +189,18 @@ def _as_mask(mask: "torch.Tensor | np.ndarray", size: tuple[int, int]) -> torch.
     return m
 
 
-def _unit_counts(feat: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ |M_u ∩ L_c|`` (U, K) and ``Σ |M_u|`` (U,) for one batch, ``M_u = upsample(a_u) > t_u``."""
-    up = F.interpolate(feat.float(), size=size, mode="bilinear", align_corners=False)
-    active = (up > thresholds.view(1, -1, 1, 1)).flatten(2).float()
-    return torch.einsum("bup,bkp->uk", active, masks), active.sum((0, 2))
+def _unit_counts(feat: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor, size: tuple[int, int],
+                 max_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ |M_u ∩ L_c|`` (U, K) and ``Σ |M_u|`` (U,) for one batch, ``M_u = upsample(a_u) > t_u``.
+
+    Samples are taken a few at a time so the upsampled maps stay under ``max_elements`` values.
+    """
+    step = max(1, max_elements // (feat.shape[1] * size[0] * size[1]))
+    inter = torch.zeros(feat.shape[1], masks.shape[1])
+    area = torch.zeros(feat.shape[1])
+    for j in range(0, feat.shape[0], step):
+        up = F.interpolate(feat[j:j + step].float(), size=size, mode="bilinear", align_corners=False)
+        active = (up > thresholds.view(1, -1, 1, 1)).flatten(2).float()
+        inter += torch.einsum("bup,bkp->uk", active, masks[j:j + step])
+        area += active.sum((0, 2))
+    return inter, area

@@ -5,6 +5,7 @@ A model spec is a string and is stored in the checkpoint, so a checkpoint rebuil
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from typing import Any, Callable
 
@@ -155,8 +156,12 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int) -> nn.Modu
 
     valid = torchvision_names()
     if name not in valid:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(sorted(BUILTINS))}, a torchvision "
-                        f"classifier ({', '.join(valid[:12])}, ...), timm:NAME, or package.module:factory")
+        close = difflib.get_close_matches(name, valid + sorted(BUILTINS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        common = ("resnet18", "resnet50", "vgg16", "densenet121", "inception_v3", "efficientnet_v2_s", "mobilenet_v2")
+        raise UserError(f"unknown model {name!r}; {hint}choose one of {', '.join(sorted(BUILTINS))}, a torchvision "
+                        f"classifier ({', '.join(common)}, ... {len(valid)} in all, see "
+                        "torchvision.models.list_models()), timm:NAME, or package.module:factory")
     kwargs: dict[str, Any] = {"weights": None, "num_classes": num_classes}
     if name in ("googlenet", "inception_v3"):
         # Auxiliary heads only exist to help training from scratch and break on small inputs.

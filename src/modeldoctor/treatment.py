@@ -55,6 +55,8 @@ class TreatConfig:
     expansion: int = 3  # object mask growth in input pixels before computing I_bg
     normalise: str = "annotated"  # space-wise / input-gradient average over annotated images ("batch": over all)
     mix_annotated: int = 0  # annotated images appended to every batch (treated and control alike)
+    space_pass: str = "auto"  # masked terms on the batch's own pass, a separate eval pass of the annotated
+    # rows ("subset"), or "auto": subset when fewer than half the rows are annotated
 
     def __post_init__(self) -> None:
         unknown = set(self.constraints) - set(CONSTRAINTS)
@@ -163,38 +165,64 @@ def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch
     def loss_fn(model_: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None):
         if mixer is not None and idx is not None:
             x, y, idx = mixer(x, y, idx)
-        if replay is None:
-            logits = select_logits(model_(x))
+        if bank is not None and idx is not None:
+            masks, annotated = bank.lookup(idx)
         else:
-            state = replay.forward(x)
-            logits = state.logits
+            masks, annotated = None, torch.zeros(len(x), dtype=torch.bool)
+        rows = torch.nonzero(annotated).flatten()
+        masked = (use_space or use_ig) and len(rows) > 0
+        subset = masked and (cfg.space_pass == "subset" or (cfg.space_pass == "auto" and 2 * len(rows) < len(x)))
+        share = len(rows) / len(x) if cfg.normalise == "batch" else 1.0
+        if use_ig and masked and not subset:
+            grad, logits = log_prob_input_gradient(model_, x)
+            loss = F.cross_entropy(logits, y) + cfg.lam_input_gradient * _ig_term(grad, masks, annotated, share)
+            return loss, logits
+        state = replay.forward(x) if replay is not None else None
+        logits = state.logits if state is not None else select_logits(model_(x))
         loss = F.cross_entropy(logits, y)
-        if use_channel:
+        if use_channel or (use_space and masked and not subset):
             first = first_classes(logits, y, cfg.first)
             second, weight = competitor_classes(logits, y, first, cfg.competitor)
-            for layer in channel_layers:
+            for layer in layers:
+                channel_here = use_channel and layer in channel_layers
+                space_here = use_space and masked and not subset and layer in space_layers
+                if not (channel_here or space_here):
+                    continue
                 feature = state.features[layer]
-                g = replay.gradients(state, layer, [first, second], noise_draws=cfg.noise_draws,
-                                     delta=_relative_delta(feature, cfg.delta), output="logit", create_graph=True)
-                rel = relevant[layer].to(feature.device)
-                term = channel_constraint(g.grads[0], g.grads[1], ~rel[first], weight,
-                                          rel[second] if cfg.competitor_kernels else None, cfg.form)
-                record(f"channel:{layer}", term)
-                loss = loss + cfg.lam_channel * term
-        rows = torch.nonzero(bank.annotated[idx]).flatten() if bank is not None and idx is not None else None
-        if rows is None or not len(rows) or not (use_space or use_ig):
-            return loss, logits
-        # The annotated rows get their own clean pass in eval mode (BatchNorm running statistics, as in the
-        # replayed tail): the constraint then costs J replays of the annotated images only, not of the batch.
-        xa, ya, masks = x[rows], y[rows], bank.masks[idx[rows]]
-        share = len(rows) / len(x) if cfg.normalise == "batch" else 1.0
+                g = replay.gradients(state, layer, [first, second] if channel_here else [first],
+                                     noise_draws=cfg.noise_draws, delta=_relative_delta(feature, cfg.delta),
+                                     output="logit", create_graph=True)
+                if channel_here:
+                    rel = relevant[layer].to(feature.device)
+                    term = channel_constraint(g.grads[0], g.grads[1], ~rel[first], weight,
+                                              rel[second] if cfg.competitor_kernels else None, cfg.form)
+                    record(f"channel:{layer}", term)
+                    loss = loss + cfg.lam_channel * term
+                if space_here:
+                    bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
+                    term = spatial_constraint(g.grads[0], bg, annotated, cfg.form) * share
+                    record(f"space:{layer}", term)
+                    loss = loss + cfg.lam_space * term
+        if subset:
+            loss = loss + subset_terms(model_, x[rows], y[rows], masks[rows], share)
+        return loss, logits
+
+    def _ig_term(grad: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor, share: float) -> torch.Tensor:
+        background = (~expand_mask(masks, cfg.expansion)).unsqueeze(1) & annotated.view(-1, 1, 1, 1)
+        term = squared_gradient_norm(grad, background) * len(grad) / annotated.sum().clamp_min(1) * share
+        record("input_gradient", term)
+        return term
+
+    def subset_terms(model_: nn.Module, xa: torch.Tensor, ya: torch.Tensor, masks: torch.Tensor,
+                     share: float) -> torch.Tensor:
+        """Few annotated rows get their own clean pass in eval mode (BatchNorm running statistics, as in the
+        replayed tail), so the masked terms cost J replays of those rows only, not of the whole batch."""
+        total = torch.zeros(())
+        everyone = torch.ones(len(xa), dtype=torch.bool)
         with _all_eval(model_):
             if use_ig:
                 grad, _ = log_prob_input_gradient(model_, xa)
-                background = (~expand_mask(masks, cfg.expansion)).unsqueeze(1)
-                term = squared_gradient_norm(grad, background) * share
-                record("input_gradient", term)
-                loss = loss + cfg.lam_input_gradient * term
+                total = total + cfg.lam_input_gradient * _ig_term(grad, masks, everyone, share)
             if use_space:
                 sub = replay.forward(xa)
                 target = first_classes(sub.logits, ya, cfg.first)
@@ -205,8 +233,8 @@ def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch
                     bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
                     term = spatial_constraint(g.grads[0], bg, form=cfg.form) * share
                     record(f"space:{layer}", term)
-                    loss = loss + cfg.lam_space * term
-        return loss, logits
+                    total = total + cfg.lam_space * term
+        return total
 
     return loss_fn
 

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.dissect:
         _add_concepts(ranking, read_json(args.dissect), layer)
     print("modeldoctor ablate: interventions", file=sys.stderr)
-    table = intervention_table(model, splits, bundle.num_classes, layer, result, k=min(args.k, len(result.units)),
-                               constants=constants)
+    k = min(args.k, len(result.units))
+    table = intervention_table(model, splits, bundle.num_classes, layer, result, k=k, constants=constants)
     report = {
         "checkpoint": args.checkpoint, "weights_sha256": meta.weights_sha256, "layer": layer,
         "rank_split": args.rank_split, "eval_split": args.eval_split,
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "loss": result.baseline_loss},
         "units": [{"unit": u, "delta": float(result.delta[i]), "delta_loss": float(result.delta_loss[i]),
                    "delta_per_class": result.delta_per_class[i].tolist()} for i, u in enumerate(result.units)],
-        "ranking": ranking, "k": args.k, "c": constants, "interventions": table,
+        "ranking": ranking, "k": k, "c": constants, "interventions": table,
     }
     if out is not None:
         write_json(out / "ablate.json", report)

@@ -1,4 +1,9 @@
-"""Run the end-to-end story on offline data (for now: train a baseline on mnist5k and evaluate it).
+"""Run the whole story offline: train on shortcut-mnist, diagnose, list images to annotate, treat vs control, report.
+
+The baseline learns the background shortcut of shortcut-mnist; the diagnosis and the report show how much of
+its derivative map falls on the background; the treatment uses 20 object masks per class and is compared
+with the matched control (the same fine-tune without the constraints).  Ends by printing the report's path
+and the original / control / treated test accuracies.
 
 Example: modeldoctor demo --out runs/demo
 """
@@ -6,18 +11,20 @@ Example: modeldoctor demo --out runs/demo
 from __future__ import annotations
 
 import argparse
+import sys
 
-from . import train
+from ..demo import run_demo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="fewer epochs (used by CI)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="fewer epochs, samples and noise draws (CI; about a minute)")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> dict:
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)  # train's own defaults, including flags added later
-    targs = parser.parse_args(["--model", "simple-cnn", "--data", "mnist5k", "--out", args.out,
-                               "--epochs", "1" if args.quick else "5"])
-    return train.run(targs)
+    result = run_demo(args.out, quick=args.quick, seed=args.seed)
+    lines = [f"report: {result['html']}"] + [
+        f"{arm:>8} test accuracy {100 * result[arm]['test']['accuracy']:.2f}%" for arm in ("original", "control", "treated")]
+    print("\n".join(lines), file=sys.stderr)
+    return result

@@ -123,13 +123,8 @@ def _relevant(args: argparse.Namespace, layers: list[str]) -> dict[str, torch.Te
     from ..diagnosis import Diagnosis
 
     diagnosis = Diagnosis.load(args.diagnosis)
-    found = {}
-    for layer in layers:
-        try:
-            found[layer] = diagnosis.relevant(layer, method=args.relevance) if args.relevance else diagnosis.relevant(layer)
-        except KeyError:
-            raise UserError(f"the diagnosis in {args.diagnosis} has no layer {layer!r}; "
-                            f"diagnose it (--layers {layer}) or pass --channel-layers") from None
+    options = {"method": args.relevance} if args.relevance else {}
+    found = {layer: diagnosis.relevant(layer, **options) for layer in layers}
     return found
 
 

@@ -42,7 +42,9 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
         sections.append(treatment_section(treat, _class_names(diagnosis, models, treat)))
     stability = files.json("stability")
     if stability:
-        sections.append(stability_section(stability, files.get("stability")))
+        sections.append(stability_section(stability))
+    if files.explain_pngs:
+        sections.append(explain_section(files.explain_pngs))
     decompose = files.json("decompose")
     if decompose:
         sections.append(decomposition_section(decompose))
@@ -62,7 +64,8 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     return target
 
 
-ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
+MAX_HEATMAPS = 4
+ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition", "ablation"]
 
 
 def _order(sections: list[Section]) -> list[Section]:
@@ -94,9 +97,12 @@ def discovery_section(diagnosis) -> Section:
                       f"class score with respect to each feature map, over up to {diagnosis.options.samples_per_class} "
                       "confident, correctly classified training images per class, with "
                       f"{diagnosis.options.noise_draws} noise draws each.")
-    for layer in reversed(layers):  # the deepest layer first: that is where the paper's claim is strongest
+    for layer in reversed(_spread(layers, MAX_HEATMAPS)):  # the deepest first: where the paper's claim is strongest
         abar = layer.correlation.numpy()
         section.figures.append(figures.correlation_heatmap(abar, diagnosis.class_names, layer.name))
+    if len(layers) > MAX_HEATMAPS:
+        section.notes.append(f"Heatmaps for {MAX_HEATMAPS} of the {len(layers)} diagnosed layers (evenly spread, "
+                             "always the deepest); all are in diagnosis.safetensors.")
     if len(layers) > 1:
         counts = [[figures.kernels_for_mass(r) for r in l.correlation.numpy()] for l in layers]
         section.figures.append(figures.mass_vs_depth([l.name for l in layers], counts, [l.channels for l in layers]))
@@ -107,6 +113,14 @@ def discovery_section(diagnosis) -> Section:
             layers[-1].profiles[c, p].numpy(), layers[-1].correlation[c].numpy(), diagnosis.class_names[c],
             layers[-1].name, float(diagnosis.profile_confidence[c, p])))
     return section
+
+
+def _spread(items: list, n: int) -> list:
+    """At most ``n`` items evenly spread over ``items``, always including the last."""
+    if len(items) <= n:
+        return items
+    picks = np.linspace(len(items) - 1, 0, n).round().astype(int)
+    return [items[i] for i in sorted(set(picks.tolist()))]
 
 
 def _best_profile(diagnosis, layer) -> tuple[int, int] | None:
@@ -150,24 +164,23 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
     return section
 
 
-def stability_section(result: dict, path: Path | None) -> Section:
+def stability_section(result: dict) -> Section:
     """Fig. 3: noise keeps normal samples and moves adversarials back; the detector's held-out AUROC."""
-    from ..stability import plot_curves
+    section = Section("stability", "Discovery 2: are adversarial samples isolated in feature space?",
+                      "Uniform(−δ, δ) noise added to a layer's feature map of correctly classified test images and of "
+                      f"their FGSM adversarials (ε = {result['fgsm']['eps']:g}, {result['fgsm']['adversarials']} "
+                      "successful). The detector scores an image by how often noise changes its prediction.")
+    section.figures.append(figures.stability_curves(result))
+    return section
 
-    section = Section("stability", "Discovery 2: adversarial samples are isolated, normal samples are not",
-                      f"Uniform(−δ, δ) noise added to a layer's feature map, {result['draws']} draws per sample and δ; "
-                      f"FGSM adversarials at ε = {result['fgsm']['eps']:g}.")
-    tmp = (path.parent if path else Path(".")) / ".report_stability.png"
-    try:
-        plot_curves(result, tmp)
-        png = tmp.read_bytes()
-    finally:
-        tmp.unlink(missing_ok=True)
-    title = (f"Noise at δ = {result['delta']:g} tells adversarials from normal images with held-out AUROC "
-             f"{result['auroc']:.2f}")
-    caption = (f"Normal accuracy under that noise {result['normal_accuracy_at_best']:.0%}; "
-               f"{result['keep_false_at_best']:.0%} of adversarial replays keep the false label.")
-    section.figures.append(figures.Figure("stability", title, caption, png))
+
+def explain_section(paths: list[Path]) -> Section:
+    """The overlays `modeldoctor explain` wrote, as they are."""
+    section = Section("explain", "Single-image explanations",
+                      "Images explained with `modeldoctor explain`: the image and its summed derivative map.")
+    for path in paths:
+        section.figures.append(figures.Figure(path.stem, path.stem.removeprefix("explain-"),
+                                              f"From {path.name}.", path.read_bytes()))
     return section
 
 
@@ -187,10 +200,10 @@ def ablation_section(result: dict) -> Section:
                       f"Each unit of {result['layer']} removed in turn (output set to zero); accuracy change on the "
                       f"{result['rank_split']} split (baseline {result['baseline']['accuracy']:.1%}).")
     section.figures.append(figures.ablation_ranking(result["units"], result["layer"]))
-    rows = [[label, e["unit"], f"{100 * e['delta']:+.2f}"] for label, key in (("worst (removal helps)", "worst"),
-                                                                               ("best (removal hurts)", "best"))
-            for e in result["ranking"][key]]
-    section.tables.append(table(["kind", "unit", "Δ accuracy (points)"], rows))
+    rows = [[label, e["unit"], f"{100 * e['delta']:+.2f}", f"{e['delta_loss']:+.4f}"]
+            for label, key in (("worst", "worst"), ("best", "best")) for e in result["ranking"][key]]
+    section.tables.append(table(["rank list", "unit", "Δ accuracy (points)", "Δ loss"], rows,
+                                "worst: removal raises accuracy most (or lowers the loss most); best: removal costs most"))
     return section
 
 

@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..fileio import read_json
 
 NAMES = {"diagnosis": "diagnosis.json", "annotate": "annotate.json", "treat": "treat.json", "ablate": "ablate.json",
-         "decompose": "decompose.json", "stability": "stability.json", "explain": "explain.json"}
+         "decompose": "decompose.json", "stability": "stability.json"}
 
 
 @dataclass
@@ -25,6 +25,7 @@ class RunFiles:
     root: Path
     found: dict[str, Path] = field(default_factory=dict)
     checkpoints: list[Path] = field(default_factory=list)
+    explain_pngs: list[Path] = field(default_factory=list)  # overlays written by `modeldoctor explain`
 
     def get(self, kind: str) -> Path | None:
         return self.found.get(kind)
@@ -35,7 +36,7 @@ class RunFiles:
 
 
 def find_outputs(run_dir: str | Path) -> RunFiles:
-    """Scan ``run_dir`` recursively for known output files and checkpoints (``*.pt``)."""
+    """Scan ``run_dir`` recursively for known output files, explain overlays and checkpoints (``*.pt``)."""
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the --out directory of modeldoctor commands")
@@ -48,6 +49,7 @@ def find_outputs(run_dir: str | Path) -> RunFiles:
         hits = depth_first([p for p in root.rglob(name) if p.is_file() and not _hidden(p, root)])
         if hits:
             files.found[kind] = hits[0]
+    files.explain_pngs = depth_first([p for p in root.rglob("explain-*.png") if not _hidden(p, root)])
     files.checkpoints = depth_first([p for p in root.rglob("*.pt") if p.is_file() and not _hidden(p, root)])
     return files
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from .figures import Figure
 
+NUMBER = re.compile(r"^[+\-−]?[\d.]+(e[+-]?\d+)?%?( ± [\d.]+)?$")
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1100px;margin:0 auto;padding:1.5em;
 color:#222;line-height:1.45;background:#fff}
@@ -24,7 +26,7 @@ h3{font-size:1.02em;margin:1.2em 0 .3em}
 figure{margin:1em 0 1.6em}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#444;font-size:.9em;margin-top:.3em}
 table{border-collapse:collapse;font-size:.88em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3}td,th{text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 nav ul{columns:2;padding-left:1.2em}code{background:#f3f3f3;padding:0 .2em}.note{color:#666;font-size:.88em}
 """
 
@@ -59,9 +61,9 @@ class Section:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], caption: str = "") -> str:
-    """An HTML table; floats in (0, 1] are shown as percentages only if the caller formats them so."""
+    """An HTML table; cells that read as numbers are right-aligned, floats shown with 4 significant digits."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
     cap = f"<caption class='note'>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -97,6 +99,12 @@ def _section(s: Section) -> str:
     out += [f"<p class='note'>{html.escape(n)}</p>" for n in s.notes]
     out.append("</section>")
     return "\n".join(out)
+
+
+def _cell(value: object) -> str:
+    text = _fmt(value)
+    numeric = bool(NUMBER.match(text))
+    return f"<td class='num'>{html.escape(text)}</td>" if numeric else f"<td>{html.escape(text)}</td>"
 
 
 def _fmt(value: object) -> str:

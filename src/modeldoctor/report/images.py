@@ -19,6 +19,7 @@ from torch import nn
 from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data import DataBundle
 from ..errors import UserError
+from ..explain import background_share
 from ..training import predict
 from . import figures
 from .collect import RunFiles
@@ -75,68 +76,76 @@ def attention_sections(models: ModelSet, diagnosis: Any, files: RunFiles, max_im
     """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
     layer = max(diagnosis.layers.values(), key=lambda l: l.depth).name
     test = models.bundle.test
-    logits, labels = predict(models.original, test)
-    conf_true = logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)
-    correct = logits.argmax(1) == labels
-    high = [int(i) for i in torch.argsort(torch.where(correct, -conf_true, 1.0), stable=True)[:max_images]]
-    low = [int(i) for i in torch.argsort(conf_true, stable=True)[:max_images]]
-    chosen = high + low
-    x = torch.stack([test[i][0] for i in chosen])
-    raw = [test.raw(i).numpy() for i in chosen]
-    smap = summed_derivative_map(models.original, x, layer).numpy()
     names = models.bundle.class_names
+    logits, labels = predict(models.original, test)
     pred = logits.argmax(1)
-    col = [f"{names[int(labels[i])]}→{names[int(pred[i])]} p={float(conf_true[i]):.2f}" for i in chosen]
+    conf_true = logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)
+    high = [int(i) for i in torch.argsort(torch.where(pred == labels, -conf_true, 1.0), stable=True)[:max_images]]
+    low = [int(i) for i in torch.argsort(conf_true, stable=True)[:max_images]]
+
+    def block(index: list[int], kind: str) -> list[tuple]:
+        raw = [test.raw(i).numpy() for i in index]
+        maps = list(summed_derivative_map(models.original, torch.stack([test[i][0] for i in index]), layer).numpy())
+        titles = [f"{names[int(labels[i])]}→{names[int(pred[i])]}  p={float(conf_true[i]):.2f}" for i in index]
+        return [(f"{kind}\nimage", raw, [None] * len(raw), titles), (f"{kind}\nΣ|∂ŷ/∂m|", raw, maps, [""] * len(raw))]
+
     attention = Section("attention", "Where the model looks: confident vs hesitant test images",
                         f"Summed derivative map Σ_k |∂ŷ/∂m_k| of the predicted class at {layer}, upsampled onto the "
-                        "image (bright = the score is most sensitive there). Column titles: true→predicted class, "
-                        "p = probability of the true class.")
-    attention.figures.append(figures.image_grid(
-        "confidence_overlays", "Confident predictions look at the object; hesitant ones also at the background",
-        "Top rows: the most confident correct test images; bottom rows: the least confident (paper Fig. 2b).",
-        raw, [[None] * len(chosen), list(smap)], ["image", "Σ|∂ŷ/∂m|"], col))
-    sections = [attention]
+                        "image (bright = the class score is most sensitive there).")
     shares = _background_shares(models, layer)
+    claim = "Confident and hesitant test images, and where the model looks"
     if shares is not None:
-        shares_by_model, area = shares
-        attention.figures.append(figures.background_share("background_share", {"original": shares_by_model["original"]}, area))
+        by_image = dict(zip(shares[2], shares[0]["original"]))
+        hi, lo = (float(np.nanmean([by_image.get(i, np.nan) for i in group])) for group in (high, low))
+        claim = (f"Hesitant predictions put more of the map on the background ({lo:.0%}) than confident ones ({hi:.0%})"
+                 if lo > hi else f"Confident ({hi:.0%}) and hesitant ({lo:.0%}) images put similar shares on the background")
+    attention.figures.append(figures.image_grid(
+        "confidence_overlays", claim, "Top: the most confident correct test images; bottom: the least confident "
+        "(paper Fig. 2b). Titles: true→predicted class, p = probability of the true class; each map is scaled to its "
+        "own maximum.", block(high, "confident") + block(low, "hesitant")))
+    sections = [attention]
+    if shares is not None:
+        attention.figures.append(figures.background_share("background_share", {"original": shares[0]["original"]},
+                                                          shares[1]))
     if models.arms:
-        sections.append(_before_after(models, layer, low, raw[len(high):], col[len(high):], shares))
+        sections.append(_before_after(models, layer, low, names, shares))
     return sections
 
 
-def _before_after(models: ModelSet, layer: str, index: list[int], raw: list[np.ndarray], col: list[str],
-                  shares: tuple[dict[str, np.ndarray], float] | None) -> Section:
+def _before_after(models: ModelSet, layer: str, index: list[int], names: list[str],
+                  shares: tuple[dict[str, np.ndarray], float, list[int]] | None) -> Section:
     """Fig. 5: the same hesitant test images, maps of original / control / treated, and Grad-CAM."""
     test = models.bundle.test
     x = torch.stack([test[i][0] for i in index])
     target = test.labels[index]
-    rows, labels = [], []
+    raw = [test.raw(i).numpy() for i in index]
+    blank = [""] * len(index)
+    rows = [("image", raw, [None] * len(raw), [f"true {names[int(t)]}" for t in target])]
     for name, model in [("original", models.original)] + sorted(models.arms.items()):
-        rows.append(list(summed_derivative_map(model, x, layer, target).numpy()))
-        labels.append(f"{name}\nΣ|∂ŷ/∂m|")
+        rows.append((f"{name}\nΣ|∂ŷ/∂m|", raw, list(summed_derivative_map(model, x, layer, target).numpy()), blank))
     for name, model in [("original", models.original)] + [(n, m) for n, m in models.arms.items() if n == "treated"]:
-        rows.append(list(grad_cam(model, x, layer, target).numpy()))
-        labels.append(f"{name}\nGrad-CAM")
+        rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, layer, target).numpy()), blank))
     section = Section("before-after", "Before and after treatment: the same hesitant images",
                       f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
                       "(the paper's Fig. 5). Each map is scaled to its own maximum.")
-    claim = "Treatment moves the derivative map from the background onto the digit" if shares and \
-        float(np.mean(shares[0].get("treated", [1.0]))) < float(np.mean(shares[0]["original"])) \
-        else "Derivative maps before and after treatment"
-    section.figures.append(figures.image_grid("before_after", claim,
-                                              "Rows: model and map; columns: the least confident test images "
-                                              "of the original model.", raw, rows, labels, col))
+    claim = "Derivative maps of the same images before and after treatment"
+    if shares is not None and "treated" in shares[0]:
+        before, after = float(np.mean(shares[0]["original"])), float(np.mean(shares[0]["treated"]))
+        claim = (f"After treatment the map's background share falls from {before:.0%} to {after:.0%}" if after < before
+                 else f"Treatment does not move the map off the background ({before:.0%} → {after:.0%})")
+    section.figures.append(figures.image_grid("before_after", claim, "Rows: model and map; columns: the least "
+                                              "confident test images of the original model.", rows))
     if shares is not None:
-        by_model, area = shares
+        by_model, area, _ = shares
         section.figures.append(figures.background_share("background_share_treated", by_model, area))
         section.tables.append(table(["model", "mean background share", "images"],
                                     [[n, f"{float(np.mean(v)):.1%}", len(v)] for n, v in by_model.items()]))
     return section
 
 
-def _background_shares(models: ModelSet, layer: str) -> tuple[dict[str, np.ndarray], float] | None:
-    """Per test image, the summed derivative map's mass outside the object mask / its total, per model."""
+def _background_shares(models: ModelSet, layer: str) -> tuple[dict[str, np.ndarray], float, list[int]] | None:
+    """Per test image with a mask: the summed derivative map's mass outside the object / its total, per model;
+    the background's share of the pixels; and the test indices used."""
     test, masks = models.bundle.test, models.bundle.masks
     index = [i for i, sid in enumerate(test.ids) if sid in masks][:MAX_BACKGROUND_IMAGES]
     if not index:
@@ -149,9 +158,8 @@ def _background_shares(models: ModelSet, layer: str) -> tuple[dict[str, np.ndarr
     result = {}
     for name, model in [("original", models.original)] + sorted(models.arms.items()):
         maps = torch.cat([summed_derivative_map(model, xb, layer, tb) for xb, tb in zip(x.split(128), target.split(128))])
-        total = maps.sum((1, 2)).clamp_min(1e-12)
-        result[name] = ((maps * ~obj).sum((1, 2)) / total).numpy()
-    return result, float((~obj).float().mean())
+        result[name] = np.array([background_share(m, o) for m, o in zip(maps, obj)])
+    return result, float((~obj).float().mean()), index
 
 
 def annotation_section(annotate: dict, models: ModelSet) -> Section:

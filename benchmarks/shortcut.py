@@ -1,0 +1,227 @@
+"""Shortcut-MNIST benchmark: can Model Doctor's constraints undo a background shortcut?
+
+Vanilla (trained on shortcut-mnist, texture kind = class in 95% of training images) and the clean
+reference (shortcut-mnist:clean, texture independent of class) are trained from scratch per seed and
+cached.  Every other row fine-tunes the vanilla model from its weights with the same optimiser, epochs,
+data order and seed; only the loss differs.  λ is chosen on the validation split (seed 0, 20 masks per
+class) and then fixed.  Test accuracy is reported as mean ± std over the seeds; every checkpoint is the
+best validation epoch.  Each run is cached under benchmarks/results/cache/shortcut/ so an interrupted
+benchmark resumes.  Last stdout line: one JSON object.
+
+Usage: python benchmarks/shortcut.py [--seeds 3] [--sweep-seeds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+
+from modeldoctor.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
+from modeldoctor.data import ImageSplit, load_data  # noqa: E402
+from modeldoctor.diagnosis import diagnose  # noqa: E402
+from modeldoctor.fileio import write_json  # noqa: E402
+from modeldoctor.masks import default_expansion, expand_mask  # noqa: E402
+from modeldoctor.models import build_model  # noqa: E402
+from modeldoctor.training import TrainConfig, fit  # noqa: E402
+from modeldoctor.treatment import (MaskBank, TreatConfig, batch_mixer, finetune, lowest_confidence,  # noqa: E402
+                                   split_metrics, treatment_loss)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SMOKE = bool(os.environ.get("SHORTCUT_SMOKE"))  # tiny end-to-end check of this script: 320 images, 1 epoch
+CACHE = RESULTS / "cache" / ("shortcut-smoke" if SMOKE else "shortcut")
+MODEL = "simple-cnn-s2"
+BASE = TrainConfig(epochs=1 if SMOKE else 10, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")
+FT_EPOCHS = 1 if SMOKE else 2
+FT_LR = 0.01  # 0.2 x the training lr, fixed before any treatment was run
+MIX = 16  # annotated images appended to each batch of 64 when masks are few (treated and control alike)
+LAMBDA_GRID = {"space": [1.0, 10.0], "input-gradient": [10.0, 1000.0]}
+CHANNEL_LAMBDA = 1.0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def base_model(kind: str, seed: int, bundles: dict) -> torch.nn.Module:
+    path = CACHE / f"{kind}-seed{seed}.pt"
+    if path.exists():
+        return load_checkpoint(path)[0]
+    bundle = bundles[kind]
+    torch.manual_seed(seed)
+    model = build_model(MODEL, 10, 1, bundle.input_size)
+    cfg = TrainConfig(**{**BASE.to_dict(), "seed": seed})
+    started = time.time()
+    fit(model, bundle.train, bundle.val, 10, cfg)
+    meta = CheckpointMeta(MODEL, 10, 1, bundle.input_size, bundle.class_names, bundle.mean, bundle.std,
+                          bundle.spec, cfg.to_dict(), split_metrics(model, bundle.val, bundle.test, 10))
+    save_checkpoint(path, model, meta)
+    log(f"{kind} seed {seed}: test {meta.metrics['test']['accuracy']:.4f} ({time.time() - started:.0f}s)")
+    return model
+
+
+def diagnostics(model: torch.nn.Module, bundle, n: int = 256) -> dict[str, float]:
+    """Logit scale and where the input gradient of the true-class logit lies (test images, digit masks)."""
+    x = torch.stack([bundle.test[i][0] for i in range(n)]).requires_grad_(True)
+    y = bundle.test.labels[:n]
+    masks = torch.stack([bundle.masks[bundle.test.ids[i]] for i in range(n)])
+    model.eval()
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits.gather(1, y.view(-1, 1)).sum(), x)
+    g = grad.abs().squeeze(1)
+    obj = expand_mask(masks, 5)
+    return {"logit_std": float(logits.detach().std()), "input_grad_fg": float((g * obj).sum() / n),
+            "input_grad_bg_share": float((g * ~obj).sum() / g.sum())}
+
+
+def run(name: str, seed: int, bundles: dict, vanilla: torch.nn.Module, relevant: dict, cfg: TreatConfig,
+        per_class: int | None) -> dict:
+    key = hashlib.sha1(json.dumps([seed, per_class, cfg.to_dict(), FT_EPOCHS, FT_LR, MIX]).encode()).hexdigest()[:12]
+    path = CACHE / f"run-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    bundle = bundles["vanilla"]
+    started = time.time()
+    masks = {sid: bundle.masks[sid] for sid in bundle.train.ids}
+    chosen = lowest_confidence(vanilla, bundle.train, list(masks), per_class, 10)
+    bank = MaskBank.build(bundle.train, masks, chosen, bundle.input_size)
+    mix = MIX if per_class is not None else 0
+    model = load_checkpoint(CACHE / f"vanilla-seed{seed}.pt")[0]
+    cfg = TreatConfig(**{**cfg.to_dict(), "mix_annotated": mix})
+    loss_fn = treatment_loss(model, cfg, relevant, bank, batch_mixer(bundle.train, bank.pool, mix, seed))
+    train_cfg = TrainConfig(**{**BASE.to_dict(), "epochs": FT_EPOCHS, "lr": FT_LR, "seed": seed})
+    finetune(model, bundle.train, bundle.val, 10, train_cfg, loss_fn, desc=name)
+    result = {"name": name, "seed": seed, "per_class": per_class, "annotated": len(bank.pool),
+              "config": cfg.to_dict(), **{k: v["accuracy"] for k, v in split_metrics(model, bundle.val, bundle.test, 10).items()},
+              **diagnostics(model, bundle), "seconds": time.time() - started}
+    write_json(path, result)
+    log(f"{name} seed {seed}: val {result['val']:.4f} test {result['test']:.4f} ({result['seconds']:.0f}s)")
+    return result
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t), "values": values}
+
+
+def relevant_for(seed: int, model: torch.nn.Module, bundle, layers: list[str]) -> dict[str, torch.Tensor]:
+    path = CACHE / f"relevant-seed{seed}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    diag = diagnose(model, bundle.train, layers=layers, samples_per_class=50)
+    found = {name: diag.relevant(name) for name in layers}
+    torch.save(found, path)
+    return found
+
+
+def choose_lambdas(treat) -> dict[str, float]:
+    """λ on validation: seed 0, 20 masks per class; written once, read by every worker."""
+    path = CACHE / "lambda.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    chosen = {}
+    for constraint, grid in LAMBDA_GRID.items():
+        lam_key = "lam_space" if constraint == "space" else "lam_input_gradient"
+        trials = [treat(f"select-{constraint}-{lam}", 0, 20, constraints=(constraint,), **{lam_key: lam}) for lam in grid]
+        chosen[lam_key] = max(trials, key=lambda r: r["val"])["config"][lam_key]
+        log(f"chosen on validation: {lam_key} = {chosen[lam_key]} (val {[r['val'] for r in trials]})")
+    chosen["lam_channel"] = CHANNEL_LAMBDA
+    write_json(path, chosen)
+    return chosen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--sweep-seeds", type=int, default=1)
+    ap.add_argument("--skip-sweeps", action="store_true")
+    ap.add_argument("--worker", type=int, default=None,
+                    help="only compute (and cache) this seed's runs; seed 0 also chooses λ and runs the sweeps")
+    args = ap.parse_args()
+    started = time.time()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    bundles = {"vanilla": load_data("shortcut-mnist"), "clean": load_data("shortcut-mnist:clean")}
+    if SMOKE:
+        for b in bundles.values():
+            b.train = ImageSplit(b.train.labels[:320], b.train.ids[:320], b.mean, b.std, images=b.train.images[:320])
+    convs = ["features.0", "features.3", "features.7", "features.11"]
+    seeds = range(args.seeds) if args.worker is None else [args.worker]
+    rows: dict[str, list[dict]] = {}
+    vanillas, relevants = {}, {}
+    for seed in seeds:
+        vanillas[seed] = base_model("vanilla", seed, bundles)
+        clean = base_model("clean", seed, bundles)
+        for kind, model, bundle in (("vanilla", vanillas[seed], bundles["vanilla"]),
+                                    ("clean_reference", clean, bundles["clean"])):  # same val/test images
+            rows.setdefault(kind, []).append({"seed": seed, **{k: v["accuracy"] for k, v in split_metrics(
+                model, bundle.val, bundle.test, 10).items()}, **diagnostics(model, bundle)})
+        relevants[seed] = relevant_for(seed, vanillas[seed], bundles["vanilla"], convs if seed == 0 else convs[-1:])
+
+    def treat(name: str, seed: int, per_class: int | None, **cfg) -> dict:
+        cfg.setdefault("expansion", default_expansion(bundles["vanilla"].input_size))  # 5 px at 48 px
+        return run(name, seed, bundles, vanillas[seed], relevants[seed], TreatConfig(**cfg), per_class)
+
+    if args.worker in (None, 0):
+        lam = choose_lambdas(treat)
+    else:
+        while not (CACHE / "lambda.json").exists():
+            time.sleep(10)
+        lam = json.loads((CACHE / "lambda.json").read_text())
+    variants = {"control": (), "space": ("space",), "channel": ("channel",), "all": ("space", "channel"),
+                "input_gradient": ("input-gradient",)}
+    for seed in seeds:
+        for label, constraints in variants.items():
+            budgets = [(None, "all_masks")] if label == "channel" else [(20, "20_per_class"), (None, "all_masks")]
+            for per_class, suffix in budgets:
+                name = label if label == "channel" else f"{label}_{suffix}"
+                rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **lam))
+    sweeps: dict[str, list[dict]] = {}
+    if not args.skip_sweeps and args.worker in (None, 0):
+        for seed in range(args.sweep_seeds):
+            for pct in (2, 4, 8, 12, 20):
+                per_class = round(len(bundles["vanilla"].train) * pct / 100 / 10)
+                sweeps.setdefault("annotation_%", []).append(
+                    {"x": pct, **treat(f"annot-{pct}%", seed, per_class, constraints=("space",), **lam)})
+            for pixels in (0, 2, 5, 10):
+                sweeps.setdefault("expansion_px", []).append(
+                    {"x": pixels, **treat(f"expand-{pixels}", seed, 20, constraints=("space",), expansion=pixels, **lam)})
+            for layer in convs:
+                sweeps.setdefault("depth_space", []).append(
+                    {"x": layer, **treat(f"depth-space-{layer}", seed, 20, constraints=("space",), space_layers=[layer], **lam)})
+                sweeps.setdefault("depth_channel", []).append(
+                    {"x": layer, **treat(f"depth-channel-{layer}", seed, None, constraints=("channel",),
+                                         channel_layers=[layer], **lam)})
+    if args.worker is not None:
+        log(f"worker {args.worker} done ({time.time() - started:.0f}s)")
+        return
+    table = {name: {"test": mean_std([r["test"] for r in rs]), "val": mean_std([r["val"] for r in rs]),
+                    "input_grad_bg_share": mean_std([r["input_grad_bg_share"] for r in rs]),
+                    "logit_std": mean_std([r["logit_std"] for r in rs])} for name, rs in rows.items()}
+    v, c = table["vanilla"]["test"]["mean"], table["clean_reference"]["test"]["mean"]
+    recovered = (table["space_20_per_class"]["test"]["mean"] - v) / (c - v) if c != v else float("nan")
+    summary = {"vanilla": v, "clean_reference": c, "control": table["control_20_per_class"]["test"]["mean"],
+               "control_all_masks": table["control_all_masks"]["test"]["mean"],
+               **{name: table[name]["test"]["mean"] for name in table if name not in ("vanilla", "clean_reference")},
+               "gap_recovered_space_20": recovered, "lambda": lam, "seeds": args.seeds,
+               "sweep_seeds": 0 if args.skip_sweeps else args.sweep_seeds, "seconds": time.time() - started}
+    write_json(RESULTS / "shortcut.json", {"summary": summary, "table": table, "rows": rows, "sweeps": sweeps,
+                                           "settings": {"model": MODEL, "base": BASE.to_dict(), "ft_epochs": FT_EPOCHS,
+                                                        "ft_lr": FT_LR, "mix": MIX, "lambda_grid": LAMBDA_GRID}})
+    for name, t in table.items():
+        print(f"{name:28s} test {100 * t['test']['mean']:.2f} ± {100 * t['test']['std']:.2f}  "
+              f"bg-share {t['input_grad_bg_share']['mean']:.3f}  logit-std {t['logit_std']['mean']:.2f}")
+    for sweep, points in sweeps.items():
+        print(sweep, " ".join(f"{p['x']}:{100 * p['test']:.2f}" for p in points))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The Python API: one function per CLI command, on model objects instead of files.
+
+Most commands already are a library function (``diagnose``, ``explain``, ``ablate``, ``decompose``,
+``stability``, ``report``) and :mod:`modeldoctor` re-exports them; this module adds what only the CLI composed:
+:func:`treat` (the treated fine-tune *and* its matched control, as ``modeldoctor treat`` runs them) and
+:func:`annotation_list` (``diagnose --lowest``).  Every function leaves the model passed in unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .data import DataBundle
+from .diagnosis import Diagnosis
+from .errors import UserError
+from .masks import check_masks, default_expansion
+from .replay import NoiseReplay
+from .selection import least_confident, sample_ids, score_samples
+from .training import TrainConfig
+from .treatment import (MaskBank, TreatConfig, batch_mixer, default_layers, finetune, lowest_confidence, split_metrics,
+                        treatment_loss)
+
+
+@dataclass
+class TreatmentResult:
+    """The treated model, its matched control, and their metrics ``M = {"val": …, "test": …}``."""
+
+    treated: nn.Module
+    control: nn.Module | None
+    original: dict[str, Any]
+    treated_metrics: dict[str, Any]
+    control_metrics: dict[str, Any] | None
+    config: TreatConfig
+    train_config: TrainConfig
+    annotated: list[str] = field(default_factory=list)  # ids of the training images whose masks were used
+
+    def summary(self) -> dict[str, Any]:
+        """The ``treat.json`` layout: ``{"original": M, "control": M, "treated": M, ...}``."""
+        return {"original": self.original, "control": self.control_metrics, "treated": self.treated_metrics,
+                "config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
+                "annotated": len(self.annotated)}
+
+
+def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
+          masks: Mapping[str, torch.Tensor] | None = None, annotate_per_class: int | None = 20,
+          constraints: Sequence[str] = ("space", "channel"), epochs: int = 2, lr: float = 0.01, batch_size: int = 64,
+          seed: int = 0, control: bool = True, train_config: TrainConfig | None = None,
+          **options: Any) -> TreatmentResult:
+    """Eq. 7: fine-tune a copy of ``model`` with the constraints, and (``control=True``) a second copy without.
+
+    ``masks``: object masks by training-sample id (default: ``data.masks``); the space-wise constraint uses those
+    of the ``annotate_per_class`` lowest-confidence training images per class (``None``: every mask).
+    ``diagnosis`` supplies the relevant kernels of the channel-wise constraint.  ``options`` are
+    :class:`~modeldoctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``mix_annotated``, …).
+    Both arms share weights, data order, optimiser, epochs and seed; each keeps its best validation epoch.
+    """
+    space_default, channel_default = default_layers(model)
+    cfg = TreatConfig(**{"space_layers": space_default, "channel_layers": channel_default,
+                         "expansion": default_expansion(data.input_size), **options, "constraints": tuple(constraints)})
+    relevant = None
+    if "channel" in cfg.constraints:
+        if diagnosis is None:
+            raise UserError("the channel-wise constraint needs a diagnosis; pass diagnose(model, ...) or drop 'channel'")
+        relevant = {name: diagnosis.relevant(name) for name in cfg.channel_layers}
+    bank = None
+    if {"space", "input-gradient"} & set(cfg.constraints):
+        given = check_masks(dict(masks if masks is not None else data.masks), data.input_size)
+        candidates = [sid for sid in data.train.ids if sid in given]
+        if not candidates:
+            raise UserError("no object mask matches a training image id; pass masks={sample_id: bool HxW tensor}")
+        chosen = lowest_confidence(model, data.train, candidates, annotate_per_class, data.num_classes)
+        bank = MaskBank.build(data.train, given, chosen, data.input_size)
+    base = train_config or TrainConfig()
+    run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed})
+    mixer = batch_mixer(data.train, bank.pool, cfg.mix_annotated, seed) if bank else None
+    arms = {}
+    for arm in (["control"] if control else []) + ["treated"]:
+        arm_cfg = cfg if arm == "treated" else TreatConfig(**{**cfg.to_dict(), "constraints": ()})
+        tuned = copy.deepcopy(model)
+        finetune(tuned, data.train, data.val, data.num_classes, run_cfg,
+                 treatment_loss(tuned, arm_cfg, relevant, bank, mixer), desc=arm)
+        arms[arm] = (tuned, split_metrics(tuned, data.val, data.test, data.num_classes))
+    ctrl = arms.get("control")
+    return TreatmentResult(arms["treated"][0], ctrl[0] if ctrl else None,
+                           split_metrics(model, data.val, data.test, data.num_classes), arms["treated"][1],
+                           ctrl[1] if ctrl else None, cfg, run_cfg,
+                           [data.train.ids[i] for i in (bank.pool if bank else [])])
+
+
+def annotation_list(model: nn.Module, data: DataBundle, per_class: int = 20, split: str = "train") -> dict[str, Any]:
+    """The ``annotate.json`` document: per class, the ``per_class`` images whose true class the model trusts least."""
+    dataset = data.split(split)
+    was_training = model.training
+    model.eval()
+    try:
+        scores = score_samples(NoiseReplay(model, default_layers(model)[1]), dataset)
+    finally:
+        model.train(was_training)
+    return least_confident(scores, per_class, data.class_names, sample_ids(dataset, scores.position.tolist()))
