@@ -53,7 +53,8 @@ def main() -> None:
               "mean_gini": round(sum(s["gini"]) / len(s["gini"]), 3),
               "relevant_per_class_mean": round(sum(s["relevant_per_class"]) / len(s["relevant_per_class"]), 1),
               "mean_pairwise_jaccard": round(s["mean_pairwise_jaccard"], 3),
-              "mean_sample_vs_class_cosine": round(s["mean_sample_vs_class_cosine"], 3)}
+              "mean_sample_vs_class_cosine": round(s["mean_sample_vs_class_cosine"], 3),
+              "mean_sample_vs_other_classes_cosine": round(s["mean_sample_vs_other_classes_cosine"], 3)}
              for s in sorted(stats["layers"], key=lambda s: s["depth"])]
     result = {"model": args.model, "data": "mnist5k", "epochs": args.epochs, "seed": args.seed,
               "val_accuracy": val, "train_seconds": train_seconds, "diagnose_seconds": diagnose_seconds,

@@ -130,7 +130,8 @@ def choose_lambdas(treat) -> dict[str, float]:
     chosen = {}
     for constraint, grid in LAMBDA_GRID.items():
         lam_key = "lam_space" if constraint == "space" else "lam_input_gradient"
-        trials = [treat(f"select-{constraint}-{lam}", 0, 20, constraints=(constraint,), **{lam_key: lam}) for lam in grid]
+        trials = [treat(f"select-{constraint}-{lam}", 0, 20, constraints=(constraint,), **{lam_key: lam})
+                  for lam in grid]
         chosen[lam_key] = max(trials, key=lambda r: r["val"])["config"][lam_key]
         log(f"chosen on validation: {lam_key} = {chosen[lam_key]} (val {[r['val'] for r in trials]})")
     chosen["lam_channel"] = CHANNEL_LAMBDA
@@ -144,7 +145,9 @@ def main() -> None:
     ap.add_argument("--sweep-seeds", type=int, default=1)
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--worker", type=int, default=None,
-                    help="only compute (and cache) this seed's runs; seed 0 also chooses λ and runs the sweeps")
+                    help="only compute (and cache) this seed's runs; seed 0 also chooses λ")
+    ap.add_argument("--sweep-worker", action="store_true",
+                    help="only compute (and cache) the sweeps, last first, once seed 0's models and λ exist")
     args = ap.parse_args()
     started = time.time()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -153,9 +156,16 @@ def main() -> None:
         for b in bundles.values():
             b.train = ImageSplit(b.train.labels[:320], b.train.ids[:320], b.mean, b.std, images=b.train.images[:320])
     convs = ["features.0", "features.3", "features.7", "features.11"]
-    seeds = range(args.seeds) if args.worker is None else [args.worker]
     rows: dict[str, list[dict]] = {}
-    vanillas, relevants = {}, {}
+    vanillas: dict[int, torch.nn.Module] = {}
+    relevants: dict[int, dict[str, torch.Tensor]] = {}
+    seeds = range(args.seeds) if args.worker is None else [args.worker]
+    if args.sweep_worker:
+        seeds = []
+        while not all((CACHE / f).exists() for f in ("vanilla-seed0.pt", "relevant-seed0.pt", "lambda.json")):
+            time.sleep(10)
+        vanillas[0] = load_checkpoint(CACHE / "vanilla-seed0.pt")[0]
+        relevants[0] = torch.load(CACHE / "relevant-seed0.pt", weights_only=True)
     for seed in seeds:
         vanillas[seed] = base_model("vanilla", seed, bundles)
         clean = base_model("clean", seed, bundles)
@@ -169,37 +179,51 @@ def main() -> None:
         cfg.setdefault("expansion", default_expansion(bundles["vanilla"].input_size))  # 5 px at 48 px
         return run(name, seed, bundles, vanillas[seed], relevants[seed], TreatConfig(**cfg), per_class)
 
-    if args.worker in (None, 0):
+    # Rows that do not depend on the λ being chosen first (control: no constraint; channel: λ fixed).
+    plan = [("control_20_per_class", (), 20), ("control_all_masks", (), None), ("channel", ("channel",), None)]
+    for seed in seeds:
+        for name, constraints, per_class in plan:
+            extra = {"lam_channel": CHANNEL_LAMBDA} if constraints else {}
+            rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **extra))
+    if args.worker in (None, 0) and not args.sweep_worker:
         lam = choose_lambdas(treat)
     else:
         while not (CACHE / "lambda.json").exists():
             time.sleep(10)
         lam = json.loads((CACHE / "lambda.json").read_text())
-    variants = {"control": (), "space": ("space",), "channel": ("channel",), "all": ("space", "channel"),
-                "input_gradient": ("input-gradient",)}
+    plan = [("space_20_per_class", ("space",), 20), ("input_gradient_20_per_class", ("input-gradient",), 20),
+            ("all_20_per_class", ("space", "channel"), 20), ("space_all_masks", ("space",), None),
+            ("input_gradient_all_masks", ("input-gradient",), None), ("all_all_masks", ("space", "channel"), None)]
     for seed in seeds:
-        for label, constraints in variants.items():
-            budgets = [(None, "all_masks")] if label == "channel" else [(20, "20_per_class"), (None, "all_masks")]
-            for per_class, suffix in budgets:
-                name = label if label == "channel" else f"{label}_{suffix}"
-                rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **lam))
+        for name, constraints, per_class in plan:
+            used = {k: v for k, v in lam.items() if (k == "lam_space" and "space" in constraints) or
+                    (k == "lam_channel" and "channel" in constraints) or
+                    (k == "lam_input_gradient" and "input-gradient" in constraints)}
+            rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **used))
     sweeps: dict[str, list[dict]] = {}
-    if not args.skip_sweeps and args.worker in (None, 0):
+    if not args.skip_sweeps and (args.worker is None or args.sweep_worker):
+        sp = lam["lam_space"]
+        todo = []
         for seed in range(args.sweep_seeds):
             for pct in (2, 4, 8, 12, 20):
                 per_class = round(len(bundles["vanilla"].train) * pct / 100 / 10)
-                sweeps.setdefault("annotation_%", []).append(
-                    {"x": pct, **treat(f"annot-{pct}%", seed, per_class, constraints=("space",), **lam)})
+                todo.append(("annotation_%", pct, f"annot-{pct}%", seed, per_class, {"constraints": ("space",)}))
             for pixels in (0, 2, 5, 10):
-                sweeps.setdefault("expansion_px", []).append(
-                    {"x": pixels, **treat(f"expand-{pixels}", seed, 20, constraints=("space",), expansion=pixels, **lam)})
+                todo.append(("expansion_px", pixels, f"expand-{pixels}", seed, 20,
+                             {"constraints": ("space",), "expansion": pixels}))
             for layer in convs:
-                sweeps.setdefault("depth_space", []).append(
-                    {"x": layer, **treat(f"depth-space-{layer}", seed, 20, constraints=("space",), space_layers=[layer], **lam)})
-                sweeps.setdefault("depth_channel", []).append(
-                    {"x": layer, **treat(f"depth-channel-{layer}", seed, None, constraints=("channel",),
-                                         channel_layers=[layer], **lam)})
-    if args.worker is not None:
+                todo.append(("depth_space", layer, f"depth-space-{layer}", seed, 20,
+                             {"constraints": ("space",), "space_layers": [layer]}))
+                todo.append(("depth_channel", layer, f"depth-channel-{layer}", seed, None,
+                             {"constraints": ("channel",), "channel_layers": [layer], "lam_channel": CHANNEL_LAMBDA}))
+        for sweep, x, name, seed, per_class, cfg in (reversed(todo) if args.sweep_worker else todo):
+            if "space" in cfg["constraints"]:
+                cfg["lam_space"] = sp
+            sweeps.setdefault(sweep, []).append({"x": x, **treat(name, seed, per_class, **cfg)})
+        order = {(t[0], str(t[1])): i for i, t in enumerate(todo)}
+        for sweep, points in sweeps.items():
+            points.sort(key=lambda p, sweep=sweep: order[(sweep, str(p["x"]))])
+    if args.worker is not None or args.sweep_worker:
         log(f"worker {args.worker} done ({time.time() - started:.0f}s)")
         return
     table = {name: {"test": mean_std([r["test"] for r in rs]), "val": mean_std([r["val"] for r in rs]),

@@ -1,4 +1,5 @@
 import csv
+import functools
 import json
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from modeldoctor import ablation
 from modeldoctor.ablation import (ablate_units, intervention_table, rank_units, scale_unit_outputs, scale_unit_weights,
                                   unit_deletion, unit_deletion_one_at_a_time, worst_units)
 from modeldoctor.checkpoint import CheckpointMeta, save_checkpoint, weights_hash
@@ -13,6 +15,7 @@ from modeldoctor.cli import main
 from modeldoctor.errors import UserError
 from modeldoctor.layers import FeatureCapture
 from modeldoctor.models import build_model
+from modeldoctor.replay import NoiseReplay
 from modeldoctor.training import TrainConfig, fit
 
 LAYER = "features.11"  # simple-cnn's last conv
@@ -49,7 +52,10 @@ def test_batched_deletion_equals_one_at_a_time(trained, mnist5k):
     assert batched.delta.abs().max() > 0  # some unit matters, so the comparison is not vacuous
 
 
-def test_batched_deletion_with_skip_connections(mnist5k):
+@pytest.mark.parametrize("fallback", [False, True])
+def test_batched_deletion_with_skip_connections(mnist5k, monkeypatch, fallback):
+    if fallback:  # the hook path replay.py takes for models torch.fx cannot trace
+        monkeypatch.setattr(ablation, "NoiseReplay", functools.partial(NoiseReplay, force_fallback=True))
     torch.manual_seed(1)
     model = build_model("resnet20", 10, 1).eval()
     data = _spread(mnist5k.val, 8)

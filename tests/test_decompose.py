@@ -150,6 +150,7 @@ def test_cli_decompose(tmp_path, mnist5k, capsys):
     assert cli.main(["decompose", "--checkpoint", str(ckpt), "--k", "0", "--json"]) == 2
 
 
+@pytest.mark.slow
 def test_overlap_with_diagnosis_relevant_kernels(tmp_path, mnist5k, capsys):
     from modeldoctor.decompose import compare_with_diagnosis
     from modeldoctor.diagnosis import diagnose

@@ -4,7 +4,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from modeldoctor.diagnosis import Diagnosis, correlation_index, diagnose, sample_seeds
-from modeldoctor.discovery import depth_trend, gini, kendall_tau, kernels_for_mass, mean_pairwise_jaccard, spearman
+from modeldoctor.discovery import (depth_trend, gini, kendall_tau, kernels_for_mass, mean_pairwise_jaccard,
+                                   profile_cosine, spearman)
 from modeldoctor.errors import UserError
 from modeldoctor.models import build_model
 from modeldoctor.relevance import by_mass, by_mean, by_minmax, by_topk, relevant_kernels
@@ -175,6 +176,7 @@ class RaisesOnSecondCall(nn.Module):
 
 def _prepared_model() -> nn.Module:
     model = _resnet().train()
+    model.layer1[0].bn1.eval()  # a frozen BatchNorm: mixed modes must survive
     model.fc.weight.requires_grad_(False)
     model.conv1.weight.grad = torch.ones_like(model.conv1.weight)
     return model
@@ -245,6 +247,10 @@ def test_discovery_statistics():
     assert spearman([0, 1, 2, 3], [10, 8, 8, 1]) == pytest.approx(-0.9486833, abs=1e-6)
     assert kendall_tau([0, 1, 2, 3], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert depth_trend([0, 1, 2], [6.0, 4.0, 2.0])["first_to_last_ratio"] == pytest.approx(3.0)
+    profiles = torch.tensor([[[1.0, 0.0], [float("nan")] * 2], [[1.0, 1.0], [0.0, 1.0]]])
+    cos = profile_cosine(profiles, torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+    assert cos[0, 0].tolist() == pytest.approx([1.0, 0.0]) and cos[0, 1].isnan().all()
+    assert cos[1, 0].tolist() == pytest.approx([2 ** -0.5, 2 ** -0.5]) and cos[1, 1, 1] == pytest.approx(1.0)
 
 
 def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks():

@@ -55,7 +55,12 @@ def test_noise_only_at_the_chosen_layer_and_zero_delta_is_identity():
     assert torch.equal(clean, model(x).argmax(1))
     assert noisy["2"].shape == (2, 4, 6)
     assert torch.equal(noisy["2"][0], clean.expand(4, 6))  # δ = 0: identical predictions
-    assert earlier and all(torch.allclose(o.reshape(-1, *earlier_clean.shape), earlier_clean) for o in earlier)
+    def unchanged(o: torch.Tensor) -> bool:  # the replay's own consistency check may run on the first samples only
+        n = len(o)
+        reference = earlier_clean.repeat(n // 6, 1, 1, 1) if n % 6 == 0 else earlier_clean[:n]
+        return torch.allclose(o, reference)
+
+    assert earlier and all(unchanged(o) for o in earlier)
     assert any(o.shape == (24, 64) and not torch.allclose(o, linear_in_clean.repeat(4, 1)) for o in linear_in)
     assert not model.training and all(m.inplace is False for m in model if isinstance(m, nn.ReLU))
 

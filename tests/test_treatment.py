@@ -313,3 +313,20 @@ def test_treat_cli_resume_after_kill_matches_uninterrupted(tmp_path):
     second = json.loads((out_b / "treat.json").read_text())
     for arm in ("original", "control", "treated"):
         assert second[arm] == first[arm], arm
+
+
+def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
+    from modeldoctor.data import load_data
+    from modeldoctor.shortcut import parse_spec
+
+    a, clean = load_data("shortcut-mnist"), load_data("shortcut-mnist:clean")
+    assert a.input_size == 48 and (len(a.train), len(a.val), len(a.test)) == (3500, 500, 1000)
+    assert torch.equal(a.test.images, clean.test.images) and torch.equal(a.val.images, clean.val.images)
+    assert not torch.equal(a.train.images, clean.train.images)  # only the training textures differ
+    sid = a.train.ids[0]
+    mask = a.masks[sid]
+    assert mask.shape == (48, 48) and 0.03 < mask.float().mean() < 0.4
+    assert (a.train.raw(0)[0][mask] > 0.25).all()  # the mask sits on the digit's bright pixels
+    assert torch.equal(load_data("shortcut-mnist").train.images[:50], a.train.images[:50])
+    with pytest.raises(UserError, match="unknown shortcut-mnist option"):
+        parse_spec("colour=1")

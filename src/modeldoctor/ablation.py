@@ -204,8 +204,8 @@ def intervention_table(model: nn.Module, splits: dict[str, Dataset], num_classes
                        ) -> list[dict[str, Any]]:
     """Table 1: accuracy on each split under each intervention on the ``k`` worst / best units of ``ranking``.
 
-    Rows: none; delete worst-k; delete best-k; then for each constant c, the outputs and the weights of the
-    worst and of the best units divided and multiplied by c.
+    Rows: none; delete worst-k; delete best-k; then for each constant c, the outputs and the weights (when the
+    layer has weights) of the worst and of the best units divided and multiplied by c.
     """
     if k < 1 or any(c <= 0 for c in constants):
         raise UserError(f"need k >= 1 and positive constants, got k={k}, c={list(constants)}; e.g. --k 5 --c 2,3")
@@ -214,9 +214,10 @@ def intervention_table(model: nn.Module, splits: dict[str, Dataset], num_classes
               "best": [ranking.units[i] for i in reversed(order[-k:])]}
     rows = [("none", "-", 1.0, "none"), ("delete", "worst", 0.0, "delete worst-k"),
             ("delete", "best", 0.0, "delete best-k")]
+    has_weight = isinstance(getattr(resolve_layer(model, layer)[1], "weight", None), torch.Tensor)
     for c in constants:
         for target in ("worst", "best"):
-            for kind in ("outputs", "weights"):
+            for kind in ("outputs", "weights") if has_weight else ("outputs",):
                 rows += [(kind, target, 1.0 / c, f"{target} {kind} / {c:g}"), (kind, target, c, f"{target} {kind} x {c:g}")]
     table = []
     for kind, target, factor, label in rows:

@@ -26,7 +26,7 @@ from .checkpoint import weights_hash
 from .errors import UserError
 from .layers import LayerRef, conv_layer_names
 from .relevance import DEFAULT_METHOD, DEFAULT_PARAMS, relevant_kernels
-from .replay import NoiseReplay
+from .replay import NoiseReplay, train_mode
 from .selection import (SampleScores, Target, as_dataset, most_confident, ranking_confidence, sample_ids,
                         score_samples)
 
@@ -136,7 +136,8 @@ class Diagnosis:
                                    profiles=profiles.gather(1, ranked.unsqueeze(2).expand(-1, -1, a.channels)))
         keep_ids = [[ids[c][int(j)] for j in ranked[c]] for c in range(len(ids))]
         timings = {k: self.timings.get(k, 0.0) + other.timings.get(k, 0.0) for k in {**self.timings, **other.timings}}
-        return replace(self, layers=layers, profile_index=index.gather(1, ranked), profile_confidence=conf.gather(1, ranked),
+        return replace(self, layers=layers, profile_index=index.gather(1, ranked),
+                       profile_confidence=conf.gather(1, ranked),
                        profile_ids=keep_ids, timings=timings)
 
     def save(self, directory: str) -> "str":
@@ -188,9 +189,7 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
     opts.validate()
     names = conv_layer_names(model) if layers == "all" else layers
     dataset, batch_size = as_dataset(data, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with train_mode(model, False):
         replay = NoiseReplay(model, names, force_fallback=force_fallback)
         started = time.perf_counter()
         scores = scores if scores is not None and set(replay.layers) <= set(scores.feature_rms) \
@@ -202,8 +201,6 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
         diagnosis.timings = timings
         diagnosis.fallback_reason = replay.fallback_reason
         return diagnosis
-    finally:
-        model.train(was_training)
 
 
 def _empty(model: nn.Module, layers: list[str], scores: SampleScores, opts: DiagnosisOptions,
@@ -219,7 +216,8 @@ def _empty(model: nn.Module, layers: list[str], scores: SampleScores, opts: Diag
         scale = scores.feature_rms[name]
         abs_delta = opts.delta * scale if opts.delta_mode == "relative" else opts.delta
         per_layer[name] = LayerDiagnosis(name, convs.index(name) if name in convs else -1, shape, scale, abs_delta,
-                                         torch.zeros(N, shape[0], dtype=torch.float64), torch.zeros(N, dtype=torch.long),
+                                         torch.zeros(N, shape[0], dtype=torch.float64),
+                                         torch.zeros(N, dtype=torch.long),
                                          torch.full((N, P, shape[0]), float("nan")))
     return Diagnosis(per_layer, names, opts, weights_hash(model), scores.input_shape,
                      torch.full((N, P), -1, dtype=torch.long), torch.full((N, P), float("nan")),

@@ -26,6 +26,7 @@ from .errors import UserError
 from .fileio import read_json, write_bytes, write_json
 from .layers import FeatureCapture, resolve_layers
 from .models import select_logits
+from .replay import train_mode
 
 FORMAT = "modeldoctor-diagnosis/1"
 TENSORS = "diagnosis.safetensors"
@@ -121,13 +122,8 @@ def check_matches(diagnosis: Diagnosis, model: nn.Module, require_same_weights: 
         raise UserError(f"{where} was made for layers the model lacks: {', '.join(missing)}; "
                         "diagnose this model again")
     names = resolve_layers(model, list(diagnosis.layers))
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureCapture(model, names) as cap, torch.no_grad():
-            classes = select_logits(model(torch.zeros(1, *diagnosis.input_shape))).shape[1]
-    finally:
-        model.train(was_training)
+    with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
+        classes = select_logits(model(torch.zeros(1, *diagnosis.input_shape))).shape[1]
     problems = [f"{n}: {l.channels} channels in the diagnosis, {cap.captured[n].shape[1]} in the model"
                 for n, l in diagnosis.layers.items() if cap.captured[n].shape[1] != l.channels]
     if classes != diagnosis.num_classes:

@@ -48,9 +48,15 @@ def mean_pairwise_jaccard(masks: torch.Tensor) -> float:
 
 
 def profile_cosine(profiles: torch.Tensor, correlation: torch.Tensor) -> torch.Tensor:
-    """Cosine between each kept single-sample profile [N, P, K] and its class's ā [N, K] → [N, P] (NaN if none)."""
-    class_row = correlation.unsqueeze(1).expand_as(profiles)
-    return torch.nn.functional.cosine_similarity(profiles, class_row, dim=2, eps=1e-12)
+    """Cosine between each kept single-sample profile [N, P, K] and every class's ā [N, K] → [N, P, N].
+
+    Entry [n, p, m] compares sample p of class n with class m; [n, p, n] is supp. Fig. 7's comparison, and
+    the off-diagonal entries are its baseline (non-negative profiles have high cosines with anything).
+    Missing profiles (NaN) give NaN.
+    """
+    unit = torch.nn.functional.normalize(profiles.float(), dim=2, eps=1e-12)
+    rows = torch.nn.functional.normalize(correlation.float(), dim=1, eps=1e-12)
+    return torch.einsum("npk,mk->npm", unit, rows)
 
 
 def rank(values: Sequence[float]) -> list[float]:
@@ -107,19 +113,23 @@ def layer_statistics(diagnosis: "Diagnosis", layer: str, fraction: float = 0.9) 
     present = info.counts > 0
     k90 = kernels_for_mass(corr, fraction)
     masks = relevant_kernels(corr, DEFAULT_METHOD, **DEFAULT_PARAMS[DEFAULT_METHOD])
-    cosine = profile_cosine(info.profiles, corr)
-    valid = cosine[~cosine.isnan()]
+    cos = profile_cosine(info.profiles, corr)
+    own = torch.diagonal(cos, dim1=0, dim2=2).T  # [N, P]
+    others = (cos.nansum(2) - own) / max(len(corr) - 1, 1)
+    valid, valid_others = own[~own.isnan()], others[~own.isnan()]
     return {
         "name": layer, "depth": info.depth, "channels": info.channels, "shape": list(info.shape),
         "scale": info.scale, "delta": info.delta, "samples": info.counts.tolist(),
         "kernels_for_90pct_mass": k90.tolist(),
         "mean_kernels_for_90pct_mass": float(k90[present].float().mean()) if present.any() else float("nan"),
-        "fraction_kernels_for_90pct_mass": float(k90[present].float().mean() / info.channels) if present.any() else float("nan"),
+        "fraction_kernels_for_90pct_mass":
+            float(k90[present].float().mean() / info.channels) if present.any() else float("nan"),
         "gini": gini(corr).tolist(),
         "relevant_per_class": masks.sum(1).tolist(),
         "mean_pairwise_jaccard": mean_pairwise_jaccard(masks[present]),
-        "sample_vs_class_cosine": cosine.tolist(),
+        "sample_vs_class_cosine": own.tolist(),
         "mean_sample_vs_class_cosine": float(valid.mean()) if len(valid) else float("nan"),
+        "mean_sample_vs_other_classes_cosine": float(valid_others.mean()) if len(valid) else float("nan"),
     }
 
 

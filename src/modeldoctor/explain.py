@@ -18,7 +18,7 @@ from torch import nn
 from .diagnosis import Diagnosis, correlation_index, sample_seeds
 from .errors import UserError
 from .fileio import atomic_path
-from .replay import NoiseReplay
+from .replay import NoiseReplay, train_mode
 
 
 @dataclass
@@ -53,8 +53,8 @@ def deviating_kernels(sample: torch.Tensor, profile: torch.Tensor, top: int = 5)
     s, p = shares(sample.double()), shares(profile.double())
     deviation = s - p
     order = deviation.abs().argsort(descending=True)[:top]
-    return [{"kernel": int(k), "sample_share": float(s[k]), "class_share": float(p[k]), "deviation": float(deviation[k])}
-            for k in order]
+    return [{"kernel": int(k), "sample_share": float(s[k]), "class_share": float(p[k]),
+             "deviation": float(deviation[k])} for k in order]
 
 
 def summed_derivative_map(grads: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -85,9 +85,7 @@ def explain_image(model: nn.Module, image: torch.Tensor, diagnosis: Diagnosis, l
     layer = layer or max(diagnosis.layers, key=lambda n: diagnosis.layers[n].depth)
     info = diagnosis.layer(layer)
     opts = diagnosis.options
-    was_training = model.training
-    model.eval()
-    try:
+    with train_mode(model, False):
         replay = NoiseReplay(model, [layer])
         with torch.no_grad():
             state = replay.forward(image.unsqueeze(0))
@@ -96,9 +94,8 @@ def explain_image(model: nn.Module, image: torch.Tensor, diagnosis: Diagnosis, l
         pred = int(top2.indices[0])
         true = pred if label is None else int(label)
         result = replay.gradients(state, layer, [torch.tensor([pred]), torch.tensor([true])], opts.noise_draws,
-                                  info.delta, opts.output, sample_seeds=sample_seeds(torch.tensor([seed_index]), opts.seed, layer))
-    finally:
-        model.train(was_training)
+                                  info.delta, opts.output,
+                                  sample_seeds=sample_seeds(torch.tensor([seed_index]), opts.seed, layer))
     corr = info.correlation
     size = (image.shape[-2], image.shape[-1])
     dmap = summed_derivative_map(result.grads[0], size)

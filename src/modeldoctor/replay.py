@@ -122,7 +122,7 @@ class NoiseReplay:
         J = noise_draws
         noise = draw_noise(feature, J, delta, generator, sample_seeds)
         base = feature if create_graph and feature.requires_grad else feature.detach()
-        with torch.enable_grad(), _eval_mode(self.model), _no_inplace(self.model):
+        with torch.enable_grad(), train_mode(self.model, False), _no_inplace(self.model):
             noisy = base.unsqueeze(0) + noise
             if not noisy.requires_grad:
                 noisy.requires_grad_(True)
@@ -176,15 +176,12 @@ class NoiseReplay:
         return self._graphs[training]
 
     def _trace(self, training: bool) -> fx.GraphModule | None:
-        was = self.model.training
-        self.model.train(training)
         try:
-            graph = _Tracer(set(self.layers)).trace(self.model)
+            with train_mode(self.model, training):
+                graph = _Tracer(set(self.layers)).trace(self.model)
         except Exception as exc:  # noqa: BLE001 - any tracing failure means: use the fallback
             self._fall_back(f"torch.fx cannot trace {type(self.model).__name__} ({type(exc).__name__})")
             return None
-        finally:
-            self.model.train(was)
         gm = fx.GraphModule(self.model, graph)
         _remove_inplace_ops(gm)
         for name in self.layers:
@@ -326,9 +323,10 @@ def _no_inplace(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def train_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """``model.train(training)`` for the block, then every submodule's own flag back (mixed modes survive)."""
     modes = {m: m.training for m in model.modules()}
-    model.eval()
+    model.train(training)
     try:
         yield
     finally:

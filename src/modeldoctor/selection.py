@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from .data import make_loader, unpack_batch
@@ -72,7 +71,8 @@ def score_samples(replay: NoiseReplay, data: Dataset | DataLoader, batch_size: i
     squares = {name: torch.zeros((), dtype=torch.float64) for name in replay.layers}
     elements = dict.fromkeys(replay.layers, 0)
     shapes: dict[str, tuple[int, ...]] = {}
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("position", "index", "label", "predicted", "confidence", "label_conf")}
+    keys = ("position", "index", "label", "predicted", "confidence", "label_conf")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     seen = 0
     for batch in loader:
         x, y, index = unpack_batch(batch)
@@ -99,7 +99,8 @@ def score_samples(replay: NoiseReplay, data: Dataset | DataLoader, batch_size: i
         raise UserError("the data is empty; pass a split with at least one sample per class")
     cat = {k: torch.cat(v) for k, v in parts.items()}
     rms = {name: float((squares[name] / max(elements[name], 1)).sqrt()) for name in replay.layers}
-    return SampleScores(cat["position"], cat["index"], cat["label"], cat["predicted"], cat["confidence"], cat["label_conf"],
+    return SampleScores(cat["position"], cat["index"], cat["label"], cat["predicted"], cat["confidence"],
+                        cat["label_conf"],
                         rms, shapes, num_classes, tuple(x.shape[1:]))
 
 

@@ -62,6 +62,8 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
     seen = kept = 0
     try:
         for batch in make_loader(split, batch_size):
+            if max_samples is not None and seen >= max_samples:
+                break
             x, y, _ = unpack_batch(batch)
             if max_samples is not None:
                 x, y = x[:max_samples - seen], y[:max_samples - seen]
@@ -69,6 +71,8 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
             with torch.no_grad():
                 ok = select_logits(model(x)).argmax(1) == y
             x, y = x[ok], y[ok]
+            if len(y) == 0:
+                continue
             x_adv = fgsm(model, x, y, eps, split.mean, split.std)
             with torch.no_grad():
                 pred = select_logits(model(x_adv)).argmax(1)
@@ -79,8 +83,6 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
             false.append(pred[flipped])
             source.append(torch.nonzero(flipped).flatten() + kept)
             kept += len(y)
-            if max_samples is not None and seen >= max_samples:
-                break
     finally:
         model.train(was_training)
     if kept == 0:

@@ -11,7 +11,6 @@ Example: modeldoctor demo --out runs/demo
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..demo import run_demo
 
@@ -23,8 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """With --json the full result ({"html", "original": M, "control": M, "treated": M, ...}); else the headline."""
     result = run_demo(args.out, quick=args.quick, seed=args.seed)
-    lines = [f"report: {result['html']}"] + [
-        f"{arm:>8} test accuracy {100 * result[arm]['test']['accuracy']:.2f}%" for arm in ("original", "control", "treated")]
-    print("\n".join(lines), file=sys.stderr)
-    return result
+    if getattr(args, "json", False):
+        return result
+    return {"report": result["html"],
+            **{f"{arm} test accuracy": result[arm]["test"]["accuracy"] for arm in ("original", "control", "treated")},
+            "seconds": result["seconds"]["total"]}

@@ -26,19 +26,21 @@ from .common import add_checkpoint_args, load_model_and_data
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_args(p)
     p.add_argument("--layers", default=None, metavar="NAME[,NAME...]|all",
-                   help="dotted layer names (see `modeldoctor layers`); 'all' = every conv layer; default: the last conv")
+                   help="dotted layer names (`modeldoctor layers` lists them); 'all' = every conv; default: the last conv")
     p.add_argument("--noise-draws", type=int, default=10, metavar="J", help="noise draws per sample (default 10)")
     p.add_argument("--samples-per-class", type=int, default=100, metavar="T",
                    help="most confident correct training samples per class (default 100)")
     p.add_argument("--delta", type=float, default=0.1, help="noise range δ (default 0.1, relative to the layer's RMS)")
     p.add_argument("--delta-mode", choices=["relative", "absolute"], default="relative",
                    help="relative: δ × RMS activation of each layer over the training split (default); absolute: δ")
-    p.add_argument("--output", choices=["logit", "prob"], default="logit", help="ŷ = logit (default) or softmax probability")
+    p.add_argument("--output", choices=["logit", "prob"], default="logit",
+                   help="ŷ = logit (default) or softmax probability")
     p.add_argument("--target", choices=["predicted", "label"], default="predicted",
                    help="explain the predicted class (default) or the ground-truth class")
     p.add_argument("--reduce", choices=["abs", "relu"], default="abs",
                    help="|∂ŷ/∂m| as in Eq. 3 (default) or max(∂ŷ/∂m, 0) as in the authors' code")
-    p.add_argument("--min-confidence", type=float, default=None, help="only samples at least this confident (paper: 0.90)")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="only samples at least this confident (paper: 0.90)")
     p.add_argument("--include-wrong", action="store_true", help="also use misclassified samples")
     p.add_argument("--split", choices=["train", "val", "test"], default="train")
     p.add_argument("--batch-size", type=int, default=128)
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
                                             least_confident(scores, args.lowest, meta.class_names, ids)))
     stats = discovery_statistics(diagnosis)
     keep = ("name", "depth", "channels", "samples", "kernels_for_90pct_mass", "mean_kernels_for_90pct_mass",
-            "gini", "mean_pairwise_jaccard", "mean_sample_vs_class_cosine")
+            "gini", "mean_pairwise_jaccard", "mean_sample_vs_class_cosine", "mean_sample_vs_other_classes_cosine")
     result["layers"] = [{k: s[k] for k in keep} for s in stats["layers"]]
     result["trend_kernels_for_90pct"] = stats["trend_kernels_for_90pct"]
     return result

@@ -92,7 +92,7 @@ def attention_sections(models: ModelSet, diagnosis: Any, files: RunFiles, max_im
     attention = Section("attention", "Where the model looks: confident vs hesitant test images",
                         f"Summed derivative map Σ_k |∂ŷ/∂m_k| of the predicted class at {layer}, upsampled onto the "
                         "image (bright = the class score is most sensitive there).")
-    shares = _background_shares(models, layer)
+    shares = _background_shares(models, layer, high + low)
     claim = "Confident and hesitant test images, and where the model looks"
     if shares is not None:
         by_image = dict(zip(shares[2], shares[0]["original"]))
@@ -143,11 +143,13 @@ def _before_after(models: ModelSet, layer: str, index: list[int], names: list[st
     return section
 
 
-def _background_shares(models: ModelSet, layer: str) -> tuple[dict[str, np.ndarray], float, list[int]] | None:
-    """Per test image with a mask: the summed derivative map's mass outside the object / its total, per model;
-    the background's share of the pixels; and the test indices used."""
+def _background_shares(models: ModelSet, layer: str, include: list[int]
+                       ) -> tuple[dict[str, np.ndarray], float, list[int]] | None:
+    """Per test image with a mask (the first 500, plus ``include``): the summed derivative map's mass outside the
+    object / its total, per model; the background's share of the pixels; and the test indices used."""
     test, masks = models.bundle.test, models.bundle.masks
-    index = [i for i, sid in enumerate(test.ids) if sid in masks][:MAX_BACKGROUND_IMAGES]
+    index = sorted(set(range(min(len(test), MAX_BACKGROUND_IMAGES))) | set(include))
+    index = [i for i in index if test.ids[i] in masks]
     if not index:
         return None
     x = torch.stack([test[i][0] for i in index])
