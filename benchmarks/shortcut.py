@@ -38,6 +38,7 @@ from modeldoctor.treatment import (MaskBank, TreatConfig, batch_mixer, finetune,
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE = bool(os.environ.get("SHORTCUT_SMOKE"))  # tiny end-to-end check of this script: 320 images, 1 epoch
 CACHE = RESULTS / "cache" / ("shortcut-smoke" if SMOKE else "shortcut")
+CACHED_ONLY = False  # --cached-only: report the runs finished so far (rows list their n), compute nothing
 MODEL = "simple-cnn-s2"
 BASE = TrainConfig(epochs=1 if SMOKE else 10, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")
 FT_EPOCHS = 1 if SMOKE else 2
@@ -88,6 +89,8 @@ def run(name: str, seed: int, bundles: dict, vanilla: torch.nn.Module, relevant:
     path = CACHE / f"run-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
+    if CACHED_ONLY:
+        return None
     bundle = bundles["vanilla"]
     started = time.time()
     masks = {sid: bundle.masks[sid] for sid in bundle.train.ids}
@@ -146,9 +149,12 @@ def main() -> None:
     ap.add_argument("--skip-sweeps", action="store_true")
     ap.add_argument("--worker", type=int, default=None,
                     help="only compute (and cache) this seed's runs; seed 0 also chooses λ")
+    ap.add_argument("--cached-only", action="store_true", help="report only runs already cached")
     ap.add_argument("--sweep-worker", action="store_true",
                     help="only compute (and cache) the sweeps, last first, once seed 0's models and λ exist")
     args = ap.parse_args()
+    global CACHED_ONLY
+    CACHED_ONLY = args.cached_only
     started = time.time()
     CACHE.mkdir(parents=True, exist_ok=True)
     bundles = {"vanilla": load_data("shortcut-mnist"), "clean": load_data("shortcut-mnist:clean")}
@@ -166,6 +172,9 @@ def main() -> None:
             time.sleep(10)
         vanillas[0] = load_checkpoint(CACHE / "vanilla-seed0.pt")[0]
         relevants[0] = torch.load(CACHE / "relevant-seed0.pt", weights_only=True)
+    if CACHED_ONLY:
+        seeds = [s for s in seeds if all((CACHE / f"{k}-seed{s}.pt").exists() for k in ("vanilla", "clean"))
+                 and (CACHE / f"relevant-seed{s}.pt").exists()]
     for seed in seeds:
         vanillas[seed] = base_model("vanilla", seed, bundles)
         clean = base_model("clean", seed, bundles)
@@ -175,17 +184,23 @@ def main() -> None:
                 model, bundle.val, bundle.test, 10).items()}, **diagnostics(model, bundle)})
         relevants[seed] = relevant_for(seed, vanillas[seed], bundles["vanilla"], convs if seed == 0 else convs[-1:])
 
-    def treat(name: str, seed: int, per_class: int | None, **cfg) -> dict:
+    def treat(name: str, seed: int, per_class: int | None, **cfg) -> dict | None:
         cfg.setdefault("expansion", default_expansion(bundles["vanilla"].input_size))  # 5 px at 48 px
         return run(name, seed, bundles, vanillas[seed], relevants[seed], TreatConfig(**cfg), per_class)
+
+    def add(table: dict, name: str, result: dict | None, **extra) -> None:
+        if result is not None:
+            table.setdefault(name, []).append({**extra, **result})
 
     # Rows that do not depend on the λ being chosen first (control: no constraint; channel: λ fixed).
     plan = [("control_20_per_class", (), 20), ("control_all_masks", (), None), ("channel", ("channel",), None)]
     for seed in seeds:
         for name, constraints, per_class in plan:
             extra = {"lam_channel": CHANNEL_LAMBDA} if constraints else {}
-            rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **extra))
-    if args.worker in (None, 0) and not args.sweep_worker:
+            add(rows, name, treat(name, seed, per_class, constraints=constraints, **extra))
+    if CACHED_ONLY:
+        lam = json.loads((CACHE / "lambda.json").read_text()) if (CACHE / "lambda.json").exists() else {}
+    elif args.worker in (None, 0) and not args.sweep_worker:
         lam = choose_lambdas(treat)
     else:
         while not (CACHE / "lambda.json").exists():
@@ -199,9 +214,9 @@ def main() -> None:
             used = {k: v for k, v in lam.items() if (k == "lam_space" and "space" in constraints) or
                     (k == "lam_channel" and "channel" in constraints) or
                     (k == "lam_input_gradient" and "input-gradient" in constraints)}
-            rows.setdefault(name, []).append(treat(name, seed, per_class, constraints=constraints, **used))
+            add(rows, name, treat(name, seed, per_class, constraints=constraints, **used))
     sweeps: dict[str, list[dict]] = {}
-    if not args.skip_sweeps and (args.worker is None or args.sweep_worker):
+    if not args.skip_sweeps and (args.worker is None or args.sweep_worker) and lam:
         sp = lam["lam_space"]
         todo = []
         for seed in range(args.sweep_seeds):
@@ -219,7 +234,7 @@ def main() -> None:
         for sweep, x, name, seed, per_class, cfg in (reversed(todo) if args.sweep_worker else todo):
             if "space" in cfg["constraints"]:
                 cfg["lam_space"] = sp
-            sweeps.setdefault(sweep, []).append({"x": x, **treat(name, seed, per_class, **cfg)})
+            add(sweeps, sweep, treat(name, seed, per_class, **cfg), x=x)
         order = {(t[0], str(t[1])): i for i, t in enumerate(todo)}
         for sweep, points in sweeps.items():
             points.sort(key=lambda p, sweep=sweep: order[(sweep, str(p["x"]))])
@@ -229,18 +244,21 @@ def main() -> None:
     table = {name: {"test": mean_std([r["test"] for r in rs]), "val": mean_std([r["val"] for r in rs]),
                     "input_grad_bg_share": mean_std([r["input_grad_bg_share"] for r in rs]),
                     "logit_std": mean_std([r["logit_std"] for r in rs])} for name, rs in rows.items()}
-    v, c = table["vanilla"]["test"]["mean"], table["clean_reference"]["test"]["mean"]
-    recovered = (table["space_20_per_class"]["test"]["mean"] - v) / (c - v) if c != v else float("nan")
-    summary = {"vanilla": v, "clean_reference": c, "control": table["control_20_per_class"]["test"]["mean"],
-               "control_all_masks": table["control_all_masks"]["test"]["mean"],
-               **{name: table[name]["test"]["mean"] for name in table if name not in ("vanilla", "clean_reference")},
-               "gap_recovered_space_20": recovered, "lambda": lam, "seeds": args.seeds,
+    def mean_of(name: str) -> float | None:
+        return table[name]["test"]["mean"] if name in table else None
+
+    v, c, sp20 = mean_of("vanilla"), mean_of("clean_reference"), mean_of("space_20_per_class")
+    recovered = (sp20 - v) / (c - v) if None not in (v, c, sp20) and c != v else None
+    summary = {"vanilla": v, "clean_reference": c, "control": mean_of("control_20_per_class"),
+               **{name: mean_of(name) for name in table if name not in ("vanilla", "clean_reference")},
+               "gap_recovered_space_20": recovered, "lambda": lam,
+               "seeds_per_row": {name: t["test"]["n"] for name, t in table.items()},
                "sweep_seeds": 0 if args.skip_sweeps else args.sweep_seeds, "seconds": time.time() - started}
     write_json(RESULTS / "shortcut.json", {"summary": summary, "table": table, "rows": rows, "sweeps": sweeps,
                                            "settings": {"model": MODEL, "base": BASE.to_dict(), "ft_epochs": FT_EPOCHS,
                                                         "ft_lr": FT_LR, "mix": MIX, "lambda_grid": LAMBDA_GRID}})
     for name, t in table.items():
-        print(f"{name:28s} test {100 * t['test']['mean']:.2f} ± {100 * t['test']['std']:.2f}  "
+        print(f"{name:28s} test {100 * t['test']['mean']:.2f} ± {100 * t['test']['std']:.2f} (n={t['test']['n']})  "
               f"bg-share {t['input_grad_bg_share']['mean']:.3f}  logit-std {t['logit_std']['mean']:.2f}")
     for sweep, points in sweeps.items():
         print(sweep, " ".join(f"{p['x']}:{100 * p['test']:.2f}" for p in points))

@@ -315,6 +315,7 @@ def test_treat_cli_resume_after_kill_matches_uninterrupted(tmp_path):
         assert second[arm] == first[arm], arm
 
 
+@pytest.mark.slow
 def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
     from modeldoctor.data import load_data
     from modeldoctor.shortcut import parse_spec

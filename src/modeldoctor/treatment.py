@@ -7,6 +7,9 @@ last two conv layers, S_ch = the last one.  Every constraint term comes from one
 statistics, so the J noisy copies neither mix through batch statistics nor move the running buffers.
 The noise range δ is relative: ``σ ~ U(−δ·rms(m^r), δ·rms(m^r))``, rms over the (detached) batch.
 
+When fewer than half of a batch's images carry masks, the space-wise (and input-gradient) terms are taken on
+a separate eval-mode pass over only those images, so their J replays cost a few images, not the batch.
+
 The control is the same fine-tune with ``L_all = L_orig``: same weights, data order, extra annotated images
 per batch, optimiser, schedule, epochs and seed.  Both pick their epoch on the validation split.
 """
@@ -38,7 +41,8 @@ CONSTRAINTS = ("space", "channel", "input-gradient")
 
 @dataclass
 class TreatConfig:
-    """What to constrain and how; defaults follow the paper except where validation chose otherwise (README)."""
+    """What to constrain and how.  Paper defaults except ``form="share"`` (scale-free, see constraints.py) and
+    ``first="label"`` (the ground truth rather than the predicted class); neither was tuned on validation."""
 
     constraints: tuple[str, ...] = ("space", "channel")
     space_layers: list[str] | None = None  # default: the last two conv layers

@@ -1,4 +1,4 @@
-"""Network Dissection: label each unit of a layer with the concept mask its top-1% activations match best (IoU).
+"""Network Dissection: label each unit of a layer with the concept mask its strongest activations match (IoU).
 
 Concepts come from --masks DIR (one PNG per sample id, non-zero = "object", the rest "background"), or
 --masks builtin (the dataset's own object masks, e.g. shortcut-mnist's digits); without --masks, the

@@ -10,6 +10,7 @@ Example: modeldoctor report runs/demo --json
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..report import report
 
@@ -23,5 +24,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     path = report(args.run_dir, args.out, images=not args.no_images, max_images=args.max_images)
-    figures = sorted(str(p) for p in (path.parent / "figures").glob("*.png"))
-    return {"html": str(path), "figures": figures}
+    names = re.findall(r"<figure id='fig-([^']+)'>", path.read_text("utf-8"))
+    return {"html": str(path), "figures": [str(path.parent / "figures" / f"{n}.png") for n in names]}

@@ -33,7 +33,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     if diagnosis is not None:
         sections.append(discovery_section(diagnosis))
     if models.original is not None and diagnosis is not None:
-        sections += attention_sections(models, diagnosis, files, max_images)
+        sections += attention_sections(models, diagnosis, max_images)
     annotate = files.json("annotate")
     if annotate:
         sections.append(annotation_section(annotate, models))

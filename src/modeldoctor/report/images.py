@@ -72,7 +72,7 @@ def load_models(files: RunFiles, diagnosis: Any) -> ModelSet:
     return models
 
 
-def attention_sections(models: ModelSet, diagnosis: Any, files: RunFiles, max_images: int) -> list[Section]:
+def attention_sections(models: ModelSet, diagnosis: Any, max_images: int) -> list[Section]:
     """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
     layer = max(diagnosis.layers.values(), key=lambda l: l.depth).name
     test = models.bundle.test
