@@ -115,8 +115,8 @@ def mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0, "n": len(t), "values": values}
 
 
-def relevant_for(seed: int, model: torch.nn.Module, bundle, layers: list[str]) -> dict[str, torch.Tensor]:
-    path = CACHE / f"relevant-seed{seed}.pt"
+def relevant_for(tag: str, model: torch.nn.Module, bundle, layers: list[str]) -> dict[str, torch.Tensor]:
+    path = CACHE / f"relevant-{tag}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
     diag = diagnose(model, bundle.train, layers=layers, samples_per_class=50)
@@ -168,10 +168,9 @@ def main() -> None:
     seeds = range(args.seeds) if args.worker is None else [args.worker]
     if args.sweep_worker:
         seeds = []
-        while not all((CACHE / f).exists() for f in ("vanilla-seed0.pt", "relevant-seed0.pt", "lambda.json")):
+        while not all((CACHE / f).exists() for f in ("vanilla-seed0.pt", "lambda.json")):
             time.sleep(10)
-        vanillas[0] = load_checkpoint(CACHE / "vanilla-seed0.pt")[0]
-        relevants[0] = torch.load(CACHE / "relevant-seed0.pt", weights_only=True)
+        vanillas[0], relevants[0] = load_checkpoint(CACHE / "vanilla-seed0.pt")[0], {}
     if CACHED_ONLY:
         seeds = [s for s in seeds if all((CACHE / f"{k}-seed{s}.pt").exists() for k in ("vanilla", "clean"))
                  and (CACHE / f"relevant-seed{s}.pt").exists()]
@@ -182,22 +181,23 @@ def main() -> None:
                                     ("clean_reference", clean, bundles["clean"])):  # same val/test images
             rows.setdefault(kind, []).append({"seed": seed, **{k: v["accuracy"] for k, v in split_metrics(
                 model, bundle.val, bundle.test, 10).items()}, **diagnostics(model, bundle)})
-        relevants[seed] = relevant_for(seed, vanillas[seed], bundles["vanilla"], convs if seed == 0 else convs[-1:])
+        relevants[seed] = relevant_for(f"seed{seed}", vanillas[seed], bundles["vanilla"], convs[-1:])
 
-    def treat(name: str, seed: int, per_class: int | None, **cfg) -> dict | None:
+    def treat(name: str, seed: int, per_class: int | None, relevant: dict | None = None, **cfg) -> dict | None:
         cfg.setdefault("expansion", default_expansion(bundles["vanilla"].input_size))  # 5 px at 48 px
-        return run(name, seed, bundles, vanillas[seed], relevants[seed], TreatConfig(**cfg), per_class)
+        return run(name, seed, bundles, vanillas[seed], relevant or relevants[seed], TreatConfig(**cfg), per_class)
 
     def add(table: dict, name: str, result: dict | None, **extra) -> None:
         if result is not None:
             table.setdefault(name, []).append({**extra, **result})
 
-    # Rows that do not depend on the λ being chosen first (control: no constraint; channel: λ fixed).
-    plan = [("control_20_per_class", (), 20), ("control_all_masks", (), None), ("channel", ("channel",), None)]
+    def lambdas_for(constraints: tuple[str, ...], lam: dict[str, float]) -> dict[str, float]:
+        keys = {"space": "lam_space", "channel": "lam_channel", "input-gradient": "lam_input_gradient"}
+        return {keys[c]: lam[keys[c]] for c in constraints}
+
+    # Most important rows first (CPU is shared); controls do not wait for λ.
     for seed in seeds:
-        for name, constraints, per_class in plan:
-            extra = {"lam_channel": CHANNEL_LAMBDA} if constraints else {}
-            add(rows, name, treat(name, seed, per_class, constraints=constraints, **extra))
+        add(rows, "control_20_per_class", treat("control_20_per_class", seed, 20, constraints=()))
     if CACHED_ONLY:
         lam = json.loads((CACHE / "lambda.json").read_text()) if (CACHE / "lambda.json").exists() else {}
     elif args.worker in (None, 0) and not args.sweep_worker:
@@ -207,17 +207,17 @@ def main() -> None:
             time.sleep(10)
         lam = json.loads((CACHE / "lambda.json").read_text())
     plan = [("space_20_per_class", ("space",), 20), ("input_gradient_20_per_class", ("input-gradient",), 20),
+            ("channel", ("channel",), None), ("control_all_masks", (), None),
             ("all_20_per_class", ("space", "channel"), 20), ("space_all_masks", ("space",), None),
             ("input_gradient_all_masks", ("input-gradient",), None), ("all_all_masks", ("space", "channel"), None)]
-    for seed in seeds:
+    for seed in seeds if lam else []:
         for name, constraints, per_class in plan:
-            used = {k: v for k, v in lam.items() if (k == "lam_space" and "space" in constraints) or
-                    (k == "lam_channel" and "channel" in constraints) or
-                    (k == "lam_input_gradient" and "input-gradient" in constraints)}
-            add(rows, name, treat(name, seed, per_class, constraints=constraints, **used))
+            add(rows, name, treat(name, seed, per_class, constraints=constraints, **lambdas_for(constraints, lam)))
     sweeps: dict[str, list[dict]] = {}
     if not args.skip_sweeps and (args.worker is None or args.sweep_worker) and lam:
         sp = lam["lam_space"]
+        every_layer = {} if CACHED_ONLY and not (CACHE / "relevant-all-seed0.pt").exists() else \
+            relevant_for("all-seed0", vanillas[0], bundles["vanilla"], convs)  # for the depth sweep
         todo = []
         for seed in range(args.sweep_seeds):
             for pct in (2, 4, 8, 12, 20):
@@ -230,10 +230,13 @@ def main() -> None:
                 todo.append(("depth_space", layer, f"depth-space-{layer}", seed, 20,
                              {"constraints": ("space",), "space_layers": [layer]}))
                 todo.append(("depth_channel", layer, f"depth-channel-{layer}", seed, None,
-                             {"constraints": ("channel",), "channel_layers": [layer], "lam_channel": CHANNEL_LAMBDA}))
+                             {"constraints": ("channel",), "channel_layers": [layer], "lam_channel": CHANNEL_LAMBDA,
+                              "relevant": every_layer}))
         for sweep, x, name, seed, per_class, cfg in (reversed(todo) if args.sweep_worker else todo):
             if "space" in cfg["constraints"]:
                 cfg["lam_space"] = sp
+            if "relevant" in cfg and not cfg["relevant"]:
+                continue
             add(sweeps, sweep, treat(name, seed, per_class, **cfg), x=x)
         order = {(t[0], str(t[1])): i for i, t in enumerate(todo)}
         for sweep, points in sweeps.items():

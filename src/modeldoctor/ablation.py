@@ -233,7 +233,7 @@ def intervention_table(model: nn.Module, splits: dict[str, Dataset], num_classes
 
 def _tail_logits(replay: NoiseReplay, state: ForwardState, layer: str, flat: torch.Tensor, copies: int) -> torch.Tensor:
     # replay.py's tail replay (skip connections repeated ``copies`` times, or a full batched pass as fallback).
-    return replay._tail(state, layer, flat, copies)
+    return replay.replay_tail(state, layer, flat, copies)
 
 
 def _ablated_copies(feature: torch.Tensor, units: Sequence[int]) -> torch.Tensor:

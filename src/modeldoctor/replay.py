@@ -127,7 +127,7 @@ class NoiseReplay:
             if not noisy.requires_grad:
                 noisy.requires_grad_(True)
             flat = noisy.reshape(J * feature.shape[0], *feature.shape[1:])
-            logits = self._tail(state, layer, flat, J)
+            logits = self.replay_tail(state, layer, flat, J)
             scores = logits.softmax(1) if output == "prob" else logits
             grads = []
             for t, cls in enumerate(classes):
@@ -137,7 +137,11 @@ class NoiseReplay:
         return LayerGradients(layer, grads, logits.detach().view(J, feature.shape[0], -1))
 
     # -- tail replay ---------------------------------------------------------------------------------
-    def _tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int) -> torch.Tensor:
+    def replay_tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int) -> torch.Tensor:
+        """Logits of the network with ``layer``'s output replaced by ``flat_noisy`` ((J·B, C, H, W), copy-major).
+
+        Only the tail after ``layer`` runs; every earlier tensor the tail reads is repeated J times.
+        """
         if self.uses_fallback or not state.env:
             return self._full_pass_with(state.x, layer, flat_noisy, J)
         gm = self._graph(state.training)
@@ -199,7 +203,7 @@ class NoiseReplay:
                 if not ok:
                     break
                 try:
-                    replayed = self._tail(state, name, state.features[name], 1)
+                    replayed = self.replay_tail(state, name, state.features[name], 1)
                     ok = torch.allclose(replayed, reference, rtol=1e-4, atol=1e-5)
                 except Exception as exc:  # noqa: BLE001 - a tail that cannot run batched means: fall back
                     self._fall_back(f"the tail after {name} cannot be replayed ({type(exc).__name__}: {exc})")

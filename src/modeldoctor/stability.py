@@ -235,8 +235,9 @@ def plot_curves(result: dict, path: str | Path) -> Path:
                ylim=(-0.02, 1.02), title=f"{name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Discovery 2: feature noise keeps normal samples but moves FGSM (ε={result['fgsm']['eps']:g}) "
-                 f"adversarials back — held-out AUROC {result['auroc']:.3f}", fontsize=10)
+    fig.suptitle(f"Discovery 2 holds if normal accuracy stays high while FGSM (ε={result['fgsm']['eps']:g}) "
+                 f"adversarials return to the true label as δ grows; detector held-out AUROC {result['auroc']:.3f}",
+                 fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
