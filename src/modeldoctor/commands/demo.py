@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import run_demo
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
@@ -23,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """With --json the full result ({"html", "original": M, "control": M, "treated": M, ...}); else the headline."""
+    from ..demo import run_demo  # imported here: matplotlib and torch stay out of `modeldoctor --help`
+
     result = run_demo(args.out, quick=args.quick, seed=args.seed)
     if getattr(args, "json", False):
         return result

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..report import report
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="directory holding outputs of modeldoctor commands (searched recursively)")
@@ -23,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from ..report import report  # imported here: matplotlib stays out of `modeldoctor --help`
+
     path = report(args.run_dir, args.out, images=not args.no_images, max_images=args.max_images)
     names = re.findall(r"<figure id='fig-([^']+)'>", path.read_text("utf-8"))
     return {"html": str(path), "figures": [str(path.parent / "figures" / f"{n}.png") for n in names]}
