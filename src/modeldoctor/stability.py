@@ -30,7 +30,7 @@ from .errors import UserError
 from .fileio import atomic_path
 from .layers import FeatureCapture, resolve_layers
 from .models import select_logits
-from .replay import NoiseReplay
+from .replay import NoiseReplay, draw_noise
 
 DEFAULT_DELTAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
@@ -128,9 +128,14 @@ def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[s
                 state = replay.forward(images[start:start + batch_size])
             clean.append(state.logits.argmax(1))
             for name in replay.layers:
+                feature = state.features[name]
                 s = (scales or {}).get(name, 1.0)
-                per_delta = [replay.gradients(state, name, [], draws, d * s, generator=generator).noisy_logits.argmax(-1)
-                             for d in deltas]
+                per_delta = []
+                for d in deltas:
+                    flat = (feature.unsqueeze(0) + draw_noise(feature, draws, d * s, generator)).flatten(0, 1)
+                    with torch.no_grad():
+                        logits = select_logits(replay.replay_tail(state, name, flat, draws))
+                    per_delta.append(logits.argmax(1).view(draws, len(feature)))
                 noisy[name].append(torch.stack(per_delta))
     finally:
         model.train(was_training)
@@ -235,9 +240,9 @@ def plot_curves(result: dict, path: str | Path) -> Path:
                ylim=(-0.02, 1.02), title=f"{name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Discovery 2 holds if normal accuracy stays high while FGSM (ε={result['fgsm']['eps']:g}) "
+    fig.suptitle(f"Discovery 2 holds if normal accuracy stays high while FGSM (ε={result['fgsm']['eps']:g})\n"
                  f"adversarials return to the true label as δ grows; detector held-out AUROC {result['auroc']:.3f}",
-                 fontsize=10)
+                 fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
