@@ -44,7 +44,7 @@ BASE = TrainConfig(epochs=1 if SMOKE else 10, batch_size=64, optimizer="sgd", lr
 FT_EPOCHS = 1 if SMOKE else 2
 FT_LR = 0.01  # 0.2 x the training lr, fixed before any treatment was run
 MIX = 16  # annotated images appended to each batch of 64 when masks are few (treated and control alike)
-LAMBDA_GRID = {"space": [1.0, 10.0], "input-gradient": [10.0, 1000.0]}
+LAMBDA_GRID = {"space": [1.0, 3.0, 10.0], "input-gradient": [0.001, 0.01, 0.1]}
 CHANNEL_LAMBDA = 1.0
 
 

@@ -12,11 +12,18 @@ from typing import Any
 
 import numpy as np
 
+from ..diagnosis import Diagnosis, LayerDiagnosis
+from ..diagnosis_io import load_diagnosis
+from ..errors import UserError
 from ..fileio import write_bytes, write_text
 from . import figures
 from .collect import RunFiles, find_outputs
 from .html import Section, render, table
 from .images import ModelSet, annotation_section, attention_sections, load_models
+
+MAX_HEATMAPS = 4
+ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition",
+         "ablation"]
 
 
 def report(run_dir: str | Path, out: str | Path | None = None, images: bool = True, max_images: int = 6) -> Path:
@@ -25,6 +32,8 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     ``images=False`` skips everything that needs the model (overlays, thumbnails); ``max_images`` bounds the
     images per overlay row.  Returns the HTML path.
     """
+    if max_images < 1:
+        raise UserError(f"max_images must be at least 1, got {max_images}")
     files = find_outputs(run_dir)
     target = Path(out) if out is not None else files.root / "report.html"
     diagnosis = _load_diagnosis(files)
@@ -51,7 +60,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     ablate = files.json("ablate")
     if ablate:
         sections.append(ablation_section(ablate))
-    sections = _order(sections)
+    sections.sort(key=lambda s: ORDER.index(s.key))
     cards = summary_cards(treat, diagnosis, stability, decompose)
     page = render("Model Doctor report", f"Outputs found under {files.root}", cards, sections)
     fig_dir = target.parent / "figures"
@@ -64,24 +73,12 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     return target
 
 
-MAX_HEATMAPS = 4
-ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition", "ablation"]
-
-
-def _order(sections: list[Section]) -> list[Section]:
-    return sorted(sections, key=lambda s: ORDER.index(s.key) if s.key in ORDER else len(ORDER))
-
-
-def _load_diagnosis(files: RunFiles):
+def _load_diagnosis(files: RunFiles) -> Diagnosis | None:
     path = files.get("diagnosis")
-    if path is None:
-        return None
-    from ..diagnosis_io import load_diagnosis
-
-    return load_diagnosis(path.parent)
+    return load_diagnosis(path.parent) if path is not None else None
 
 
-def _class_names(diagnosis, models: ModelSet, treat: dict) -> list[str]:
+def _class_names(diagnosis: Diagnosis | None, models: ModelSet, treat: dict) -> list[str]:
     if diagnosis is not None:
         return list(diagnosis.class_names)
     if models.meta is not None:
@@ -89,7 +86,7 @@ def _class_names(diagnosis, models: ModelSet, treat: dict) -> list[str]:
     return [str(i) for i in range(len(treat["original"]["test"]["per_class"]))]
 
 
-def discovery_section(diagnosis) -> Section:
+def discovery_section(diagnosis: Diagnosis) -> Section:
     """Discovery 1: class × kernel heatmaps per layer, kernels-for-90% vs depth, one sample vs its class."""
     layers = sorted(diagnosis.layers.values(), key=lambda l: l.depth)
     section = Section("discovery", "Discovery 1: which kernels each class relies on",
@@ -123,7 +120,7 @@ def _spread(items: list, n: int) -> list:
     return [items[i] for i in sorted(set(picks.tolist()))]
 
 
-def _best_profile(diagnosis, layer) -> tuple[int, int] | None:
+def _best_profile(diagnosis: Diagnosis, layer: LayerDiagnosis) -> tuple[int, int] | None:
     """(class, slot) of the most confident single-sample profile kept in the diagnosis, if any."""
     conf = diagnosis.profile_confidence.clone()
     conf[(diagnosis.profile_index < 0) | layer.profiles.isnan().any(-1)] = float("-inf")

@@ -80,9 +80,10 @@ def correlation_heatmap(abar: np.ndarray, class_names: Sequence[str], layer: str
     ax.set(xlabel=f"the {channels} kernels of {layer}, grouped by the class each serves most (position, not index)",
            ylabel="class")
     fig.colorbar(im, ax=ax, label="correlation ā (row min-max)", fraction=0.03, pad=0.01)
-    sparse = median <= 0.5 * channels
-    title = (f"{layer}: each class relies on few of its {channels} kernels (median {median:.0f} for 90% of the mass)"
-             if sparse else f"{layer}: classes spread over many of its {channels} kernels (median {median:.0f} for 90%)")
+    share = median / channels
+    title = (f"{layer}: each class relies on few of its {channels} kernels (a median {median:.0f}, {share:.0%}, hold "
+             "90% of its correlation)" if share <= 0.25 else
+             f"{layer}: classes spread over many of its {channels} kernels (a median {median:.0f}, {share:.0%}, hold 90%)")
     caption = ("Bright cells are kernels whose feature maps move the class score most (mean |∂ŷ/∂m| over "
                "confident training images, Eq. 4). A staircase of bright cells means class-specific kernels.")
     return _render(fig, f"correlation_{_slug(layer)}", title, caption)
@@ -138,16 +139,26 @@ def image_grid(name: str, title: str, caption: str, rows: Sequence[tuple[str, Se
             if c >= len(images):
                 ax.axis("off")
                 continue
-            ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=1)
             heat = overlays[c]
-            if heat is not None:
-                ax.imshow(heat / max(float(heat.max()), 1e-12), cmap=OVERLAY, alpha=0.6, vmin=0, vmax=1)
+            if heat is None:
+                ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=1)
+            else:
+                ax.imshow(_grey(images[c]), cmap="gray", vmin=0, vmax=2)  # dimmed so the heat colours stand out
+                ax.imshow(heat_rgba(heat))
             if titles[c]:
                 ax.set_title(titles[c], fontsize=7)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
     fig.tight_layout(pad=0.4, h_pad=0.6)
     return _render(fig, name, title, caption)
+
+
+def heat_rgba(heat: np.ndarray) -> np.ndarray:
+    """A map scaled to its maximum, coloured with ``OVERLAY`` and as opaque as it is strong (weak = see-through)."""
+    norm = np.clip(heat / max(float(heat.max()), 1e-12), 0, 1)
+    rgba = plt.get_cmap(OVERLAY)(norm)
+    rgba[..., 3] = 0.1 + 0.8 * norm
+    return rgba
 
 
 def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.ndarray, np.ndarray | None]],

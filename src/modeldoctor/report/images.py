@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from ..checkpoint import CheckpointMeta, load_checkpoint
 from ..data import DataBundle
+from ..diagnosis import Diagnosis
 from ..errors import UserError
 from ..explain import background_share
 from ..training import predict
@@ -27,6 +27,7 @@ from .gradcam import grad_cam, summed_derivative_map
 from .html import Section, table
 
 MAX_BACKGROUND_IMAGES = 500
+CLEAR_DIFFERENCE = 0.01  # background shares closer than one percentage point are called "similar" in titles
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ModelSet:
     arms: dict[str, nn.Module] = field(default_factory=dict)  # "control", "treated"
 
 
-def load_models(files: RunFiles, diagnosis: Any) -> ModelSet:
+def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
     """Find and load the original (and treated / control) checkpoints and their data; empty when impossible."""
     from ..commands.common import data_for
 
@@ -50,7 +51,7 @@ def load_models(files: RunFiles, diagnosis: Any) -> ModelSet:
         named = [p for p in (given, files.root / given, treat_path.parent / given) if p.suffix == ".pt"]
     arm_paths = {arm: treat_path.parent / f"{arm}.pt" for arm in ("control", "treated")} if treat_path else {}
     others = [p for p in files.checkpoints if p not in arm_paths.values()]
-    wanted = getattr(diagnosis, "weights_sha256", None)
+    wanted = diagnosis.weights_sha256 if diagnosis is not None else None
     models = ModelSet()
     try:
         for path in named + others:
@@ -72,7 +73,7 @@ def load_models(files: RunFiles, diagnosis: Any) -> ModelSet:
     return models
 
 
-def attention_sections(models: ModelSet, diagnosis: Any, max_images: int) -> list[Section]:
+def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) -> list[Section]:
     """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
     layer = max(diagnosis.layers.values(), key=lambda l: l.depth).name
     test = models.bundle.test
@@ -98,11 +99,14 @@ def attention_sections(models: ModelSet, diagnosis: Any, max_images: int) -> lis
         by_image = dict(zip(shares[2], shares[0]["original"]))
         hi, lo = (float(np.nanmean([by_image.get(i, np.nan) for i in group])) for group in (high, low))
         claim = (f"Hesitant predictions put more of the map on the background ({lo:.0%}) than confident ones ({hi:.0%})"
-                 if lo > hi else f"Confident ({hi:.0%}) and hesitant ({lo:.0%}) images put similar shares on the background")
+                 if lo > hi + CLEAR_DIFFERENCE else
+                 f"Confident ({hi:.0%}) and hesitant ({lo:.0%}) images put similar shares on the background"
+                 if abs(lo - hi) <= CLEAR_DIFFERENCE else
+                 f"Confident predictions put more of the map on the background ({hi:.0%}) than hesitant ones ({lo:.0%})")
     attention.figures.append(figures.image_grid(
         "confidence_overlays", claim, "Top: the most confident correct test images; bottom: the least confident "
         "(paper Fig. 2b). Titles: true→predicted class, p = probability of the true class; each map is scaled to its "
-        "own maximum.", block(high, "confident") + block(low, "hesitant")))
+        "own maximum (strong: opaque yellow; weak: transparent).", block(high, "confident") + block(low, "hesitant")))
     sections = [attention]
     if shares is not None:
         attention.figures.append(figures.background_share("background_share", {"original": shares[0]["original"]},
@@ -127,11 +131,12 @@ def _before_after(models: ModelSet, layer: str, index: list[int], names: list[st
         rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, layer, target).numpy()), blank))
     section = Section("before-after", "Before and after treatment: the same hesitant images",
                       f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
-                      "(the paper's Fig. 5). Each map is scaled to its own maximum.")
+                      "(the paper's Fig. 5). Each map is scaled to its own maximum (strong: opaque yellow; weak: transparent).")
     claim = "Derivative maps of the same images before and after treatment"
     if shares is not None and "treated" in shares[0]:
         before, after = float(np.mean(shares[0]["original"])), float(np.mean(shares[0]["treated"]))
-        claim = (f"After treatment the map's background share falls from {before:.0%} to {after:.0%}" if after < before
+        claim = (f"After treatment the map's background share falls from {before:.0%} to {after:.0%}"
+                 if after < before - CLEAR_DIFFERENCE
                  else f"Treatment does not move the map off the background ({before:.0%} → {after:.0%})")
     section.figures.append(figures.image_grid("before_after", claim, "Rows: model and map; columns: the least "
                                               "confident test images of the original model.", rows))
