@@ -9,6 +9,9 @@ best validation epoch.  Each run is cached under benchmarks/results/cache/shortc
 benchmark resumes.  Last stdout line: one JSON object.
 
 Usage: python benchmarks/shortcut.py [--seeds 3] [--sweep-seeds 1]
+In parallel: --worker 0, --worker 1, --worker 2, --sweep-worker first, --sweep-worker last (each one thread),
+then the plain command, which finds every run cached and only writes the report; --cached-only reports
+whatever has finished.
 """
 
 from __future__ import annotations
@@ -150,8 +153,8 @@ def main() -> None:
     ap.add_argument("--worker", type=int, default=None,
                     help="only compute (and cache) this seed's runs; seed 0 also chooses λ")
     ap.add_argument("--cached-only", action="store_true", help="report only runs already cached")
-    ap.add_argument("--sweep-worker", action="store_true",
-                    help="only compute (and cache) the sweeps, last first, once seed 0's models and λ exist")
+    ap.add_argument("--sweep-worker", choices=["first", "last"], default=None,
+                    help="only compute (and cache) the sweeps, from the first or the last, once seed 0's model and λ exist")
     args = ap.parse_args()
     global CACHED_ONLY
     CACHED_ONLY = args.cached_only
@@ -232,7 +235,7 @@ def main() -> None:
                 todo.append(("depth_channel", layer, f"depth-channel-{layer}", seed, None,
                              {"constraints": ("channel",), "channel_layers": [layer], "lam_channel": CHANNEL_LAMBDA,
                               "relevant": every_layer}))
-        for sweep, x, name, seed, per_class, cfg in (reversed(todo) if args.sweep_worker else todo):
+        for sweep, x, name, seed, per_class, cfg in (reversed(todo) if args.sweep_worker == "last" else todo):
             if "space" in cfg["constraints"]:
                 cfg["lam_space"] = sp
             if "relevant" in cfg and not cfg["relevant"]:

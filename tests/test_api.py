@@ -20,7 +20,6 @@ def test_every_exported_name_resolves() -> None:
         md.no_such_function  # noqa: B018
 
 
-@pytest.mark.slow
 def test_readme_flow_on_a_users_own_model() -> None:
     g = torch.Generator().manual_seed(0)
     n, size = 90, 16

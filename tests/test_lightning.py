@@ -55,7 +55,6 @@ def _gradients(callbacks: list) -> torch.Tensor:
     return recorder.grads[0]
 
 
-@pytest.mark.slow  # importing Lightning and two Trainer runs: ~40 s on a busy 2-core machine
 def test_callback_changes_the_gradients_and_zero_weight_does_not() -> None:
     torch.manual_seed(0)
     diagnosis = diagnose(Classifier().net, _data()[0], samples_per_class=4, noise_draws=2, require_correct=False)

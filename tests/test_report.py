@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from modeldoctor import cli
+from modeldoctor.api import annotation_list
 from modeldoctor.data import bundle_from_tensors, register_dataset
 from modeldoctor.diagnosis import diagnose
 from modeldoctor.diagnosis_io import save_diagnosis
@@ -50,7 +51,7 @@ def _cli(*argv: str) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """Outputs of train, diagnose, treat, stability, decompose and ablate on the toy data, plus annotate.json."""
+    """Outputs of train, diagnose (+ annotate.json), treat, stability, decompose and ablate on the toy data."""
     run = tmp_path_factory.mktemp("run")
     _cli("train", "--model", "simple-cnn-narrow", "--data", "report-toy", "--epochs", "3", "--batch-size", "16",
          "--optimizer", "adam", "--lr", "0.01",
@@ -64,9 +65,7 @@ def run_dir(tmp_path_factory) -> Path:
     diagnosis = diagnose(model, bundle.train, layers="all", samples_per_class=8, noise_draws=2,
                          class_names=bundle.class_names, model_spec=meta.model)
     save_diagnosis(diagnosis, run / "diag")
-    per_class = {name: [{"id": bundle.train.ids[i], "confidence": 0.1 * k, "label": c, "predicted": (c + 1) % 3}
-                        for k, i in enumerate(range(c, 30, 3))] for c, name in enumerate(bundle.class_names)}
-    write_json(run / "diag" / "annotate.json", {"per_class": per_class})
+    write_json(run / "diag" / "annotate.json", annotation_list(model, bundle, per_class=10))
     _cli("treat", "--checkpoint", ckpt, "--diagnosis", str(run / "diag"), "--masks", "builtin",
          "--annotate-per-class", "5", "--epochs", "1", "--seeds", "2", "--noise-draws", "2", "--out", str(run / "treat"))
     _cli("stability", "--checkpoint", ckpt, "--eps", "0.3", "--deltas", "0,0.5,1", "--draws", "2",

@@ -154,10 +154,11 @@ def image_grid(name: str, title: str, caption: str, rows: Sequence[tuple[str, Se
 
 
 def heat_rgba(heat: np.ndarray) -> np.ndarray:
-    """A map scaled to its maximum, coloured with ``OVERLAY`` and as opaque as it is strong (weak = see-through)."""
-    norm = np.clip(heat / max(float(heat.max()), 1e-12), 0, 1)
+    """A map min-max scaled, coloured with ``OVERLAY`` and as opaque as it is strong (its minimum see-through)."""
+    low, span = float(heat.min()), float(heat.max() - heat.min())
+    norm = np.clip((heat - low) / span, 0, 1) if span > 0 else np.zeros_like(heat)
     rgba = plt.get_cmap(OVERLAY)(norm)
-    rgba[..., 3] = 0.1 + 0.8 * norm
+    rgba[..., 3] = 0.75 * norm
     return rgba
 
 
@@ -185,6 +186,11 @@ def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.n
         title = (f"Treatment {'raises' if overall > 0 else 'lowers'} mean per-class {split} accuracy by "
                  f"{abs(overall):.1f} points over the matched control" if abs(overall) >= 0.05
                  else f"Treatment leaves per-class {split} accuracy where the matched control has it")
+        spread = runs["treated"][1]
+        if seeds == 1 or spread is None:
+            title += " (one seed: no spread to judge it against)"
+        elif abs(overall) <= 100 * float(np.mean(spread)):
+            title += f" — within the spread over {seeds} seeds"
     bottom.set_xticks(x, class_names)
     bottom.set(xlabel="class")
     spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread available)"

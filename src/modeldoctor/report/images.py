@@ -105,8 +105,8 @@ def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) 
                  f"Confident predictions put more of the map on the background ({hi:.0%}) than hesitant ones ({lo:.0%})")
     attention.figures.append(figures.image_grid(
         "confidence_overlays", claim, "Top: the most confident correct test images; bottom: the least confident "
-        "(paper Fig. 2b). Titles: true→predicted class, p = probability of the true class; each map is scaled to its "
-        "own maximum (strong: opaque yellow; weak: transparent).", block(high, "confident") + block(low, "hesitant")))
+        "(paper Fig. 2b). Titles: true→predicted class, p = probability of the true class; each map is min-max "
+        "scaled (strong: opaque yellow; its minimum: transparent).", block(high, "confident") + block(low, "hesitant")))
     sections = [attention]
     if shares is not None:
         attention.figures.append(figures.background_share("background_share", {"original": shares[0]["original"]},
@@ -131,7 +131,8 @@ def _before_after(models: ModelSet, layer: str, index: list[int], names: list[st
         rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, layer, target).numpy()), blank))
     section = Section("before-after", "Before and after treatment: the same hesitant images",
                       f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
-                      "(the paper's Fig. 5). Each map is scaled to its own maximum (strong: opaque yellow; weak: transparent).")
+                      "(the paper's Fig. 5). Each map is min-max scaled (strong: opaque yellow; its minimum: "
+                      "transparent).")
     claim = "Derivative maps of the same images before and after treatment"
     if shares is not None and "treated" in shares[0]:
         before, after = float(np.mean(shares[0]["original"])), float(np.mean(shares[0]["treated"]))
