@@ -29,7 +29,7 @@ from .data import make_loader, unpack_batch
 from .errors import UserError
 from .layers import LayerRef, default_layer, replace_output, resolve_layer
 from .models import select_logits
-from .replay import ForwardState, NoiseReplay
+from .replay import ForwardState, NoiseReplay, train_mode
 from .training import evaluate, predict
 
 
@@ -66,7 +66,7 @@ def num_units(model: nn.Module, split: Dataset, layer: str) -> int:
     """Channels of ``layer``'s output for one sample of ``split``."""
     x, _, _ = unpack_batch(next(iter(make_loader(split, 1))))
     replay = NoiseReplay(model, [layer])
-    with torch.no_grad(), _eval(model):
+    with torch.no_grad(), train_mode(model, False):
         return int(replay.forward(x).features[layer].shape[1])
 
 
@@ -81,7 +81,7 @@ def unit_deletion(model: nn.Module, split: Dataset, num_classes: int, layer: Lay
     name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model)
     replay = NoiseReplay(model, [name])
     totals = _Totals(num_classes)
-    with torch.no_grad(), _eval(model):
+    with torch.no_grad(), train_mode(model, False):
         for batch in make_loader(split, batch_size):
             x, y, _ = unpack_batch(batch)
             state = replay.forward(x)
@@ -290,13 +290,3 @@ class _Totals:
                             self.base_loss / self.seen, self.correct.sum(1) / self.seen, self.correct / counts,
                             self.loss / self.seen, self.counts)
 
-
-@contextlib.contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode

@@ -15,7 +15,6 @@ Grad-CAM equals ReLU of the CAM (Zhou et al. 2016) ``Σ_k w_ck A^k`` divided by 
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..layers import LayerRef, replace_output
 from ..models import select_logits
+from ..replay import train_mode
 
 
 def layer_gradient(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None
@@ -39,7 +39,7 @@ def layer_gradient(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: t
         held.append(output)
         return output
 
-    with _eval(model), torch.enable_grad(), replace_output(model, layer, keep):
+    with train_mode(model, False), torch.enable_grad(), replace_output(model, layer, keep):
         logits = select_logits(model(x))
         cls = logits.argmax(1) if target is None else target
         score = logits.gather(1, cls.view(-1, 1)).sum()
@@ -66,12 +66,3 @@ def summed_derivative_map(model: nn.Module, x: torch.Tensor, layer: LayerRef, ta
 def _to_input(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
 
-
-@contextlib.contextmanager
-def _eval(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
