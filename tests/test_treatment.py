@@ -331,3 +331,13 @@ def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
     assert torch.equal(load_data("shortcut-mnist").train.images[:50], a.train.images[:50])
     with pytest.raises(UserError, match="unknown shortcut-mnist option"):
         parse_spec("colour=1")
+
+
+def test_mean_std_over_seeds():
+    from modeldoctor.treatment import mean_std
+
+    runs = [{s: {"accuracy": a, "per_class": [a, 1 - a]} for s in ("val", "test")} for a in (0.5, 0.7)]
+    out = mean_std(runs)
+    assert out["seeds"] == 2 and out["test"]["accuracy"] == pytest.approx(0.6)
+    assert out["std"]["val"]["accuracy"] == pytest.approx(0.1414, abs=1e-3)
+    assert out["val"]["per_class"] == pytest.approx([0.6, 0.4])
