@@ -6,6 +6,15 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def one_thread():
+    """Two threads on a shared two-core machine stall in OpenMP spin waits; tiny tests run on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     from modeldoctor.data import load_data

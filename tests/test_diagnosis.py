@@ -12,13 +12,7 @@ from modeldoctor.relevance import by_mass, by_mean, by_minmax, by_topk, relevant
 from modeldoctor.replay import draw_noise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine stall in OpenMP spin waits; these tests are tiny anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Items(Dataset):

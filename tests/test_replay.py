@@ -7,13 +7,7 @@ from modeldoctor.models import build_model
 from modeldoctor.replay import NoiseReplay, draw_noise
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine stall in OpenMP spin waits; these tests are tiny anyway."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet() -> nn.Module:

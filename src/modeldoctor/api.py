@@ -8,7 +8,6 @@ Most commands already are a library function (``diagnose``, ``explain``, ``ablat
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -22,8 +21,7 @@ from .masks import check_masks, default_expansion
 from .replay import NoiseReplay
 from .selection import least_confident, sample_ids, score_samples
 from .training import TrainConfig
-from .treatment import (MaskBank, TreatConfig, batch_mixer, default_layers, finetune, lowest_confidence, split_metrics,
-                        treatment_loss)
+from .treatment import MaskBank, TreatConfig, default_layers, lowest_confidence, split_metrics, treat_and_control
 
 
 @dataclass
@@ -77,14 +75,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
         bank = MaskBank.build(data.train, given, chosen, data.input_size)
     base = train_config or TrainConfig()
     run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed})
-    mixer = batch_mixer(data.train, bank.pool, cfg.mix_annotated, seed) if bank else None
-    arms = {}
-    for arm in (["control"] if control else []) + ["treated"]:
-        arm_cfg = cfg if arm == "treated" else TreatConfig(**{**cfg.to_dict(), "constraints": ()})
-        tuned = copy.deepcopy(model)
-        finetune(tuned, data.train, data.val, data.num_classes, run_cfg,
-                 treatment_loss(tuned, arm_cfg, relevant, bank, mixer), desc=arm)
-        arms[arm] = (tuned, split_metrics(tuned, data.val, data.test, data.num_classes))
+    arms = treat_and_control(model, data, cfg, run_cfg, relevant, bank, control=control)
     ctrl = arms.get("control")
     return TreatmentResult(arms["treated"][0], ctrl[0] if ctrl else None,
                            split_metrics(model, data.val, data.test, data.num_classes), arms["treated"][1],

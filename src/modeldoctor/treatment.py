@@ -16,24 +16,24 @@ per batch, optimiser, schedule, epochs and seed.  Both pick their epoch on the v
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .constraints import channel_constraint, competitor_classes, first_classes, spatial_constraint
-from .data import ImageSplit
+from .data import DataBundle, ImageSplit
 from .errors import UserError
 from .input_gradients import log_prob_input_gradient, squared_gradient_norm
 from .layers import conv_layer_names
 from .masks import background_mask, expand_mask, stack_masks
 from .models import select_logits
-from .replay import NoiseReplay
+from .replay import NoiseReplay, train_mode
 from .training import LossFn, TrainConfig, fit, predict
 
 CONSTRAINTS = ("space", "channel", "input-gradient")
@@ -223,7 +223,7 @@ def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch
         replayed tail), so the masked terms cost J replays of those rows only, not of the whole batch."""
         total = torch.zeros(())
         everyone = torch.ones(len(xa), dtype=torch.bool)
-        with _all_eval(model_):
+        with train_mode(model_, False):
             if use_ig:
                 grad, _ = log_prob_input_gradient(model_, xa)
                 total = total + cfg.lam_input_gradient * _ig_term(grad, masks, everyone, share)
@@ -241,17 +241,6 @@ def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch
         return total
 
     return loss_fn
-
-
-@contextlib.contextmanager
-def _all_eval(model: nn.Module) -> Iterator[None]:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor,
@@ -277,6 +266,34 @@ def finetune(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: 
     summary = fit(model, train, val, num_classes, train_cfg, loss_fn=loss_fn, state_path=state_path,
                   resume=resume, desc=desc)
     return model, summary
+
+
+def control_config(cfg: TreatConfig) -> TreatConfig:
+    """The matched control: the same fine-tune (batches, annotated-image mixing, optimiser) without constraints."""
+    return TreatConfig(**{**cfg.to_dict(), "constraints": ()})
+
+
+def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
+                      relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
+                      state_dir: str | Path | None = None, resume: bool = False
+                      ) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
+    """Fine-tune copies of ``model``: ``"treated"`` with ``cfg``'s constraints and ``"control"`` without.
+
+    Both arms share weights, data order, optimiser, epochs and seed (``train_cfg.seed``); each keeps its best
+    validation epoch.  With ``state_dir`` each arm's training state is saved per epoch for ``resume``.
+    Returns ``{arm: (model, {"val": M, "test": M})}``; ``model`` itself is left unchanged.
+    """
+    mixer = batch_mixer(data.train, bank.pool, cfg.mix_annotated, train_cfg.seed) if bank else None
+    suffix = "" if train_cfg.seed == 0 else f"-seed{train_cfg.seed}"
+    arms: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
+    for arm in (["control"] if control else []) + ["treated"]:
+        tuned = copy.deepcopy(model)
+        loss_fn = treatment_loss(tuned, cfg if arm == "treated" else control_config(cfg), relevant, bank, mixer)
+        state = None if state_dir is None else Path(state_dir) / f".state-{arm}{suffix}.pt"
+        finetune(tuned, data.train, data.val, data.num_classes, train_cfg, loss_fn, state_path=state,
+                 resume=resume, desc=f"{arm} seed {train_cfg.seed}")
+        arms[arm] = (tuned, split_metrics(tuned, data.val, data.test, data.num_classes))
+    return arms
 
 
 def split_metrics(model: nn.Module, val: ImageSplit, test: ImageSplit, num_classes: int) -> dict[str, Any]:

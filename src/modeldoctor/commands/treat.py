@@ -10,7 +10,6 @@ Example: modeldoctor treat --checkpoint runs/base/model.pt --diagnosis runs/diag
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ from ..errors import UserError
 from ..fileio import write_json
 from ..masks import check_masks, default_expansion, load_boxes, load_masks
 from ..training import TrainConfig
-from ..treatment import (CONSTRAINTS, MaskBank, TreatConfig, batch_mixer, default_layers, finetune,
-                         lowest_confidence, mean_std, split_metrics, treatment_loss)
+from ..treatment import (CONSTRAINTS, MaskBank, TreatConfig, control_config, default_layers, lowest_confidence, mean_std,
+                         split_metrics, treat_and_control)
 from .common import add_checkpoint_args, load_model_and_data, out_dir
 
-DEFAULT_LR_SCALE = 0.1  # fine-tuning lr = 0.1 × the checkpoint's training lr (chosen on validation, README)
+DEFAULT_LR_SCALE = 0.1  # fine-tuning lr = 0.1 × the checkpoint's training lr (fixed a priori, not tuned; README)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,19 +88,15 @@ def run(args: argparse.Namespace) -> dict:
         train_cfg = TrainConfig(**{**base_cfg.to_dict(), "epochs": args.epochs, "seed": seed,
                                    "lr": args.lr if args.lr is not None else base_cfg.lr * DEFAULT_LR_SCALE,
                                    "batch_size": args.batch_size or base_cfg.batch_size})
-        mixer = batch_mixer(bundle.train, bank.pool, cfg.mix_annotated, seed) if bank else None
-        for arm in arms:
-            arm_cfg = cfg if arm == "treated" else TreatConfig(**{**cfg.to_dict(), "constraints": ()})
-            tuned = copy.deepcopy(model)
-            loss_fn = treatment_loss(tuned, arm_cfg, relevant, bank, mixer)
-            suffix = "" if seed == 0 else f"-seed{seed}"
-            finetune(tuned, bundle.train, bundle.val, bundle.num_classes, train_cfg, loss_fn,
-                     state_path=out / f".state-{arm}{suffix}.pt", resume=args.resume, desc=f"{arm} seed {seed}")
-            metrics = split_metrics(tuned, bundle.val, bundle.test, bundle.num_classes)
+        tuned = treat_and_control(model, bundle, cfg, train_cfg, relevant, bank, control=not args.no_control,
+                                  state_dir=out, resume=args.resume)
+        suffix = "" if seed == 0 else f"-seed{seed}"
+        for arm, (arm_model, metrics) in tuned.items():
             runs[arm].append(metrics)
+            arm_cfg = cfg if arm == "treated" else control_config(cfg)
             child = CheckpointMeta(**{**meta.__dict__, "train_config": train_cfg.to_dict() | {"treatment": arm_cfg.to_dict()},
                                       "metrics": metrics, "parent": str(Path(args.checkpoint).resolve())})
-            save_checkpoint(out / f"{arm}{suffix}.pt", tuned, child, protect=(args.checkpoint,))
+            save_checkpoint(out / f"{arm}{suffix}.pt", arm_model, child, protect=(args.checkpoint,))
             print(f"{arm} seed {seed}: val {metrics['val']['accuracy']:.4f} test {metrics['test']['accuracy']:.4f}",
                   file=sys.stderr)
     for arm in arms:
