@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from modeldoctor import cli
 from modeldoctor.api import annotation_list
@@ -142,3 +143,18 @@ def test_grad_cam_of_gap_linear_tail_is_the_cam() -> None:
     expected = torch.relu(torch.einsum("nk,nkhw->nhw", fc.weight[target].detach(), a)) / 36
     torch.testing.assert_close(cam, expected)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_grad_cam_default_layer_is_the_pooling_input() -> None:
+    """With no layer, Grad-CAM uses the maps entering global pooling: for GAP + linear, ReLU(Σ_k w_ck A^k)/Z."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(body, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(2, 1, 6, 6)
+    target = torch.tensor([0, 2])
+    cam = grad_cam(model, x, None, target, upsample=False)
+    feats = body(x).detach()
+    weights = model[3].weight.detach()[target]
+    expected = torch.relu((weights[:, :, None, None] * feats).sum(1)) / 36
+    torch.testing.assert_close(cam, expected)
+    assert all(not m._forward_pre_hooks for m in model.modules())

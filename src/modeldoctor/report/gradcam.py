@@ -15,11 +15,11 @@ Grad-CAM equals ReLU of the CAM (Zhou et al. 2016) ``Σ_k w_ck A^k`` divided by 
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..layers import LayerRef, replace_output
 from ..models import select_logits
 from ..replay import train_mode
@@ -47,12 +47,42 @@ def layer_gradient(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: t
     return held[0].detach(), grad, logits.detach()
 
 
-def grad_cam(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None,
+def grad_cam(model: nn.Module, x: torch.Tensor, layer: LayerRef | None = None, target: torch.Tensor | None = None,
              upsample: bool = True) -> torch.Tensor:
-    """Grad-CAM maps (N, H, W) of class ``target`` (default: the prediction) at ``layer``, ≥ 0, unnormalised."""
-    feature, grad, _ = layer_gradient(model, x, layer, target)
+    """Grad-CAM maps (N, H, W) of class ``target`` (default: the prediction) at ``layer``, ≥ 0, unnormalised.
+
+    ``layer=None`` takes the feature map entering the global pooling, i.e. the last *rectified* maps, as
+    Selvaraju et al. do; a raw conv output (before BatchNorm and ReLU) can make Σ_k α_k A^k negative everywhere.
+    """
+    if layer is None:
+        feature, grad, _ = _pool_input_gradient(model, x, target)
+    else:
+        feature, grad, _ = layer_gradient(model, x, layer, target)
     cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * feature).sum(1))
     return _to_input(cam, x) if upsample else cam
+
+
+def _pool_input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    pools = [m for m in model.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    if not pools:
+        raise UserError("Grad-CAM needs a global pooling layer to find the last feature maps; pass layer=NAME")
+    held: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: tuple) -> tuple:
+        feature = inputs[0] if inputs[0].requires_grad else inputs[0].detach().requires_grad_(True)
+        held.append(feature)
+        return (feature, *inputs[1:])
+
+    handle = pools[-1].register_forward_pre_hook(keep)
+    try:
+        with train_mode(model, False), torch.enable_grad():
+            logits = select_logits(model(x))
+            cls = logits.argmax(1) if target is None else target
+            (grad,) = torch.autograd.grad(logits.gather(1, cls.view(-1, 1)).sum(), held[-1])
+    finally:
+        handle.remove()
+    return held[-1].detach(), grad, logits.detach()
 
 
 def summed_derivative_map(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None,

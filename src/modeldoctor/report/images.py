@@ -128,11 +128,12 @@ def _before_after(models: ModelSet, layer: str, index: list[int], names: list[st
     for name, model in [("original", models.original)] + sorted(models.arms.items()):
         rows.append((f"{name}\nΣ|∂ŷ/∂m|", raw, list(summed_derivative_map(model, x, layer, target).numpy()), blank))
     for name, model in [("original", models.original)] + [(n, m) for n, m in models.arms.items() if n == "treated"]:
-        rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, layer, target).numpy()), blank))
+        rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, None, target).numpy()), blank))
     section = Section("before-after", "Before and after treatment: the same hesitant images",
                       f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
-                      "(the paper's Fig. 5). Each map is min-max scaled (strong: opaque yellow; its minimum: "
-                      "transparent).")
+                      "on the last rectified feature maps (the paper's Fig. 5); a blank Grad-CAM panel means no "
+                      "positive evidence for the true class anywhere (ReLU of a negative sum), common on these hesitant "
+                      "images. Each map is min-max scaled (strong: opaque yellow; its minimum: transparent).")
     claim = "Derivative maps of the same images before and after treatment"
     if shares is not None and "treated" in shares[0]:
         before, after = float(np.mean(shares[0]["original"])), float(np.mean(shares[0]["treated"]))
