@@ -27,9 +27,9 @@ from torch.utils.data import Dataset
 
 from .data import make_loader, unpack_batch
 from .errors import UserError
-from .layers import LayerRef, default_layer, replace_output, resolve_layer
+from .layers import LayerRef, default_layer, replace_output, resolve_layer, train_mode
 from .models import select_logits
-from .replay import ForwardState, NoiseReplay, train_mode
+from .replay import ForwardState, NoiseReplay
 from .training import evaluate, predict
 
 

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import weights_hash
 from .errors import UserError
-from .layers import LayerRef, conv_layer_names
+from .layers import LayerRef, conv_layer_names, train_mode
 from .relevance import DEFAULT_METHOD, DEFAULT_PARAMS, relevant_kernels
-from .replay import NoiseReplay, train_mode
+from .replay import NoiseReplay
 from .selection import (SampleScores, Target, as_dataset, most_confident, ranking_confidence, sample_ids,
                         score_samples)
 

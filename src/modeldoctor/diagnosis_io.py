@@ -24,9 +24,8 @@ from .diagnosis import Diagnosis, DiagnosisOptions, LayerDiagnosis
 from .discovery import discovery_statistics
 from .errors import UserError
 from .fileio import read_json, write_bytes, write_json
-from .layers import FeatureCapture, resolve_layers
+from .layers import FeatureCapture, resolve_layers, train_mode
 from .models import select_logits
-from .replay import train_mode
 
 FORMAT = "modeldoctor-diagnosis/1"
 TENSORS = "diagnosis.safetensors"

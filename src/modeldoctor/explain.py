@@ -18,7 +18,8 @@ from torch import nn
 from .diagnosis import Diagnosis, correlation_index, sample_seeds
 from .errors import UserError
 from .fileio import atomic_path
-from .replay import NoiseReplay, train_mode
+from .layers import train_mode
+from .replay import NoiseReplay
 
 
 @dataclass

@@ -142,3 +142,15 @@ def replace_output(model: nn.Module, layer: LayerRef, fn: Callable[[torch.Tensor
     with LayerHooks(model) as hooks:
         hooks.add(layer, lambda module, inputs, output: fn(output))
         yield
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """``model.train(training)`` for the block, then every submodule's own flag back (mixed modes survive)."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

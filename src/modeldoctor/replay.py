@@ -24,7 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import UserError
-from .layers import LayerHooks, LayerRef, resolve_layers
+from .layers import LayerHooks, LayerRef, resolve_layers, train_mode
 from .models import select_logits
 
 Output = Literal["logit", "prob"]
@@ -324,18 +324,6 @@ def _no_inplace(model: nn.Module) -> Iterator[None]:
     finally:
         for m in changed:
             m.inplace = True
-
-
-@contextlib.contextmanager
-def train_mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """``model.train(training)`` for the block, then every submodule's own flag back (mixed modes survive)."""
-    modes = {m: m.training for m in model.modules()}
-    model.train(training)
-    try:
-        yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 @contextlib.contextmanager

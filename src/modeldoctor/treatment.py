@@ -30,10 +30,10 @@ from .constraints import channel_constraint, competitor_classes, first_classes, 
 from .data import DataBundle, ImageSplit
 from .errors import UserError
 from .input_gradients import log_prob_input_gradient, squared_gradient_norm
-from .layers import conv_layer_names
+from .layers import conv_layer_names, train_mode
 from .masks import background_mask, expand_mask, stack_masks
 from .models import select_logits
-from .replay import NoiseReplay, train_mode
+from .replay import NoiseReplay
 from .training import LossFn, TrainConfig, fit, predict
 
 CONSTRAINTS = ("space", "channel", "input-gradient")

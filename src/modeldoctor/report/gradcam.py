@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..layers import LayerRef, replace_output
+from ..layers import LayerRef, replace_output, train_mode
 from ..models import select_logits
-from ..replay import train_mode
 
 
 def layer_gradient(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None
