@@ -29,6 +29,7 @@ from torch.utils.data import Subset
 from .data import ImageSplit, make_loader, unpack_batch
 from .errors import UserError
 from .layers import FeatureCapture, LayerRef, resolve_layers
+from .masks import resize_mask
 
 ConceptMasks = Mapping[str, Mapping[str, "torch.Tensor | np.ndarray"]]
 DEFAULT_QUANTILE = 0.01
@@ -175,18 +176,9 @@ def _mask_batch(split: ImageSplit, index: torch.Tensor, concept_masks: ConceptMa
     rows = []
     for i in index.tolist():
         per = concept_masks[split.ids[i]]
-        rows.append(torch.stack([_as_mask(per[c], size) if c in per else torch.zeros(size, dtype=torch.bool)
+        rows.append(torch.stack([resize_mask(per[c], size) if c in per else torch.zeros(size, dtype=torch.bool)
                                  for c in concepts]))
     return torch.stack(rows).flatten(2).float()
-
-
-def _as_mask(mask: "torch.Tensor | np.ndarray", size: tuple[int, int]) -> torch.Tensor:
-    m = torch.as_tensor(np.asarray(mask)).bool()
-    if m.dim() != 2:
-        raise UserError(f"a concept mask must be H×W, got shape {tuple(m.shape)}; give one boolean map per concept")
-    if tuple(m.shape) != size:
-        m = F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0].bool()
-    return m
 
 
 def _unit_counts(feat: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tensor, size: tuple[int, int],

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diagnosis import Diagnosis, correlation_index, sample_seeds
-from .errors import UserError
 from .fileio import atomic_path
 from .layers import train_mode
+from .masks import resize_mask
 from .replay import NoiseReplay
 
 
@@ -68,15 +68,6 @@ def background_share(derivative_map: torch.Tensor, object_mask: torch.Tensor) ->
     """Σ map over background pixels / Σ map; ``object_mask`` is True on the object, at the map's size."""
     total = float(derivative_map.sum())
     return float(derivative_map[~object_mask].sum()) / total if total > 0 else float("nan")
-
-
-def resize_mask(mask: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    m = torch.as_tensor(np.asarray(mask)).bool()
-    if m.dim() != 2:
-        raise UserError(f"an object mask must be 2-D (height, width), got shape {tuple(m.shape)}")
-    if tuple(m.shape) != size:
-        m = F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0].bool()
-    return m
 
 
 def explain_image(model: nn.Module, image: torch.Tensor, diagnosis: Diagnosis, layer: str | None = None,

@@ -170,3 +170,13 @@ def stack_masks(masks: dict[str, torch.Tensor], ids: Sequence[str], size: int) -
         if sid in masks:
             out[i] = masks[sid]
     return out, has
+
+
+def resize_mask(mask: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+    """A 2-D object/concept mask as a bool tensor of ``size`` (nearest-neighbour when it differs)."""
+    m = torch.as_tensor(np.asarray(mask)).bool()
+    if m.dim() != 2:
+        raise UserError(f"an object mask must be 2-D (height, width), got shape {tuple(m.shape)}")
+    if tuple(m.shape) != size:
+        m = F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0].bool()
+    return m

@@ -17,7 +17,8 @@ import torch
 from ..data import _load_image_file
 from ..diagnosis import Diagnosis
 from ..errors import UserError
-from ..explain import explain_image, resize_mask, save_overlay
+from ..explain import explain_image, save_overlay
+from ..masks import resize_mask
 from .common import add_checkpoint_args, load_model_and_data, out_dir
 
 
