@@ -4,7 +4,7 @@ Model: simple-cnn trained for two epochs on mnist5k (seed 0, project defaults; i
 cost, but a trained model makes the per-unit accuracies worth comparing).  Layer: its last conv
 (features.11, 128 units).  Data: the mnist5k validation split (500 images), batch 128, one thread.
 
-Batched: modeldoctor.ablation.unit_deletion (one forward pass per batch, then the tail after the layer
+Batched: modeldoctor.analyses.ablation.unit_deletion (one forward pass per batch, then the tail after the layer
 replayed for the ablated copies).  Reference: unit_deletion_one_at_a_time (128 full evaluations under a
 zeroing hook).  Order: batched, reference, batched; the speedup uses the mean of the two batched runs, so
 load drift on a shared machine affects both sides alike.  Per-unit accuracies must be identical.
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from modeldoctor.ablation import unit_deletion, unit_deletion_one_at_a_time
-from modeldoctor.data import load_data
-from modeldoctor.fileio import write_json
-from modeldoctor.layers import default_layer
-from modeldoctor.models import build_model
+from modeldoctor.analyses.ablation import unit_deletion, unit_deletion_one_at_a_time
+from modeldoctor.core.files import write_json
+from modeldoctor.core.layers import default_layer
+from modeldoctor.data.sources import load_data
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "ablation_speed.json"

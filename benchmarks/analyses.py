@@ -12,7 +12,7 @@ epoch on validation), one model per seed; every analysis runs on every seed's mo
   adversarials only.  "paper": the paper's absolute δ grid 0 … 0.3 at the last conv layer.  "detector": δ in units
   of the layer's activation std (0 … 3) at the end of the first and of the last stage; layer and δ chosen on a calibration half, AUROC reported
   on the held-out half.
-* ablation (Kim et al. §3.1, Table 1, via modeldoctor.ablation): units of the last conv layer ranked on val,
+* ablation (Kim et al. §3.1, Table 1, via modeldoctor.analyses.ablation): units of the last conv layer ranked on val,
   deletion of the 5 worst / best units evaluated on test (the
   scaling rows are left to `modeldoctor ablate`: this machine is shared and the run must stay short).
 
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from modeldoctor.ablation import intervention_table, rank_units, unit_deletion
-from modeldoctor.data import load_data
-from modeldoctor.decompose import compare_with_diagnosis, decompose_model
-from modeldoctor.diagnosis import diagnose
-from modeldoctor.fileio import write_json
-from modeldoctor.layers import default_layer
-from modeldoctor.models import build_model
-from modeldoctor.stability import DEFAULT_DELTAS, discovery2
+from modeldoctor.analyses.ablation import intervention_table, rank_units, unit_deletion
+from modeldoctor.analyses.decompose import compare_with_diagnosis, decompose_model
+from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2
+from modeldoctor.core.files import write_json
+from modeldoctor.core.layers import default_layer
+from modeldoctor.data.sources import load_data
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "analyses.json"

@@ -20,12 +20,13 @@ import torch
 
 torch.set_num_threads(1)
 
-from modeldoctor.data import ImageSplit, load_data  # noqa: E402
-from modeldoctor.diagnosis import diagnose  # noqa: E402
-from modeldoctor.fileio import write_json  # noqa: E402
-from modeldoctor.models import build_model  # noqa: E402
+from modeldoctor.core.files import write_json  # noqa: E402
+from modeldoctor.data.bundle import ImageSplit  # noqa: E402
+from modeldoctor.data.sources import load_data  # noqa: E402
+from modeldoctor.doctor.diagnosis import diagnose  # noqa: E402
+from modeldoctor.doctor.treatment import TreatConfig, finetune, split_metrics, treatment_loss  # noqa: E402
+from modeldoctor.models.zoo import build_model  # noqa: E402
 from modeldoctor.training import TrainConfig, fit  # noqa: E402
-from modeldoctor.treatment import TreatConfig, finetune, split_metrics, treatment_loss  # noqa: E402
 
 MODEL, SEEDS, FT_EPOCHS = "simple-cnn-narrow", 3, 2
 BASE = TrainConfig(epochs=4, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")

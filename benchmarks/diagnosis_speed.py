@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-from modeldoctor.data import load_data
-from modeldoctor.diagnosis import correlation_index, diagnose, sample_seeds
-from modeldoctor.fileio import write_json
-from modeldoctor.replay import NoiseReplay, draw_noise
-from modeldoctor.selection import most_confident, score_samples
+from modeldoctor.core.files import write_json
+from modeldoctor.core.replay import NoiseReplay, draw_noise
+from modeldoctor.data.sources import load_data
+from modeldoctor.doctor.diagnosis import correlation_index, diagnose, sample_seeds
+from modeldoctor.doctor.selection import most_confident, score_samples
 
 LAST = "layer4.1.conv2"
 STAGE = ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]

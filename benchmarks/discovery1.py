@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from modeldoctor.data import load_data
-from modeldoctor.diagnosis import diagnose
-from modeldoctor.diagnosis_io import finite
-from modeldoctor.discovery import discovery_statistics
-from modeldoctor.fileio import write_json
-from modeldoctor.models import build_model
+from modeldoctor.core.files import write_json
+from modeldoctor.data.sources import load_data
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.doctor.discovery import discovery_statistics
+from modeldoctor.io.diagnosis_files import finite
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 

@@ -29,12 +29,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from modeldoctor.adversarial import fgsm_accuracy
-from modeldoctor.data import load_data
-from modeldoctor.fileio import write_json
-from modeldoctor.focused_dropout import insert_focused_dropout
-from modeldoctor.input_gradients import double_backprop_loss
-from modeldoctor.models import build_model
+from modeldoctor.analyses.adversarial import fgsm_accuracy
+from modeldoctor.analyses.input_gradients import double_backprop_loss
+from modeldoctor.core.files import write_json
+from modeldoctor.data.sources import load_data
+from modeldoctor.models.focused_dropout import insert_focused_dropout
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, cross_entropy_loss, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "regularizers.json"

@@ -28,15 +28,23 @@ import torch
 
 torch.set_num_threads(1)
 
-from modeldoctor.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
-from modeldoctor.data import ImageSplit, load_data  # noqa: E402
-from modeldoctor.diagnosis import diagnose  # noqa: E402
-from modeldoctor.fileio import write_json  # noqa: E402
-from modeldoctor.masks import default_expansion, expand_mask  # noqa: E402
-from modeldoctor.models import build_model  # noqa: E402
+from modeldoctor.core.files import write_json  # noqa: E402
+from modeldoctor.data.bundle import ImageSplit  # noqa: E402
+from modeldoctor.data.masks import default_expansion, expand_mask  # noqa: E402
+from modeldoctor.data.sources import load_data  # noqa: E402
+from modeldoctor.doctor.diagnosis import diagnose  # noqa: E402
+from modeldoctor.doctor.treatment import (  # noqa: E402
+    MaskBank,
+    TreatConfig,
+    batch_mixer,
+    finetune,
+    lowest_confidence,
+    split_metrics,
+    treatment_loss,
+)
+from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
+from modeldoctor.models.zoo import build_model  # noqa: E402
 from modeldoctor.training import TrainConfig, fit  # noqa: E402
-from modeldoctor.treatment import (MaskBank, TreatConfig, batch_mixer, finetune, lowest_confidence,  # noqa: E402
-                                   split_metrics, treatment_loss)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SMOKE = bool(os.environ.get("SHORTCUT_SMOKE"))  # tiny end-to-end check of this script: 320 images, 1 epoch

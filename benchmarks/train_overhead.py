@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from modeldoctor.data import load_data, make_loader, unpack_batch
-from modeldoctor.fileio import write_json
-from modeldoctor.models import build_model
+from modeldoctor.core.files import write_json
+from modeldoctor.data.bundle import make_loader, unpack_batch
+from modeldoctor.data.sources import load_data
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, cross_entropy_loss, make_optimizer, make_scheduler, train_step
 
 RESULT = Path(__file__).parent / "results" / "train_overhead.json"

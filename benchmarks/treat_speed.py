@@ -18,10 +18,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from modeldoctor.fileio import write_json  # noqa: E402
-from modeldoctor.models import build_model  # noqa: E402
+from modeldoctor.core.files import write_json  # noqa: E402
+from modeldoctor.doctor.treatment import MaskBank, TreatConfig, treat_step, treatment_loss  # noqa: E402
+from modeldoctor.models.zoo import build_model  # noqa: E402
 from modeldoctor.training import cross_entropy_loss  # noqa: E402
-from modeldoctor.treatment import MaskBank, TreatConfig, treat_step, treatment_loss  # noqa: E402
 
 LAYER = "layer4.1.conv2"
 BATCH, SIZE, J, STEPS = 32, 32, 10, 6

@@ -17,6 +17,6 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def mnist5k():
-    from modeldoctor.data import load_data
+    from modeldoctor.data.sources import load_data
 
     return load_data("mnist5k")

@@ -7,15 +7,23 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from modeldoctor import ablation
-from modeldoctor.ablation import (ablate_units, intervention_table, rank_units, scale_unit_outputs, scale_unit_weights,
-                                  unit_deletion, unit_deletion_one_at_a_time, worst_units)
-from modeldoctor.checkpoint import CheckpointMeta, save_checkpoint, weights_hash
-from modeldoctor.cli import main
-from modeldoctor.errors import UserError
-from modeldoctor.layers import FeatureCapture
-from modeldoctor.models import build_model
-from modeldoctor.replay import NoiseReplay
+from modeldoctor.analyses import ablation
+from modeldoctor.analyses.ablation import (
+    ablate_units,
+    intervention_table,
+    rank_units,
+    scale_unit_outputs,
+    scale_unit_weights,
+    unit_deletion,
+    unit_deletion_one_at_a_time,
+    worst_units,
+)
+from modeldoctor.cli.app import main
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.layers import FeatureCapture
+from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint, weights_hash
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, fit
 
 LAYER = "features.11"  # simple-cnn's last conv

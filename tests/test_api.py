@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import modeldoctor as md
-from modeldoctor.checkpoint import weights_hash
-from modeldoctor.data import bundle_from_tensors
-from modeldoctor.models import SimpleCNN
+from modeldoctor.data.bundle import bundle_from_tensors
+from modeldoctor.models.checkpoint import weights_hash
+from modeldoctor.models.zoo import SimpleCNN
 
 
 def test_every_exported_name_resolves() -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model, min_input_size, select_logits
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.outputs import select_logits
+from modeldoctor.models.zoo import build_model, min_input_size
 
 ARCHITECTURES = ["resnet18", "resnet34", "resnet50", "vgg16", "alexnet", "wide_resnet50_2", "resnext50_32x4d",
                  "densenet121", "efficientnet_v2_s", "googlenet", "inception_v3", "mobilenet_v2",

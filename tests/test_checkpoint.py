@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from modeldoctor import cli
-from modeldoctor.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from modeldoctor.errors import UserError
-from modeldoctor.fileio import atomic_path, write_json
-from modeldoctor.models import build_model
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import atomic_path, write_json
+from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from modeldoctor.models.zoo import build_model
 
 
 def _meta(model: str = "simple-cnn-narrow") -> CheckpointMeta:

@@ -5,12 +5,26 @@ import torch
 from torch import nn
 
 from modeldoctor import cli
-from modeldoctor.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from modeldoctor.decompose import (DecomposedLinear, class_histogram, decomposed, essentiality, final_features,
-                                   final_linear, find_influential, influential_features, instance_top_features,
-                                   mask_overlap, multiply_adds, parse_count, retrain_decomposed, FinalFeatures)
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model
+from modeldoctor.analyses.decompose import (
+    DecomposedLinear,
+    FinalFeatures,
+    class_histogram,
+    decomposed,
+    essentiality,
+    final_features,
+    final_linear,
+    find_influential,
+    influential_features,
+    instance_top_features,
+    mask_overlap,
+    multiply_adds,
+    parse_count,
+    retrain_decomposed,
+)
+from modeldoctor.core.errors import UserError
+from modeldoctor.io.diagnosis_files import save_diagnosis
+from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from modeldoctor.models.zoo import build_model
 
 
 def tiny_model() -> nn.Module:
@@ -152,8 +166,8 @@ def test_cli_decompose(tmp_path, mnist5k, capsys):
 
 @pytest.mark.slow
 def test_overlap_with_diagnosis_relevant_kernels(tmp_path, mnist5k, capsys):
-    from modeldoctor.decompose import compare_with_diagnosis
-    from modeldoctor.diagnosis import diagnose
+    from modeldoctor.analyses.decompose import compare_with_diagnosis
+    from modeldoctor.doctor.diagnosis import diagnose
 
     ckpt = _checkpoint(tmp_path, mnist5k)
     model, _ = load_checkpoint(ckpt)
@@ -167,7 +181,7 @@ def test_overlap_with_diagnosis_relevant_kernels(tmp_path, mnist5k, capsys):
     assert top["intersection"] == mask_overlap(mask, diagnosis.relevant("features.11", "topk", k=4))["intersection"]
     with pytest.raises(UserError):
         compare_with_diagnosis(mask[:, :5], diagnosis, "features.11")
-    diagnosis.save(str(tmp_path / "diag"))
+    save_diagnosis(diagnosis, tmp_path / "diag")
     assert cli.main(["decompose", "--checkpoint", str(ckpt), "--retrain-epochs", "0", "--noise-repeats", "1",
                      "--diagnosis", str(tmp_path / "diag"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modeldoctor import cli
-from modeldoctor.fileio import read_json
+from modeldoctor.core.files import read_json
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeldoctor.cli import main
-from modeldoctor.diagnosis import Diagnosis
+from modeldoctor.cli.app import main
+from modeldoctor.io.diagnosis_files import load_diagnosis
 
 pytestmark = pytest.mark.slow  # trains a model and scores the 3,500 training images
 
@@ -39,7 +39,7 @@ def test_diagnose_explain_lowest_end_to_end(trained, tmp_path, capsys):
         assert all(1 <= k <= layer["channels"] for k in layer["kernels_for_90pct_mass"])
     meta = json.loads((out / "diagnosis.json").read_text())
     assert meta["options"]["noise_draws"] == 2 and meta["class_names"] == [str(d) for d in range(10)]
-    d = Diagnosis.load(str(out))
+    d = load_diagnosis(str(out))
     assert d.correlation("features.11").shape == (10, 128) and d.layers["features.11"].counts.max() <= 6
     annotate = json.loads((out / "annotate.json").read_text())
     assert set(annotate["per_class"]) == {str(c) for c in range(10)}

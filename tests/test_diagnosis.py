@@ -3,14 +3,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from modeldoctor.diagnosis import Diagnosis, correlation_index, diagnose, sample_seeds
-from modeldoctor.discovery import (depth_trend, gini, kendall_tau, kernels_for_mass, mean_pairwise_jaccard,
-                                   profile_cosine, spearman)
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model
-from modeldoctor.relevance import by_mass, by_mean, by_minmax, by_topk, relevant_kernels
-from modeldoctor.replay import draw_noise
-
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.replay import draw_noise
+from modeldoctor.doctor.diagnosis import correlation_index, diagnose, sample_seeds
+from modeldoctor.doctor.discovery import (
+    depth_trend,
+    gini,
+    kendall_tau,
+    kernels_for_mass,
+    mean_pairwise_jaccard,
+    profile_cosine,
+    spearman,
+)
+from modeldoctor.doctor.relevance import by_mass, by_mean, by_minmax, by_topk, relevant_kernels
+from modeldoctor.io.diagnosis_files import load_diagnosis, save_diagnosis
+from modeldoctor.models.zoo import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,14 +126,14 @@ def test_merge_of_two_halves_equals_the_whole_and_save_load_round_trip(tmp_path)
     for name in whole.layers:
         assert torch.equal(merged.layers[name].counts, whole.layers[name].counts)
         assert torch.allclose(merged.layers[name].sums, whole.layers[name].sums, rtol=1e-6, atol=1e-8)
-    whole.save(str(tmp_path / "d"))
-    back = Diagnosis.load(str(tmp_path / "d"), model)
+    save_diagnosis(whole, tmp_path / "d")
+    back = load_diagnosis(str(tmp_path / "d"), model)
     assert torch.equal(back.layers["layer3.2.conv2"].sums, whole.layers["layer3.2.conv2"].sums)
     assert back.options == whole.options and back.profile_ids == whole.profile_ids
     assert torch.equal(back.relevant("layer3.2.conv2"), whole.relevant("layer3.2.conv2"))
     other = build_model("resnet20", 4, 2)
     with pytest.raises(UserError, match="3 classes in the diagnosis, 4 in the model"):
-        Diagnosis.load(str(tmp_path / "d"), other)
+        load_diagnosis(str(tmp_path / "d"), other)
     with pytest.raises(UserError, match="delta_mode"):
         whole.merge(diagnose(model, data, **{**kw, "delta_mode": "relative"}))
 
@@ -248,7 +255,7 @@ def test_discovery_statistics():
 
 
 def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks():
-    from modeldoctor.layers import default_layer, layer_table
+    from modeldoctor.core.layers import default_layer, layer_table
 
     model = _resnet()
     table = layer_table(model, (2, 8, 8))

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeldoctor.checkpoint import CheckpointMeta, save_checkpoint, weights_hash
-from modeldoctor.cli import main
-from modeldoctor.data import ImageSplit
-from modeldoctor.dissect import dissect, dissection_summary, object_background, stroke_concepts
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model
+from modeldoctor.analyses.dissect import dissect, dissection_summary, object_background, stroke_concepts
+from modeldoctor.cli.app import main
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import ImageSplit
+from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint, weights_hash
+from modeldoctor.models.zoo import build_model
 
 
 def _split(images: torch.Tensor) -> ImageSplit:

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from modeldoctor import cli
-from modeldoctor.commands import train as train_cmd
-from modeldoctor.data import load_data
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model
+from modeldoctor.cli.commands import train as train_cmd
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.sources import load_data
+from modeldoctor.models.zoo import build_model
 
 
 def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -175,7 +175,7 @@ def test_train_enlarges_small_images_to_the_model_minimum_and_never_shrinks(tmp_
 
 
 def test_user_factory_and_channel_adaptation() -> None:
-    model = build_model("modeldoctor.models:SimpleCNN", 7, 2)
+    model = build_model("modeldoctor.models.zoo:SimpleCNN", 7, 2)
     assert model(torch.randn(2, 2, 16, 16)).shape == (2, 7)
     assert build_model("resnet18", 5, 1).conv1.in_channels == 1
     with pytest.raises(UserError, match="cannot import"):

@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from modeldoctor.diagnosis import diagnose  # noqa: E402
+from modeldoctor.doctor.diagnosis import diagnose  # noqa: E402
+from modeldoctor.doctor.treatment import TreatConfig  # noqa: E402
 from modeldoctor.lightning import ModelDoctorCallback  # noqa: E402
-from modeldoctor.models import SimpleCNN  # noqa: E402
-from modeldoctor.treatment import TreatConfig  # noqa: E402
+from modeldoctor.models.zoo import SimpleCNN  # noqa: E402
 
 
 class Classifier(pl.LightningModule):

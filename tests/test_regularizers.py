@@ -9,13 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeldoctor.adversarial import fgsm, fgsm_accuracy, parse_eps
-from modeldoctor.checkpoint import load_checkpoint
-from modeldoctor.cli import main
-from modeldoctor.errors import UserError
-from modeldoctor.focused_dropout import FocusedDropout, focused_mask, insert_focused_dropout, parse_focused_dropout
-from modeldoctor.input_gradients import double_backprop_loss, input_gradient_penalty
-from modeldoctor.models import build_model
+from modeldoctor.analyses.adversarial import fgsm, fgsm_accuracy, parse_eps
+from modeldoctor.analyses.input_gradients import double_backprop_loss, input_gradient_penalty
+from modeldoctor.cli.app import main
+from modeldoctor.core.errors import UserError
+from modeldoctor.models.checkpoint import load_checkpoint
+from modeldoctor.models.focused_dropout import (
+    FocusedDropout,
+    focused_mask,
+    insert_focused_dropout,
+    parse_focused_dropout,
+)
+from modeldoctor.models.zoo import build_model
 
 
 def positive_features(seed: int = 0, shape: tuple[int, ...] = (4, 6, 5, 5)) -> torch.Tensor:

@@ -2,10 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor.errors import UserError
-from modeldoctor.models import build_model
-from modeldoctor.replay import NoiseReplay, draw_noise
-
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.replay import NoiseReplay, draw_noise
+from modeldoctor.models.zoo import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,14 +14,15 @@ import torch
 from torch import nn
 
 from modeldoctor import cli
+from modeldoctor.analyses.gradcam import grad_cam
 from modeldoctor.api import annotation_list
-from modeldoctor.data import bundle_from_tensors, register_dataset
-from modeldoctor.diagnosis import diagnose
-from modeldoctor.diagnosis_io import save_diagnosis
-from modeldoctor.fileio import write_json
+from modeldoctor.core.files import write_json
+from modeldoctor.data.bundle import bundle_from_tensors
+from modeldoctor.data.sources import register_dataset
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.report import report
 from modeldoctor.report.figures import kernel_order, kernels_for_mass
-from modeldoctor.report.gradcam import grad_cam
 
 SECTIONS = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
 
@@ -58,8 +59,8 @@ def run_dir(tmp_path_factory) -> Path:
          "--optimizer", "adam", "--lr", "0.01",
          "--out", str(run / "base"))
     ckpt = str(run / "base" / "model.pt")
-    from modeldoctor.checkpoint import load_checkpoint
-    from modeldoctor.data import load_data
+    from modeldoctor.data.sources import load_data
+    from modeldoctor.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(ckpt)
     bundle = load_data("report-toy")

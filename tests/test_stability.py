@@ -5,10 +5,17 @@ import torch
 from torch import nn
 
 from modeldoctor import cli
-from modeldoctor.checkpoint import CheckpointMeta, save_checkpoint
-from modeldoctor.data import make_loader
-from modeldoctor.models import build_model
-from modeldoctor.stability import activation_std, auroc, flip_score, halves, noisy_predictions, successful_adversarials
+from modeldoctor.analyses.stability import (
+    activation_std,
+    auroc,
+    flip_score,
+    halves,
+    noisy_predictions,
+    successful_adversarials,
+)
+from modeldoctor.data.bundle import make_loader
+from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
+from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, fit
 
 

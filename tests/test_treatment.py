@@ -9,13 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor.constraints import (below_threshold, channel_constraint, competitor_classes, first_classes,
-                                     spatial_constraint)
-from modeldoctor.errors import UserError
-from modeldoctor.masks import (background_mask, check_masks, default_expansion, expand_mask, load_boxes,
-                               load_masks)
-from modeldoctor.replay import NoiseReplay
-from modeldoctor.treatment import MaskBank, TreatConfig, batch_mixer, treat_step, treatment_loss
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.data.masks import background_mask, check_masks, default_expansion, expand_mask, load_boxes, load_masks
+from modeldoctor.doctor.constraints import (
+    below_threshold,
+    channel_constraint,
+    competitor_classes,
+    first_classes,
+    spatial_constraint,
+)
+from modeldoctor.doctor.treatment import MaskBank, TreatConfig, batch_mixer, treat_step, treatment_loss
+from modeldoctor.io.diagnosis_files import save_diagnosis
 
 
 class Toy(nn.Module):
@@ -222,8 +227,8 @@ PAPER_CLASSIFIERS = ["alexnet", "vgg16", "resnet34", "resnet50", "wide_resnet50_
 
 @pytest.mark.slow
 def test_treat_step_on_the_16_paper_classifiers():
-    from modeldoctor.layers import conv_layer_names
-    from modeldoctor.models import build_model, min_input_size
+    from modeldoctor.core.layers import conv_layer_names
+    from modeldoctor.models.zoo import build_model, min_input_size
 
     failures = []
     for name in PAPER_CLASSIFIERS:
@@ -276,17 +281,17 @@ def test_treat_cli_resume_after_kill_matches_uninterrupted(tmp_path):
     import sys
     import time
 
-    from modeldoctor.cli import main
-    from modeldoctor.data import load_data
-    from modeldoctor.diagnosis import diagnose
-    from modeldoctor.checkpoint import load_checkpoint
+    from modeldoctor.cli.app import main
+    from modeldoctor.data.sources import load_data
+    from modeldoctor.doctor.diagnosis import diagnose
+    from modeldoctor.models.checkpoint import load_checkpoint
 
     _tiny_imagefolder(tmp_path)
     data = f"imagefolder:{tmp_path / 'data'}"
     assert main(["train", "--model", "simple-cnn-narrow", "--data", data, "--epochs", "2", "--out",
                  str(tmp_path / "base"), "--json"]) == 0
     model, _ = load_checkpoint(tmp_path / "base" / "model.pt")
-    diagnose(model, load_data(data).train, samples_per_class=10).save(str(tmp_path / "diag"))
+    save_diagnosis(diagnose(model, load_data(data).train, samples_per_class=10), tmp_path / "diag")
     masks = tmp_path / "masks"
     args = ["treat", "--checkpoint", str(tmp_path / "base" / "model.pt"), "--diagnosis", str(tmp_path / "diag"),
             "--data", data, "--constraints", "space,channel", "--masks", str(masks), "--annotate-per-class", "5",
@@ -316,8 +321,8 @@ def test_treat_cli_resume_after_kill_matches_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
-    from modeldoctor.data import load_data
-    from modeldoctor.shortcut import parse_spec
+    from modeldoctor.data.shortcut import parse_spec
+    from modeldoctor.data.sources import load_data
 
     a, clean = load_data("shortcut-mnist"), load_data("shortcut-mnist:clean")
     assert a.input_size == 48 and (len(a.train), len(a.val), len(a.test)) == (3500, 500, 1000)
@@ -333,7 +338,7 @@ def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
 
 
 def test_mean_std_over_seeds():
-    from modeldoctor.treatment import mean_std
+    from modeldoctor.doctor.treatment import mean_std
 
     runs = [{s: {"accuracy": a, "per_class": [a, 1 - a]} for s in ("val", "test")} for a in (0.5, 0.7)]
     out = mean_std(runs)

@@ -1,6 +1,6 @@
 """Model Doctor: diagnose and treat trained CNN image classifiers.
 
-The Python API mirrors the CLI (names are imported on first use, so ``import modeldoctor`` stays light)::
+The Python API mirrors the CLI::
 
     import modeldoctor as md
     model, meta = md.load_checkpoint("runs/base/model.pt")      # or your own nn.Module
@@ -9,55 +9,45 @@ The Python API mirrors the CLI (names are imported on first use, so ``import mod
     result = md.treat(model, diagnosis, data, annotate_per_class=20)
     md.build_report("runs/demo")                                 # one HTML file
 
-A name equal to a submodule (``explain``, ``decompose``, ``stability``, ``report``) would be replaced by that
-submodule as soon as it is imported, so those commands are exported as ``explain_image``,
-``decompose_model``, ``discovery2`` and ``build_report``.
+``ModelDoctorCallback`` (the optional Lightning integration) is imported on first use, so Lightning is
+needed only by those who use it.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from modeldoctor.analyses.ablation import unit_deletion as ablate
+from modeldoctor.analyses.decompose import decompose_model
+from modeldoctor.analyses.stability import discovery2
+from modeldoctor.api import TreatmentResult, annotation_list, treat
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.sources import load_data
+from modeldoctor.demo import run_demo
+from modeldoctor.doctor.diagnosis import Diagnosis, diagnose
+from modeldoctor.doctor.explain import explain_image
+from modeldoctor.io.diagnosis_files import load_diagnosis, save_diagnosis
+from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from modeldoctor.models.zoo import build_model
+from modeldoctor.report import report as build_report
+from modeldoctor.training import TrainConfig, evaluate, fit
+
+if TYPE_CHECKING:
+    from modeldoctor.lightning import ModelDoctorCallback
 
 __version__ = "0.1.0"
 
-_API = {
-    "load_data": ("data", "load_data"),
-    "build_model": ("models", "build_model"),
-    "load_checkpoint": ("checkpoint", "load_checkpoint"),
-    "save_checkpoint": ("checkpoint", "save_checkpoint"),
-    "CheckpointMeta": ("checkpoint", "CheckpointMeta"),
-    "TrainConfig": ("training", "TrainConfig"),
-    "fit": ("training", "fit"),
-    "evaluate": ("training", "evaluate"),
-    "diagnose": ("diagnosis", "diagnose"),
-    "Diagnosis": ("diagnosis", "Diagnosis"),
-    "load_diagnosis": ("diagnosis_io", "load_diagnosis"),
-    "save_diagnosis": ("diagnosis_io", "save_diagnosis"),
-    "explain_image": ("explain", "explain_image"),
-    "annotation_list": ("api", "annotation_list"),
-    "treat": ("api", "treat"),
-    "TreatmentResult": ("api", "TreatmentResult"),
-    "ablate": ("ablation", "unit_deletion"),
-    "decompose_model": ("decompose", "decompose_model"),
-    "discovery2": ("stability", "discovery2"),
-    "build_report": ("report", "report"),
-    "run_demo": ("demo", "run_demo"),
-    "ModelDoctorCallback": ("lightning", "ModelDoctorCallback"),
-    "UserError": ("errors", "UserError"),
-}
-
-__all__ = sorted(_API)
+__all__ = [
+    "CheckpointMeta", "Diagnosis", "ModelDoctorCallback", "TrainConfig", "TreatmentResult", "UserError",
+    "ablate", "annotation_list", "build_model", "build_report", "decompose_model", "diagnose", "discovery2",
+    "evaluate", "explain_image", "fit", "load_checkpoint", "load_data", "load_diagnosis", "run_demo",
+    "save_checkpoint", "save_diagnosis", "treat",
+]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _API:
-        raise AttributeError(f"module 'modeldoctor' has no attribute {name!r}")
-    module, attr = _API[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
-    globals()[name] = value
-    return value
+    if name == "ModelDoctorCallback":
+        from modeldoctor.lightning import ModelDoctorCallback
 
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+        return ModelDoctorCallback
+    raise AttributeError(f"module 'modeldoctor' has no attribute {name!r}")

@@ -14,14 +14,21 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .data import DataBundle
-from .diagnosis import Diagnosis
-from .errors import UserError
-from .masks import check_masks, default_expansion
-from .replay import NoiseReplay
-from .selection import least_confident, sample_ids, score_samples
-from .training import TrainConfig
-from .treatment import MaskBank, TreatConfig, default_layers, lowest_confidence, split_metrics, treat_and_control
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.data.bundle import DataBundle
+from modeldoctor.data.masks import check_masks, default_expansion
+from modeldoctor.doctor.diagnosis import Diagnosis
+from modeldoctor.doctor.selection import least_confident, sample_ids, score_samples
+from modeldoctor.doctor.treatment import (
+    MaskBank,
+    TreatConfig,
+    default_layers,
+    lowest_confidence,
+    split_metrics,
+    treat_and_control,
+)
+from modeldoctor.training import TrainConfig
 
 
 @dataclass
@@ -54,7 +61,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     ``masks``: object masks by training-sample id (default: ``data.masks``); the space-wise constraint uses those
     of the ``annotate_per_class`` lowest-confidence training images per class (``None``: every mask).
     ``diagnosis`` supplies the relevant kernels of the channel-wise constraint.  ``options`` are
-    :class:`~modeldoctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``mix_annotated``, …).
+    :class:`~modeldoctor.doctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``mix_annotated``, …).
     Both arms share weights, data order, optimiser, epochs and seed; each keeps its best validation epoch.
     """
     space_default, channel_default = default_layers(model)

@@ -21,16 +21,16 @@ from typing import Any
 
 import torch
 
-from .api import annotation_list, treat
-from .checkpoint import CheckpointMeta, save_checkpoint
-from .data import load_data
-from .diagnosis import diagnose
-from .diagnosis_io import save_diagnosis
-from .fileio import write_json
-from .models import build_model
-from .report import report
-from .training import TrainConfig, fit
-from .treatment import split_metrics
+from modeldoctor.api import annotation_list, treat
+from modeldoctor.core.files import write_json
+from modeldoctor.data.sources import load_data
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.doctor.treatment import split_metrics
+from modeldoctor.io.diagnosis_files import save_diagnosis
+from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
+from modeldoctor.models.zoo import build_model
+from modeldoctor.report import report
+from modeldoctor.training import TrainConfig, fit
 
 DATA = "shortcut-mnist"
 MODEL = "simple-cnn-s2"

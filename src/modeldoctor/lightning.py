@@ -3,11 +3,11 @@
 :class:`ModelDoctorCallback` adds Eq. 7's constraint terms ``λ_sp Σ L_sp + λ_ch Σ L_ch`` to whatever loss the
 user's ``LightningModule.training_step`` returns.  Gradients are linear, so instead of editing the user's
 loss the callback adds ``∇_θ (constraint terms)`` to ``.grad`` right after Lightning's backward pass
-(``on_after_backward``), computed on the same batch from :func:`modeldoctor.treatment.treatment_loss`
+(``on_after_backward``), computed on the same batch from :func:`modeldoctor.doctor.treatment.treatment_loss`
 (one clean forward plus J noisy replays per constrained layer, double backpropagation).
 
 Batches are ``(x, y)`` or ``(x, y, index)``; the space-wise constraint needs the index form (masks are looked
-up by split index in a :class:`~modeldoctor.treatment.MaskBank`), the channel-wise one only the diagnosis.
+up by split index in a :class:`~modeldoctor.doctor.treatment.MaskBank`), the channel-wise one only the diagnosis.
 The extra forward runs with BatchNorm momentum 0, so running statistics move once per step, as without the
 callback.  With gradient accumulation the added gradient is divided by the accumulation count, as Lightning
 divides the loss.  Mixed precision is not supported (the added gradient would bypass the loss scaler).
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import unpack_batch
-from .diagnosis import Diagnosis
-from .errors import UserError
-from .treatment import MaskBank, TreatConfig, default_layers, treatment_loss
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import unpack_batch
+from modeldoctor.doctor.diagnosis import Diagnosis
+from modeldoctor.doctor.treatment import MaskBank, TreatConfig, default_layers, treatment_loss
 
 
 class ModelDoctorCallback(pl.Callback):

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import ImageSplit, make_loader, unpack_batch
-from .errors import UserError
-from .fileio import atomic_path
-from .models import select_logits
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import atomic_path
+from modeldoctor.core.outputs import select_logits
+from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
 

@@ -1,5 +1,5 @@
 """The HTML report: figures from saved outputs, assembled into one self-contained page (see :func:`report`)."""
 
-from .build import report
+from modeldoctor.report.build import report
 
 __all__ = ["report"]

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnosis import Diagnosis, LayerDiagnosis
-from ..diagnosis_io import load_diagnosis
-from ..errors import UserError
-from ..fileio import write_bytes, write_text
-from . import figures
-from .collect import RunFiles, find_outputs
-from .html import Section, render, table
-from .images import ModelSet, annotation_section, attention_sections, load_models
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import write_bytes, write_text
+from modeldoctor.doctor.diagnosis import Diagnosis, LayerDiagnosis
+from modeldoctor.io.diagnosis_files import load_diagnosis
+from modeldoctor.report import figures
+from modeldoctor.report.collect import RunFiles, find_outputs
+from modeldoctor.report.html import Section, render, table
+from modeldoctor.report.images import ModelSet, annotation_section, attention_sections, load_models
 
 MAX_HEATMAPS = 4
 ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition",

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..fileio import read_json
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import read_json
 
 NAMES = {"diagnosis": "diagnosis.json", "annotate": "annotate.json", "treat": "treat.json", "ablate": "ablate.json",
          "decompose": "decompose.json", "stability": "stability.json"}

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from .figures import Figure
+from modeldoctor.report.figures import Figure
 
 NUMBER = re.compile(r"^[+\-−]?[\d.]+(e[+-]?\d+)?%?( ± [\d.]+)?$")
 CSS = """

@@ -15,16 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointMeta, load_checkpoint
-from ..data import DataBundle
-from ..diagnosis import Diagnosis
-from ..errors import UserError
-from ..explain import background_share
-from ..training import predict
-from . import figures
-from .collect import RunFiles
-from .gradcam import grad_cam, summed_derivative_map
-from .html import Section, table
+from modeldoctor.analyses.gradcam import grad_cam, summed_derivative_map
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import DataBundle
+from modeldoctor.doctor.diagnosis import Diagnosis
+from modeldoctor.doctor.explain import background_share
+from modeldoctor.io.loading import data_for
+from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint
+from modeldoctor.report import figures
+from modeldoctor.report.collect import RunFiles
+from modeldoctor.report.html import Section, table
+from modeldoctor.training import predict
 
 MAX_BACKGROUND_IMAGES = 500
 CLEAR_DIFFERENCE = 0.01  # background shares closer than one percentage point are called "similar" in titles
@@ -42,8 +43,6 @@ class ModelSet:
 
 def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
     """Find and load the original (and treated / control) checkpoints and their data; empty when impossible."""
-    from ..commands.common import data_for
-
     treat_path = files.get("treat")
     named: list[Path] = []  # the checkpoint treat.json says it treated: the original by definition
     if treat_path is not None:

@@ -1,0 +1,87 @@
+"""``modeldoctor`` command line: one subcommand per module in :mod:`modeldoctor.cli.commands`.
+
+Every command returns a dict; ``--json`` prints it as exactly one JSON object on stdout, otherwise a short
+human summary.  Progress and logs go to stderr.  A :class:`UserError` becomes one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import pkgutil
+import sys
+from typing import Any, Sequence
+
+from modeldoctor.cli import commands
+from modeldoctor.core.errors import UserError
+
+# Shown first in --help, in workflow order; any other module in modeldoctor.cli.commands follows.
+ORDER = ["demo", "train", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
+
+
+def command_names() -> list[str]:
+    found = {m.name for m in pkgutil.iter_modules(commands.__path__) if m.name != "common" and not m.name.startswith("_")}
+    return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modeldoctor", description="Diagnose and treat trained CNN classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in command_names():
+        module = importlib.import_module(f"modeldoctor.cli.commands.{name}")
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        module.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN: turn non-finite floats into null so every consumer can parse the output."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _human(result: dict[str, Any], indent: str = "") -> str:
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}:")
+            lines.append(_human(value, indent + "  "))
+        elif isinstance(value, list) and len(value) > 12:
+            lines.append(f"{indent}{key}: [{len(value)} items]")
+        elif isinstance(value, float):
+            lines.append(f"{indent}{key}: {value:.4f}")
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.run(args)
+    except UserError as exc:
+        print(f"modeldoctor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"modeldoctor {args.command}: interrupted; outputs already written are complete", file=sys.stderr)
+        return 130
+    result = _clean(result)
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        print(_human(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Arguments and loading steps shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from modeldoctor.core.errors import UserError
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
+    p.add_argument("--checkpoint", required=True, help="model.pt written by `modeldoctor train`")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow pickled Python objects in the checkpoint (only for files you trust)")
+    p.add_argument("--data", required=data_required, default=None,
+                   help="dataset spec (default: the one the checkpoint was trained on)")
+
+
+def add_out_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--out", required=required, default=None, help="output directory")
+
+
+def out_dir(args: argparse.Namespace, default: str | None = None) -> Path | None:
+    value = args.out or default
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} exists and is not a directory; choose a directory path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

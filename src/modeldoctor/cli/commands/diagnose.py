@@ -1,0 +1,83 @@
+"""Diagnose a trained classifier: per class, how much each kernel of each chosen layer matters (Eq. 3–4).
+
+Writes DIR/diagnosis.safetensors (ā, sums, counts, single-sample profiles, relevant-kernel masks per layer)
+and DIR/diagnosis.json (model, weights hash, options, classes, Discovery-1 statistics); with --lowest K also
+DIR/annotate.json, the K lowest-confidence training images per class (the ones worth an object mask).
+
+Example: modeldoctor diagnose --checkpoint runs/base/model.pt --layers all --out runs/base/diagnosis --lowest 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from modeldoctor.cli.commands.common import add_checkpoint_args
+from modeldoctor.core.files import write_json
+from modeldoctor.core.layers import conv_layer_names
+from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.doctor.discovery import discovery_statistics
+from modeldoctor.doctor.selection import least_confident, sample_ids, score_samples
+from modeldoctor.io.diagnosis_files import save_diagnosis
+from modeldoctor.io.loading import load_model_and_data
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_checkpoint_args(p)
+    p.add_argument("--layers", default=None, metavar="NAME[,NAME...]|all",
+                   help="dotted layer names (`modeldoctor layers` lists them); 'all' = every conv; default: the last conv")
+    p.add_argument("--noise-draws", type=int, default=10, metavar="J", help="noise draws per sample (default 10)")
+    p.add_argument("--samples-per-class", type=int, default=100, metavar="T",
+                   help="most confident correct training samples per class (default 100)")
+    p.add_argument("--delta", type=float, default=0.1, help="noise range δ (default 0.1, relative to the layer's RMS)")
+    p.add_argument("--delta-mode", choices=["relative", "absolute"], default="relative",
+                   help="relative: δ × RMS activation of each layer over the training split (default); absolute: δ")
+    p.add_argument("--output", choices=["logit", "prob"], default="logit",
+                   help="ŷ = logit (default) or softmax probability")
+    p.add_argument("--target", choices=["predicted", "label"], default="predicted",
+                   help="explain the predicted class (default) or the ground-truth class")
+    p.add_argument("--reduce", choices=["abs", "relu"], default="abs",
+                   help="|∂ŷ/∂m| as in Eq. 3 (default) or max(∂ŷ/∂m, 0) as in the authors' code")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="only samples at least this confident (paper: 0.90)")
+    p.add_argument("--include-wrong", action="store_true", help="also use misclassified samples")
+    p.add_argument("--split", choices=["train", "val", "test"], default="train")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    p.add_argument("--lowest", type=int, default=0, metavar="K",
+                   help="also write annotate.json: the K lowest-confidence images of each class")
+    p.add_argument("--out", default=None, help="output directory (default: diagnosis/ next to the checkpoint)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnosis"
+    split = bundle.split(args.split)
+    layers = args.layers if args.layers in (None, "all") else [n.strip() for n in args.layers.split(",") if n.strip()]
+    started = time.perf_counter()
+    model.eval()
+    replay = NoiseReplay(model, conv_layer_names(model) if layers == "all" else layers)
+    print(f"diagnose: scoring {len(split)} {args.split} samples", file=sys.stderr)
+    scores = score_samples(replay, split, args.batch_size)
+    diagnosis = diagnose(model, split, replay.layers, noise_draws=args.noise_draws,
+                         samples_per_class=args.samples_per_class, delta=args.delta, delta_mode=args.delta_mode,
+                         output=args.output, target=args.target, reduce=args.reduce,
+                         min_confidence=args.min_confidence, require_correct=not args.include_wrong, seed=args.seed,
+                         batch_size=args.batch_size, class_names=meta.class_names, scores=scores,
+                         model_spec=meta.model, progress=True)
+    seconds = time.perf_counter() - started
+    save_diagnosis(diagnosis, out)
+    result = {"diagnosis": str(out), "seconds": seconds, "fallback": diagnosis.fallback_reason}
+    if args.lowest > 0:
+        ids = sample_ids(split, scores.position.tolist())
+        result["annotate"] = str(write_json(out / "annotate.json",
+                                            least_confident(scores, args.lowest, meta.class_names, ids)))
+    stats = discovery_statistics(diagnosis)
+    keep = ("name", "depth", "channels", "samples", "kernels_for_90pct_mass", "mean_kernels_for_90pct_mass",
+            "gini", "mean_pairwise_jaccard", "mean_sample_vs_class_cosine", "mean_sample_vs_other_classes_cosine")
+    result["layers"] = [{k: s[k] for k in keep} for s in stats["layers"]]
+    result["trend_kernels_for_90pct"] = stats["trend_kernels_for_90pct"]
+    return result

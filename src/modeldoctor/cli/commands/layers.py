@@ -1,0 +1,36 @@
+"""List a model's candidate layers (every Conv2d) with output shapes and depth index.
+
+Example: modeldoctor layers --model resnet20 --input-size 32 --in-channels 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.layers import layer_table
+from modeldoctor.models.checkpoint import load_checkpoint
+from modeldoctor.models.zoo import build_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model spec (or use --checkpoint)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.checkpoint:
+        model, meta = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+        shape = (meta.in_channels, meta.input_size, meta.input_size)
+    elif args.model:
+        model = build_model(args.model, args.num_classes, args.in_channels, args.input_size)
+        shape = (args.in_channels, args.input_size, args.input_size)
+    else:
+        raise UserError("give --model NAME or --checkpoint PATH")
+    table = layer_table(model, shape)
+    return {"layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "out_shape": list(t.out_shape)}
+                       for t in table], "default": table[-1].name if table else None}

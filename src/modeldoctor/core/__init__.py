@@ -1,0 +1,1 @@
+"""Engine: layer addressing and hooks, model state, noise replay, output selection, atomic files, errors."""

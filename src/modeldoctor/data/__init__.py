@@ -1,0 +1,1 @@
+"""Data bundles, built-in and shortcut data sets, object masks."""

@@ -1,0 +1,122 @@
+"""A data set in memory: splits, bundles, loaders and batches.
+
+Every dataset item is ``(image, label, index)``: ``index`` points into the split's ``ids``, so masks and
+per-sample results attach to a stable id.  Images are normalised with the statistics the bundle records
+(and the checkpoint stores); ``raw(i)`` gives the un-normalised image in [0, 1] for figures and masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from modeldoctor.core.errors import UserError
+
+SPLIT_SEED = 1234  # fixed: the split never depends on the training seed
+
+
+class ImageSplit(Dataset):
+    """One split: images held in memory as float tensors in [0, 1] (N, C, H, W), or loaded from files."""
+
+    def __init__(self, labels: Sequence[int], ids: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                 images: torch.Tensor | None = None, loader: Callable[[int], torch.Tensor] | None = None) -> None:
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.ids = list(ids)
+        self.images, self._loader = images, loader
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.index_of = {sid: i for i, sid in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def raw(self, i: int) -> torch.Tensor:
+        return self.images[i] if self.images is not None else self._loader(i)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return (self.raw(i) - self.mean) / self.std, int(self.labels[i]), i
+
+
+@dataclass
+class DataBundle:
+    """A dataset with its fixed splits and what a checkpoint must remember about it."""
+
+    spec: str
+    class_names: list[str]
+    in_channels: int
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)  # builtin object masks by sample id
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> ImageSplit:
+        if name not in ("train", "val", "test"):
+            raise UserError(f"unknown split {name!r}; choose train, val or test")
+        return getattr(self, name)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.train.mean) / self.train.std
+
+
+def make_loader(split: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader whose order depends only on ``seed`` (reproducible runs, matched controls)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+
+
+def unpack_batch(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(x, y)`` or ``(x, y, index)`` batches, so users' own loaders work too."""
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    if len(batch) == 2:
+        return batch[0], batch[1], None
+    raise UserError(f"a batch must be (images, labels) or (images, labels, index), got {len(batch)} items")
+
+
+def stratified_split(labels: np.ndarray, sizes: Sequence[int | float], seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Split indices per class in the given proportions (ints are totals, floats fractions), seeded."""
+    n = len(labels)
+    fractions = [s / n if isinstance(s, int) else s for s in sizes]
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in sizes]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        bounds = np.round(np.cumsum([0] + fractions) * len(idx)).astype(int)
+        for p in range(len(sizes)):
+            parts[p].extend(idx[bounds[p]:bounds[p + 1]].tolist())
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids: Sequence[str],
+                        class_names: list[str], parts: list[np.ndarray], input_size: int | None,
+                        masks: dict[str, torch.Tensor] | None = None) -> DataBundle:
+    """Build a bundle from in-memory images in [0, 1] and index arrays for train / val / test."""
+    for split_name, part in zip(("train", "val", "test"), parts):
+        if not len(part):
+            raise UserError(f"the {split_name} split of {spec} is empty; the dataset has too few images per class")
+    size = input_size or images.shape[-1]
+    images = resize_images(images, size)
+    train_idx = parts[0]
+    mean = images[train_idx].mean(dim=(0, 2, 3)).tolist()
+    std = images[train_idx].std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    splits = [ImageSplit(labels[p], [ids[i] for i in p], mean, std, images=images[p]) for p in parts]
+    return DataBundle(spec, class_names, images.shape[1], size, mean, std, *splits, masks=masks or {})

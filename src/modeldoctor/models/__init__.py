@@ -1,0 +1,1 @@
+"""Model zoo, checkpoints and the FocusedDropout layer that checkpoints re-insert."""
