@@ -139,9 +139,8 @@ def test_bad_units_and_layers(trained, mnist5k):
         unit_deletion(trained, _spread(mnist5k.val, 4), 10, LAYER, units=[99])
     with pytest.raises(UserError, match="unknown layer"):
         unit_deletion(trained, _spread(mnist5k.val, 4), 10, "features.99")
-    with pytest.raises(UserError, match="no weight"):
-        with scale_unit_weights(trained, "features.13", [0], 2.0):
-            pass
+    with pytest.raises(UserError, match="no weight"), scale_unit_weights(trained, "features.13", [0], 2.0):
+        pass
 
 
 def test_ablate_cli(trained, mnist5k, tmp_path, capsys):

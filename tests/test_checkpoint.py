@@ -144,10 +144,9 @@ def test_interrupted_save_leaves_no_partial_file(tmp_path: Path, monkeypatch) ->
 def test_interrupted_write_keeps_the_previous_file(tmp_path: Path) -> None:
     target = write_json(tmp_path / "metrics.json", {"accuracy": 0.9})
     before = target.read_bytes()
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("{ half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{ half")
+        raise RuntimeError("crash mid-write")
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 

@@ -8,8 +8,9 @@ Most commands already are a library function (``diagnose``, ``explain``, ``ablat
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -16,7 +16,8 @@ divides the loss.  Mixed precision is not supported (the added gradient would by
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning.pytorch as pl
 import torch

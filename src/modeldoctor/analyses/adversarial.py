@@ -8,7 +8,7 @@ is ``x = (x_raw − mean) / std`` (the bundle's statistics), so the attack un-no
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -20,8 +20,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,7 @@ def _top_mask(scores: torch.Tensor, k: Count) -> torch.Tensor:
     order = torch.sort(scores, dim=1, descending=True, stable=True)
     if isinstance(k, float) and 0 < k < 1:
         counts = _mass_count(order.values, k)
-    elif isinstance(k, int) and 1 <= k:
+    elif isinstance(k, int) and k >= 1:
         counts = torch.full((scores.shape[0],), min(k, scores.shape[1]))
     else:
         raise UserError(f"k must be a positive integer or a fraction in (0, 1), got {k!r}")

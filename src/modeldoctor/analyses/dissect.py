@@ -17,8 +17,9 @@ user supplies (sample id → {concept: bool H×W}); ``--masks DIR`` gives one PN
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,7 +134,7 @@ def stroke_concepts(split: ImageSplit, threshold: float = 0.5) -> dict[str, dict
     return out
 
 
-def object_background(object_masks: Mapping[str, "torch.Tensor | np.ndarray"]) -> dict[str, dict[str, torch.Tensor]]:
+def object_background(object_masks: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, dict[str, torch.Tensor]]:
     """Concepts "object" (non-zero) and "background" (its complement) from one mask per sample."""
     out = {}
     for sid, m in object_masks.items():

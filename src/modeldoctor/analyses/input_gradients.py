@@ -17,7 +17,7 @@ through the batch statistics, as in every public double-backprop implementation.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

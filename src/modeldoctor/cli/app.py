@@ -12,7 +12,8 @@ import json
 import math
 import pkgutil
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from modeldoctor.cli import commands
 from modeldoctor.core.errors import UserError

@@ -7,8 +7,9 @@ are removed on exit, also when the forward pass raises.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ class FeatureCapture(LayerHooks):
         self.source = source  # "input": the layer's first positional input (e.g. the features entering a Linear)
         self.captured: dict[str, torch.Tensor] = {}
 
-    def __enter__(self) -> "FeatureCapture":
+    def __enter__(self) -> FeatureCapture:
         for name in self.names:
             self.add(name, self._hook_for(name))
         return self

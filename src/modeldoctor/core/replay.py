@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import operator
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx

@@ -7,8 +7,8 @@ per-sample results attach to a stable id.  Images are normalised with the statis
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -125,7 +126,7 @@ class Diagnosis:
         """Bool [num_classes, channels]: relevant kernels per class (see :mod:`modeldoctor.doctor.relevance`)."""
         return relevant_kernels(self.correlation(layer), method, **params)
 
-    def merge(self, other: "Diagnosis") -> "Diagnosis":
+    def merge(self, other: Diagnosis) -> Diagnosis:
         """Sum two partial diagnoses of the same model with the same options (e.g. two halves of the data)."""
         differences = _differences(self, other)
         if differences:

@@ -8,7 +8,8 @@ class profile (supp. Fig. 7); across layers, the trend of kernels-for-90% with d
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -106,7 +107,7 @@ def depth_trend(depths: Sequence[int], values: Sequence[float]) -> dict[str, flo
             "first": first, "last": last, "first_to_last_ratio": first / last if last else float("nan")}
 
 
-def layer_statistics(diagnosis: "Diagnosis", layer: str, fraction: float = 0.9) -> dict[str, Any]:
+def layer_statistics(diagnosis: Diagnosis, layer: str, fraction: float = 0.9) -> dict[str, Any]:
     """Discovery-1 numbers for one layer, JSON-ready."""
     info = diagnosis.layer(layer)
     corr = info.correlation
@@ -133,7 +134,7 @@ def layer_statistics(diagnosis: "Diagnosis", layer: str, fraction: float = 0.9) 
     }
 
 
-def discovery_statistics(diagnosis: "Diagnosis", fraction: float = 0.9) -> dict[str, Any]:
+def discovery_statistics(diagnosis: Diagnosis, fraction: float = 0.9) -> dict[str, Any]:
     """Per-layer statistics plus the depth trend of kernels-for-90% (count and fraction of channels)."""
     per_layer = [layer_statistics(diagnosis, name, fraction) for name in diagnosis.layers]
     ordered = sorted(per_layer, key=lambda s: s["depth"])

@@ -7,8 +7,9 @@ every sample), so a noise range relative to that scale does not depend on the ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ class MaskBank:
     pool: list[int] = field(default_factory=list)  # indices of annotated images
 
     @classmethod
-    def build(cls, split: ImageSplit, masks: dict[str, torch.Tensor], chosen: Sequence[int], size: int) -> "MaskBank":
+    def build(cls, split: ImageSplit, masks: dict[str, torch.Tensor], chosen: Sequence[int], size: int) -> MaskBank:
         ids = [split.ids[i] for i in chosen]
         stacked, has = stack_masks(masks, ids, size)
         full = torch.zeros(len(split), size, size, dtype=torch.bool)

@@ -56,8 +56,8 @@ def save_diagnosis(diagnosis: Diagnosis, directory: str | Path) -> Path:
         "class_names": diagnosis.class_names,
         "options": asdict(diagnosis.options),
         "relevance": relevance,
-        "layers": [{"name": n, "depth": l.depth, "shape": list(l.shape), "scale": l.scale, "delta": l.delta}
-                   for n, l in diagnosis.layers.items()],
+        "layers": [{"name": n, "depth": ln.depth, "shape": list(ln.shape), "scale": ln.scale, "delta": ln.delta}
+                   for n, ln in diagnosis.layers.items()],
         "profile_ids": diagnosis.profile_ids,
         "fallback_reason": diagnosis.fallback_reason,
         "timings": diagnosis.timings,
@@ -123,8 +123,8 @@ def check_matches(diagnosis: Diagnosis, model: nn.Module, require_same_weights: 
     names = resolve_layers(model, list(diagnosis.layers))
     with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
         classes = select_logits(model(torch.zeros(1, *diagnosis.input_shape))).shape[1]
-    problems = [f"{n}: {l.channels} channels in the diagnosis, {cap.captured[n].shape[1]} in the model"
-                for n, l in diagnosis.layers.items() if cap.captured[n].shape[1] != l.channels]
+    problems = [f"{n}: {ln.channels} channels in the diagnosis, {cap.captured[n].shape[1]} in the model"
+                for n, ln in diagnosis.layers.items() if cap.captured[n].shape[1] != ln.channels]
     if classes != diagnosis.num_classes:
         problems.append(f"{diagnosis.num_classes} classes in the diagnosis, {classes} in the model")
     if problems:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

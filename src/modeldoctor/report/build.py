@@ -88,7 +88,7 @@ def _class_names(diagnosis: Diagnosis | None, models: ModelSet, treat: dict) -> 
 
 def discovery_section(diagnosis: Diagnosis) -> Section:
     """Discovery 1: class × kernel heatmaps per layer, kernels-for-90% vs depth, one sample vs its class."""
-    layers = sorted(diagnosis.layers.values(), key=lambda l: l.depth)
+    layers = sorted(diagnosis.layers.values(), key=lambda ln: ln.depth)
     section = Section("discovery", "Discovery 1: which kernels each class relies on",
                       "Correlation ā between every class and every kernel (Eq. 4): the mean absolute derivative of the "
                       f"class score with respect to each feature map, over up to {diagnosis.options.samples_per_class} "
@@ -101,8 +101,8 @@ def discovery_section(diagnosis: Diagnosis) -> Section:
         section.notes.append(f"Heatmaps for {MAX_HEATMAPS} of the {len(layers)} diagnosed layers (evenly spread, "
                              "always the deepest); all are in diagnosis.safetensors.")
     if len(layers) > 1:
-        counts = [[figures.kernels_for_mass(r) for r in l.correlation.numpy()] for l in layers]
-        section.figures.append(figures.mass_vs_depth([l.name for l in layers], counts, [l.channels for l in layers]))
+        counts = [[figures.kernels_for_mass(r) for r in ln.correlation.numpy()] for ln in layers]
+        section.figures.append(figures.mass_vs_depth([ln.name for ln in layers], counts, [ln.channels for ln in layers]))
     profile = _best_profile(diagnosis, layers[-1])
     if profile is not None:
         c, p = profile

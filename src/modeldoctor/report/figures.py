@@ -9,8 +9,8 @@ Titles are computed from the data, so a figure never claims what its numbers do 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -34,7 +34,7 @@ class Figure:
     png: bytes
 
 
-def _render(fig: "plt.Figure", name: str, title: str, caption: str) -> Figure:
+def _render(fig: plt.Figure, name: str, title: str, caption: str) -> Figure:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from modeldoctor.report.figures import Figure
 

@@ -74,7 +74,7 @@ def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
 
 def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) -> list[Section]:
     """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
-    layer = max(diagnosis.layers.values(), key=lambda l: l.depth).name
+    layer = max(diagnosis.layers.values(), key=lambda ln: ln.depth).name
     test = models.bundle.test
     names = models.bundle.class_names
     logits, labels = predict(models.original, test)
