@@ -43,6 +43,10 @@ def test_readme_flow_on_a_users_own_model() -> None:
     result = md.treat(model, diagnosis, data, annotate_per_class=5, epochs=1, batch_size=16, noise_draws=2)
     assert weights_hash(model) == before  # the user's model is untouched
     assert weights_hash(result.treated) != weights_hash(result.control) != before
-    assert len(result.annotated) == 15
+    assert len(result.annotated) == 12 and len(result.held_out) == 3  # a quarter of each class kept for the swap test
     summary = result.summary()
-    assert set(summary) >= {"original", "control", "treated"} and 0 <= summary["treated"]["test"]["accuracy"] <= 1
+    assert set(summary) >= {"original", "control", "treated", "lambdas", "weight_change", "select"}
+    assert summary["select"] == "swap" and summary["lambdas"]["space"] > 0
+    assert all(0 <= summary[arm][split]["accuracy"] <= 1 for arm in ("original", "control", "treated")
+               for split in ("val", "test", "swap"))
+    assert set(summary["weight_change"]) == {"control", "treated"}

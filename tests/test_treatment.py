@@ -12,6 +12,7 @@ from torch import nn
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.data.masks import background_mask, check_masks, default_expansion, expand_mask, load_boxes, load_masks
+from modeldoctor.doctor.annotation import MaskBank, batch_mixer
 from modeldoctor.doctor.constraints import (
     below_threshold,
     channel_constraint,
@@ -19,7 +20,7 @@ from modeldoctor.doctor.constraints import (
     first_classes,
     spatial_constraint,
 )
-from modeldoctor.doctor.treatment import MaskBank, TreatConfig, batch_mixer, treat_step, treatment_loss
+from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, treat_step
 from modeldoctor.io.diagnosis_files import save_diagnosis
 
 
@@ -199,25 +200,23 @@ def test_treatment_loss_and_mixer_drive_a_step():
     assert len(mx) == 6 and set(midx[4:].tolist()) <= {0, 3, 6, 9}
     assert torch.equal(mix(x[:4], y[:4], idx[:4])[2], midx)  # deterministic per batch
     relevant = {"conv2": torch.eye(3, 6, dtype=torch.bool)}
-    log: dict[str, float] = {}
-    cfg = TreatConfig(space_layers=["conv1", "conv2"], channel_layers=["conv2"], noise_draws=2, expansion=0)
-    loss_fn = treatment_loss(model, cfg, relevant, bank, mix, log)
+    cfg = TreatConfig(constraints=("space", "channel"), space_layers=["conv1", "conv2"], channel_layers=["conv2"],
+                      noise_draws=2, expansion=0)
+    loss_fn = TreatmentLoss(model, cfg, (1, 8, 8), relevant, bank, mix)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = treat_step(model, opt, loss_fn, x[:4], y[:4], idx[:4])
-    assert np.isfinite(loss) and set(log) == {"space:conv1", "space:conv2", "channel:conv2"}
-    assert all(v > 0 for v in log.values())
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    sub_log: dict[str, float] = {}
-    subset = TreatConfig(constraints=("space",), space_layers=["conv1"], noise_draws=2, expansion=0, space_pass="subset")
-    treat_step(model, opt, treatment_loss(model, subset, None, bank, mix, sub_log), x[:4], y[:4], idx[:4])
-    assert set(sub_log) == {"space:conv1"} and sub_log["space:conv1"] > 0 and model.training
-    ig = treatment_loss(model, TreatConfig(constraints=("input-gradient",), expansion=0), None, bank, mix, log)
-    assert np.isfinite(treat_step(model, opt, ig, x[:4], y[:4], idx[:4])) and log["input_gradient"] > 0
+    assert np.isfinite(loss) and set(loss_fn.log) == {"space", "channel"}
+    assert all(v > 0 for v in loss_fn.log.values()) and all(v > 0 for v in loss_fn.lambdas.values())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    ig = TreatmentLoss(model, TreatConfig(constraints=("input-gradient",), expansion=0), (1, 8, 8), None, bank, mix)
+    assert np.isfinite(treat_step(model, opt, ig, x[:4], y[:4], idx[:4])) and ig.log["input-gradient"] > 0
     with pytest.raises(UserError, match="masks"):
-        treatment_loss(model, TreatConfig(constraints=("space",)), None, None)
+        TreatmentLoss(model, TreatConfig(constraints=("space",)), (1, 8, 8), None, None)
     with pytest.raises(UserError, match="relevant kernels"):
-        treatment_loss(model, TreatConfig(constraints=("channel",)), {}, None)
+        TreatmentLoss(model, TreatConfig(constraints=("channel",)), (1, 8, 8), {}, None)
+    with pytest.raises(UserError, match="bound to the model"):
+        loss_fn(Toy(), x[:4], y[:4], idx[:4])
 
 
 PAPER_CLASSIFIERS = ["alexnet", "vgg16", "resnet34", "resnet50", "wide_resnet50_2", "resnext50_32x4d", "densenet121",
@@ -241,14 +240,15 @@ def test_treat_step_on_the_16_paper_classifiers():
         masks[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = True
         bank = MaskBank(masks, torch.ones(2, dtype=torch.bool), [0, 1])
         relevant = {last[-1]: torch.rand(3, out_channels, generator=torch.Generator().manual_seed(0)) > 0.5}
-        log: dict[str, float] = {}
-        cfg = TreatConfig(space_layers=last, channel_layers=last[-1:], noise_draws=2, expansion=2)
-        loss_fn = treatment_loss(model, cfg, relevant, bank, log=log)
+        cfg = TreatConfig(constraints=("space", "channel"), space_layers=last, channel_layers=last[-1:],
+                          noise_draws=2, expansion=2, lam_space=1.0, lam_channel=1.0)
+        loss_fn = TreatmentLoss(model, cfg, (3, size, size), relevant, bank)
+        log = loss_fn.log
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         x, y = torch.randn(2, 3, size, size), torch.tensor([0, 1])
         try:
             loss = treat_step(model, opt, loss_fn, x, y, torch.arange(2))
-            assert np.isfinite(loss) and f"channel:{last[-1]}" in log, log
+            assert np.isfinite(loss) and "channel" in log and "space" in log, log
         except Exception as exc:  # collect, so one run names every failing architecture
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
         del model, opt
@@ -338,7 +338,7 @@ def test_shortcut_mnist_is_deterministic_with_masks_and_a_clean_twin():
 
 
 def test_mean_std_over_seeds():
-    from modeldoctor.doctor.treatment import mean_std
+    from modeldoctor.doctor.arms import mean_std
 
     runs = [{s: {"accuracy": a, "per_class": [a, 1 - a]} for s in ("val", "test")} for a in (0.5, 0.7)]
     out = mean_std(runs)

@@ -24,8 +24,8 @@ import torch
 from modeldoctor.api import annotation_list, treat
 from modeldoctor.core.files import write_json
 from modeldoctor.data.sources import load_data
+from modeldoctor.doctor.arms import split_metrics
 from modeldoctor.doctor.diagnosis import diagnose
-from modeldoctor.doctor.treatment import split_metrics
 from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.models.zoo import build_model

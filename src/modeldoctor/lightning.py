@@ -26,8 +26,9 @@ from torch import nn
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import unpack_batch
+from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.diagnosis import Diagnosis
-from modeldoctor.doctor.treatment import MaskBank, TreatConfig, default_layers, treatment_loss
+from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss
 
 
 class ModelDoctorCallback(pl.Callback):
@@ -43,7 +44,8 @@ class ModelDoctorCallback(pl.Callback):
         super().__init__()
         self.config, self.diagnosis, self.masks, self.model_attr = config, diagnosis, masks, model_attr
         self._batch: Any = None
-        self._loss_fn = None
+        self._loss_fn: TreatmentLoss | None = None
+        self._relevant: dict[str, torch.Tensor] | None = None
         self.last_terms: float = 0.0  # the constraint terms of the latest step (logged as "modeldoctor/constraints")
 
     def _model(self, pl_module: pl.LightningModule) -> nn.Module:
@@ -52,14 +54,16 @@ class ModelDoctorCallback(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if "16" in str(trainer.precision):
             raise UserError("ModelDoctorCallback does not support mixed precision; use precision='32-true'")
-        model = self._model(pl_module)
-        relevant = None
         if "channel" in self.config.constraints:
             if self.diagnosis is None:
                 raise UserError("the channel-wise constraint needs a diagnosis: ModelDoctorCallback(cfg, diagnosis=...)")
-            layers = self.config.channel_layers or default_layers(model)[1]
-            relevant = {name: self.diagnosis.relevant(name) for name in layers}
-        self._loss_fn = treatment_loss(model, self.config, relevant, self.masks)
+            layers = self.config.channel_layers or list(self.diagnosis.layers)[-1:]
+            self._relevant = {name: self.diagnosis.relevant(name) for name in layers}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._loss_fn is not None:
+            self._loss_fn.close()
+            self._loss_fn = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -70,6 +74,8 @@ class ModelDoctorCallback(pl.Callback):
             return
         model = self._model(pl_module)
         x, y, index = unpack_batch(self._batch)
+        if self._loss_fn is None:  # built on the first batch: the default layers depend on the input size
+            self._loss_fn = TreatmentLoss(model, self.config, tuple(x.shape[1:]), self._relevant, self.masks)
         with _frozen_batchnorm_statistics(model):
             total, logits = self._loss_fn(model, x, y, index)
         terms = total - F.cross_entropy(logits, y)  # the treatment loss minus its L_orig: λ-weighted constraints

@@ -127,8 +127,9 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.
 
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, cfg: TrainConfig,
         loss_fn: LossFn = cross_entropy_loss, state_path: str | Path | None = None, resume: bool = False,
-        desc: str = "train") -> dict[str, Any]:
-    """Train ``model`` in place and leave it holding the weights of the best validation epoch.
+        desc: str = "train", keep: str = "best") -> dict[str, Any]:
+    """Train ``model`` in place and leave it holding the weights of the best validation epoch (``keep="last"``:
+    of the last epoch).
 
     With ``state_path`` the full training state (model, optimiser, schedule, best weights, epoch) is
     saved atomically after every epoch; ``resume=True`` continues from it.  Epoch e's data order
@@ -170,7 +171,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
             break
         val_acc = evaluate(model, val, num_classes)["accuracy"]
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_accuracy": val_acc})
-        if val_acc > best["val_accuracy"]:
+        if val_acc > best["val_accuracy"] or keep == "last":
             best = {"epoch": epoch + 1, "val_accuracy": val_acc, "state": copy.deepcopy(model.state_dict())}
         if state_path:
             with atomic_path(state_path) as tmp:

@@ -180,3 +180,19 @@ def resize_mask(mask: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch
     if tuple(m.shape) != size:
         m = F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0].bool()
     return m
+
+
+def receptive_background(mask: torch.Tensor, feature_hw: tuple[int, int], expansion: int, field: int,
+                         threshold: float = 0.5) -> torch.Tensor:
+    """``I_bg`` that respects the receptive field: (B, H, W) object masks → (B, 1, h, w) float.
+
+    A feature cell counts as background where at least ``threshold`` of the input pixels in its receptive
+    field (side ``field``, centred on the cell) are background; :func:`background_mask` instead calls a cell
+    background only where the object does not touch the cell's own footprint, which at deep layers says
+    nothing about what the cell sees.
+    """
+    background = (~expand_mask(mask, expansion)).float().unsqueeze(1)
+    side = max(1, min(field, 2 * min(background.shape[-2:]) - 1)) | 1  # odd, so the window is centred
+    share = F.avg_pool2d(background, side, stride=1, padding=side // 2, count_include_pad=False)
+    share = F.interpolate(share, size=feature_hw, mode="bilinear", align_corners=False)
+    return (share >= threshold).float()

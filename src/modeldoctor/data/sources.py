@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from modeldoctor.core.errors import UserError
+from modeldoctor.data.border import load_border_mnist
 from modeldoctor.data.bundle import DataBundle, ImageSplit, bundle_from_tensors, stratified_split
 from modeldoctor.data.shortcut import load_shortcut_mnist
 
@@ -138,6 +139,7 @@ LOADERS: dict[str, Callable[[str, int | None], DataBundle]] = {
     "mnist5k": load_mnist5k,
     "imagefolder": load_imagefolder,
     "shortcut-mnist": load_shortcut_mnist,
+    "border-mnist": load_border_mnist,
     **{n: (lambda arg, size, n=n: load_torchvision(n, arg, size)) for n in TORCHVISION_SETS},
 }
 

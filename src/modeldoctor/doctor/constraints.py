@@ -13,6 +13,10 @@ Forms (``form``):
 * ``"share"`` — scale-free: the constrained part's share of the image's gradient mass, e.g.
   ``Σ I_bg |g| / Σ |g|`` (Eq. 6) or ``Σ 1[ā<v] |g| / Σ |g|`` (Eq. 5, first term).  Rescaling the logits
   leaves it unchanged, so it can only fall by moving gradient mass to the object / relevant kernels.
+* ``"activation"`` (space-wise only) — the background share of the activation-weighted map
+  ``A = Σ_j |Σ_k m_k ⊙ ∂ŷ/∂(m_k+σ^j)|`` (Grad-CAM-like, per position).  Unlike |∂ŷ/∂m|, ``A`` depends on
+  m^r itself and so on every weight before r: in a ReLU network this is the form whose gradient reaches
+  the layers that compute the background features (see :mod:`modeldoctor.core.surrogate` for the other way).
 
 The peer method — the masked input-gradient penalty of Ross et al. — is
 :func:`modeldoctor.analyses.input_gradients.input_gradient_penalty` (re-exported here).
@@ -28,9 +32,9 @@ from modeldoctor.analyses.input_gradients import input_gradient_penalty
 from modeldoctor.core.errors import UserError
 
 __all__ = ["channel_constraint", "spatial_constraint", "input_gradient_penalty", "below_threshold",
-           "first_classes", "competitor_classes", "aggregated_abs"]
+           "first_classes", "competitor_classes", "aggregated_abs", "activation_map"]
 
-Form = Literal["paper", "share"]
+Form = Literal["paper", "share", "activation"]
 EPS = 1e-12
 
 
@@ -39,6 +43,14 @@ def aggregated_abs(grads: torch.Tensor) -> torch.Tensor:
     if grads.dim() != 5:
         raise UserError(f"expected replay gradients of shape (J, B, K, H, W), got {tuple(grads.shape)}")
     return grads.abs().sum(0)
+
+
+def activation_map(grads: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``A = Σ_j |Σ_k m_k ⊙ ∂ŷ/∂(m_k^r + σ^j)|``: (J, B, K, H, W) gradients and (B, K, H, W) features → (B, H, W)."""
+    if grads.dim() != 5 or grads.shape[1:] != features.shape:
+        raise UserError(f"gradients {tuple(grads.shape)} do not match features {tuple(features.shape)}; "
+                        "expected (J, B, K, H, W) and (B, K, H, W)")
+    return (grads * features.unsqueeze(0)).sum(2).abs().sum(0)
 
 
 def below_threshold(abar_rows: torch.Tensor, v: float) -> torch.Tensor:
@@ -105,22 +117,30 @@ def channel_constraint(first_grads: torch.Tensor, competitor_grads: torch.Tensor
 
 
 def spatial_constraint(grads: torch.Tensor, background: torch.Tensor, annotated: torch.Tensor | None = None,
-                       form: Form = "paper", normalise: Literal["annotated", "batch"] = "annotated") -> torch.Tensor:
+                       form: Form = "paper", normalise: Literal["annotated", "batch"] = "annotated",
+                       features: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 6, the space-wise constraint on layer r: ``L_sp^r = Σ_{h,w} I_bg^r ⊙ Σ_k Σ_j |∂ŷ_n/∂(m_k^r+σ^j)|``.
 
     ``grads``: (J, B, K, H, W) gradients of ŷ_n; ``background``: (B, 1, H, W) (or (B, H, W)) mask, 1 on
     the (expanded) background; ``annotated``: (B,) bool, images without a mask contribute nothing.
     ``normalise="annotated"`` averages over the annotated images (a few masks are not drowned by the
     unannotated majority); ``"batch"`` divides by B as a per-image loss averaged over the batch would.
-    ``form="share"``: the background share of gradient mass ``Σ I_bg |g| / Σ |g|`` per image.
+    ``form="share"``: the background share of gradient mass ``Σ I_bg |g| / Σ |g|`` per image;
+    ``form="activation"``: the background share ``Σ I_bg A / Σ A`` of :func:`activation_map` (needs ``features``,
+    the layer's (B, K, H, W) output m^r, taken with its graph so the term reaches the layers before r).
     """
-    agg = aggregated_abs(grads).sum(1)  # (B, H, W): Σ_k Σ_j |g|
+    if form == "activation":
+        if features is None:
+            raise UserError("the activation form of the space-wise constraint needs the layer's features")
+        agg = activation_map(grads, features)
+    elif form in ("paper", "share"):
+        agg = aggregated_abs(grads).sum(1)  # (B, H, W): Σ_k Σ_j |g|
+    else:
+        raise UserError(f"unknown constraint form {form!r}; choose paper, share or activation")
     bg = background.reshape(agg.shape).to(agg)
     per_image = (agg * bg).sum((1, 2))
-    if form == "share":
+    if form != "paper":
         per_image = per_image / (agg.sum((1, 2)) + EPS)
-    elif form != "paper":
-        raise UserError(f"unknown constraint form {form!r}; choose paper or share")
     weight = torch.ones_like(per_image) if annotated is None else annotated.to(per_image)
     if normalise == "annotated":
         return (per_image * weight).sum() / weight.sum().clamp_min(1.0)

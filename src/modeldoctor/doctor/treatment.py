@@ -1,27 +1,28 @@
-"""Treatment (Eq. 7): fine-tune a trained classifier with the space-wise and channel-wise constraints.
+"""Treatment (Eq. 7): the loss that fine-tunes a trained classifier with the space- and channel-wise constraints.
 
-``L_all = L_orig + λ_sp Σ_{r∈S_sp} L_sp^r + λ_ch Σ_{r∈S_ch} L_ch^r``; defaults per the supplement: S_sp = the
-last two conv layers, S_ch = the last one.  Every constraint term comes from one clean training forward
-(BatchNorm in training mode, as for L_orig) plus J batched noisy replays of the tail after each layer
-(:class:`modeldoctor.core.replay.NoiseReplay`), whose modules run in eval mode: BatchNorm uses its running
-statistics, so the J noisy copies neither mix through batch statistics nor move the running buffers.
-The noise range δ is relative: ``σ ~ U(−δ·rms(m^r), δ·rms(m^r))``, rms over the (detached) batch.
+``L_all = L_orig + λ_sp Σ_{r∈S_sp} L_sp^r + λ_ch Σ_{r∈S_ch} L_ch^r`` (optionally ``+ λ_ig L_ig``, the masked
+input-gradient peer of Ross et al.).  The channel-wise terms come from the batch's own training forward plus J
+noisy replays of the tail after each layer (:class:`modeldoctor.core.replay.NoiseReplay`, tail in eval mode);
+the masked terms from a separate eval-mode pass over the batch's annotated rows only.  The noise range δ is
+relative: ``σ ~ U(−δ·rms(m^r), δ·rms(m^r))``.
 
-When fewer than half of a batch's images carry masks, the space-wise (and input-gradient) terms are taken on
-a separate eval-mode pass over only those images, so their J replays cost a few images, not the batch.
+What makes the space-wise term reach the layers that compute the background features (README, protocol):
 
-The control is the same fine-tune with ``L_all = L_orig``: same weights, data order, extra annotated images
-per batch, optimiser, schedule, epochs and seed.  Both pick their epoch on the validation split.
+* ``form="activation"`` penalises the background share of ``Σ_j |Σ_k m_k ∂ŷ/∂(m_k+σ^j)|``, which depends on
+  m^r itself; the paper's |∂ŷ/∂m^r| does not depend on any weight before r in a ReLU network.
+* the default space-wise layer is the deepest conv whose receptive field is at most a quarter of the input:
+  deeper cells all see background (``receptive_field=True`` makes I_bg account for that instead).
+* ``smooth_beta`` gives the constraint pass a softplus_β backward (forward unchanged).
+* ``lam_* = "auto"`` sets each λ once so that the term equals ``lam_fraction`` × the cross-entropy of the
+  annotated images at the start, so a confident model's ≈0 cross-entropy cannot drown or be drowned by it.
 """
 
 from __future__ import annotations
 
-import copy
-import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+import contextlib
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,220 +32,243 @@ from modeldoctor.analyses.input_gradients import log_prob_input_gradient, square
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import conv_layer_names, train_mode
 from modeldoctor.core.outputs import select_logits
-from modeldoctor.core.replay import NoiseReplay
-from modeldoctor.data.bundle import DataBundle, ImageSplit
-from modeldoctor.data.masks import background_mask, expand_mask, stack_masks
+from modeldoctor.core.receptive import receptive_field, receptive_fields
+from modeldoctor.core.replay import ForwardState, NoiseReplay
+from modeldoctor.core.surrogate import smooth_backward, surrogate_relus
+from modeldoctor.data.masks import background_mask, expand_mask, receptive_background
+from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.constraints import channel_constraint, competitor_classes, first_classes, spatial_constraint
-from modeldoctor.training import LossFn, TrainConfig, fit, predict
 
 CONSTRAINTS = ("space", "channel", "input-gradient")
+FIELD_SHARE = 0.25  # default space-wise layer: the deepest conv whose receptive field ≤ this share of the input
+Lambda = float | Literal["auto"]
 
 
 @dataclass
 class TreatConfig:
-    """What to constrain and how.  Paper defaults except ``form="share"`` (scale-free, see constraints.py) and
-    ``first="label"`` (the ground truth rather than the predicted class); neither was tuned on validation."""
+    """What to constrain and how.  Defaults frozen by the protocol in README (section treat), chosen on
+    validation and background-swap data of shortcut-mnist seed 0, never on test."""
 
-    constraints: tuple[str, ...] = ("space", "channel")
-    space_layers: list[str] | None = None  # default: the last two conv layers
+    constraints: tuple[str, ...] = ("space",)
+    space_layers: list[str] | None = None  # default: deepest conv with receptive field ≤ ¼ of the input
     channel_layers: list[str] | None = None  # default: the last conv layer
-    lam_space: float = 1.0
-    lam_channel: float = 1.0
-    lam_input_gradient: float = 1.0
-    noise_draws: int = 10  # J
+    lam_space: Lambda = "auto"
+    lam_channel: Lambda = "auto"
+    lam_input_gradient: Lambda = "auto"
+    lam_fraction: float = 3.0  # "auto": each term = this × the annotated images' cross-entropy at the start
+    noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
-    form: str = "share"  # "paper" (raw sums) or "share" (scale-free)
+    form: str = "activation"  # space-wise: "activation", "share" or "paper"; channel-wise: share unless "paper"
     first: str = "label"  # class of the first term: ground truth or "pred"
     competitor: str = "runner_up"  # or "wrong_top1"
     competitor_kernels: bool = False  # restrict Eq. 5's second term to the competitor's relevant kernels
     expansion: int = 3  # object mask growth in input pixels before computing I_bg
-    normalise: str = "annotated"  # space-wise / input-gradient average over annotated images ("batch": over all)
-    mix_annotated: int = 0  # annotated images appended to every batch (treated and control alike)
-    space_pass: str = "auto"  # masked terms on the batch's own pass, a separate eval pass of the annotated
-    # rows ("subset"), or "auto": subset when fewer than half the rows are annotated
+    receptive_field: bool = False  # I_bg: background where ≥ half the cell's receptive field is background
+    smooth_beta: float | None = None  # softplus_β backward in the constraint pass (None: plain ReLU backward)
+    normalise: str = "annotated"  # masked terms averaged over annotated images ("batch": over all rows)
+    mix_annotated: int = 16  # annotated images appended to every batch (treated and control alike)
+    holdout_annotated: float = 0.25  # share of annotated images kept out of training for the swap test
+    select: str = "swap"  # checkpoint by background-swap accuracy, validation accuracy ("val") or "last"
 
     def __post_init__(self) -> None:
+        self.constraints = tuple(self.constraints)
         unknown = set(self.constraints) - set(CONSTRAINTS)
         if unknown:
             raise UserError(f"unknown constraint(s) {sorted(unknown)}; choose from {', '.join(CONSTRAINTS)}")
+        for name in ("lam_space", "lam_channel", "lam_input_gradient"):
+            value = getattr(self, name)
+            if value != "auto" and not (isinstance(value, (int, float)) and value >= 0):
+                raise UserError(f"{name} must be 'auto' or a number >= 0, got {value!r}")
+        if self.select not in ("swap", "val", "last"):
+            raise UserError(f"unknown checkpoint selection {self.select!r}; choose swap, val or last")
+        if not 0 <= self.holdout_annotated < 1:
+            raise UserError(f"holdout_annotated must be in [0, 1), got {self.holdout_annotated}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-@dataclass
-class MaskBank:
-    """Object masks of the annotated training images, addressed by split index."""
-
-    masks: torch.Tensor  # (N, H, W) bool, all-False where not annotated
-    annotated: torch.Tensor  # (N,) bool
-    pool: list[int] = field(default_factory=list)  # indices of annotated images
-
-    @classmethod
-    def build(cls, split: ImageSplit, masks: dict[str, torch.Tensor], chosen: Sequence[int], size: int) -> MaskBank:
-        ids = [split.ids[i] for i in chosen]
-        stacked, has = stack_masks(masks, ids, size)
-        full = torch.zeros(len(split), size, size, dtype=torch.bool)
-        annotated = torch.zeros(len(split), dtype=torch.bool)
-        full[list(chosen)] = stacked
-        annotated[list(chosen)] = has
-        return cls(full, annotated, [int(i) for i in torch.nonzero(annotated).flatten()])
-
-    def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.masks[index], self.annotated[index]
-
-
-def default_layers(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Supplement A: space-wise on the last two conv layers, channel-wise on the last one."""
+def default_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[str], list[str]]:
+    """(space-wise, channel-wise) default layers: the deepest conv whose receptive field is at most a quarter of
+    the input side (so a cell can be told apart as object or background), and the last conv (supplement A)."""
     convs = conv_layer_names(model)
     if not convs:
         raise UserError("the model has no Conv2d layer to constrain; name layers with --space-layers/--channel-layers")
-    return convs[-2:], convs[-1:]
+    limit = FIELD_SHARE * max(input_shape[1:])
+    fields = receptive_fields(model, convs, input_shape, stop_above=limit)
+    small = [name for name, field in fields.items() if field <= limit]
+    return (small[-1:] or convs[:1]), convs[-1:]
 
 
-def lowest_confidence(model: nn.Module, split: ImageSplit, candidates: Sequence[str], per_class: int | None,
-                      num_classes: int) -> list[int]:
-    """Split indices of the ``per_class`` lowest-confidence (probability of the true label) images per class among
-    ``candidates`` (ids with masks); ``None`` keeps every candidate.  The paper annotated 20 per class."""
-    index = sorted(split.index_of[sid] for sid in candidates if sid in split.index_of)
-    if per_class is None:
-        return index
-    logits, labels = predict(model, split)
-    conf = logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)
-    chosen: list[int] = []
-    for c in range(num_classes):
-        rows = [i for i in index if int(labels[i]) == c]
-        rows.sort(key=lambda i: (float(conf[i]), i))
-        chosen += rows[:per_class]
-    return sorted(chosen)
-
-
-def batch_mixer(split: ImageSplit, pool: Sequence[int], per_batch: int, seed: int
-                ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """Append ``per_batch`` annotated images to every batch; the draw depends only on (seed, batch indices),
-    so a resumed run and the control see exactly the same batches."""
-    def mix(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if per_batch <= 0 or not pool:
-            return x, y, idx
-        key = zlib.crc32(idx.numpy().tobytes()) ^ seed
-        picks = torch.randint(len(pool), (per_batch,), generator=torch.Generator().manual_seed(key))
-        extra = [split[pool[int(p)]] for p in picks]
-        return (torch.cat([x, torch.stack([e[0] for e in extra])]),
-                torch.cat([y, torch.tensor([e[1] for e in extra])]),
-                torch.cat([idx, torch.tensor([e[2] for e in extra])]))
-    return mix
+def control_config(cfg: TreatConfig) -> TreatConfig:
+    """The matched control: the same fine-tune (batches, annotated-image mixing, optimiser) without constraints."""
+    return TreatConfig(**{**cfg.to_dict(), "constraints": ()})
 
 
 def _relative_delta(feature: torch.Tensor, delta: float) -> float:
     return float(delta * feature.detach().pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def treatment_loss(model: nn.Module, cfg: TreatConfig, relevant: dict[str, torch.Tensor] | None = None,
-                   bank: MaskBank | None = None, mixer: Callable | None = None,
-                   log: dict[str, float] | None = None) -> LossFn:
-    """A ``training.fit`` loss for Eq. 7 (or, with no constraints, the matched control's plain cross-entropy).
+class TreatmentLoss:
+    """Eq. 7 as a :func:`modeldoctor.training.fit` loss, built once per model (the replay shares its modules).
 
-    ``relevant[layer]``: (num_classes, K) bool relevant-kernel masks from the diagnosis (channel-wise);
-    ``bank``: masks of the annotated images (space-wise and input-gradient).  ``log`` accumulates the terms.
+    ``relevant[layer]``: (num_classes, K) bool relevant kernels from the diagnosis (channel-wise); ``bank``: masks
+    of the annotated images; ``mixer`` appends annotated images to each batch.  With ``smooth_beta`` the model's
+    ReLUs are swapped for surrogates until :meth:`close` (or the end of a ``with`` block).  ``log`` accumulates
+    the unweighted terms; ``lambdas`` holds the λ in use (``"auto"`` ones after :meth:`calibrate`).
     """
-    space_layers, channel_layers = default_layers(model)
-    space_layers = cfg.space_layers or space_layers
-    channel_layers = cfg.channel_layers or channel_layers
-    use_space, use_channel = "space" in cfg.constraints, "channel" in cfg.constraints
-    use_ig = "input-gradient" in cfg.constraints
-    if (use_space or use_ig) and (bank is None or not bank.pool):
-        raise UserError("the space-wise constraint needs masks; pass --masks builtin|DIR or --boxes FILE")
-    if use_channel:
-        missing = [name for name in channel_layers if relevant is None or name not in relevant]
+
+    def __init__(self, model: nn.Module, cfg: TreatConfig, input_shape: tuple[int, int, int],
+                 relevant: dict[str, torch.Tensor] | None = None, bank: MaskBank | None = None,
+                 mixer: Any = None) -> None:
+        self.model, self.cfg, self.bank, self.mixer = model, cfg, bank, mixer
+        needs_default = ("space" in cfg.constraints and not cfg.space_layers) or (
+            "channel" in cfg.constraints and not cfg.channel_layers)
+        space_default, channel_default = default_layers(model, input_shape) if needs_default else ([], [])
+        self.space_layers = (cfg.space_layers or space_default) if "space" in cfg.constraints else []
+        self.channel_layers = (cfg.channel_layers or channel_default) if "channel" in cfg.constraints else []
+        self.use_ig = "input-gradient" in cfg.constraints
+        if (self.space_layers or self.use_ig) and (bank is None or not bank.pool):
+            raise UserError("the space-wise constraint needs masks; pass --masks builtin|DIR or --boxes FILE")
+        missing = [n for n in self.channel_layers if relevant is None or n not in relevant]
         if missing:
             raise UserError(f"the diagnosis has no relevant kernels for {missing}; diagnose those layers first")
-    wanted = set(space_layers if use_space else []) | set(channel_layers if use_channel else [])
-    order = conv_layer_names(model)
-    layers = [n for n in order if n in wanted] + sorted(wanted - set(order))
-    replay = NoiseReplay(model, layers) if layers else None
+        self.relevant = relevant or {}
+        self.fields = {n: receptive_field(model, n, input_shape) for n in self.space_layers} if cfg.receptive_field else {}
+        self.lambdas: dict[str, float | None] = {
+            key: None if value == "auto" else float(value)
+            for key, value in (("space", cfg.lam_space), ("channel", cfg.lam_channel),
+                               ("input-gradient", cfg.lam_input_gradient)) if key in cfg.constraints}
+        self.log: dict[str, float] = {}
+        self._exit = contextlib.ExitStack()
+        self.surrogates = self._exit.enter_context(surrogate_relus(model, cfg.smooth_beta)) if cfg.smooth_beta else []
+        wanted = set(self.space_layers) | set(self.channel_layers)
+        order = conv_layer_names(model)
+        layers = [n for n in order if n in wanted] + sorted(wanted - set(order))
+        self.replay = NoiseReplay(model, layers) if layers else None
 
-    def record(name: str, value: torch.Tensor) -> None:
-        if log is not None:
-            log[name] = log.get(name, 0.0) + float(value.detach())
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Put the model's own ReLUs back (when ``smooth_beta`` swapped them)."""
+        self._exit.close()
 
-    def loss_fn(model_: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None):
-        if mixer is not None and idx is not None:
-            x, y, idx = mixer(x, y, idx)
-        if bank is not None and idx is not None:
-            masks, annotated = bank.lookup(idx)
-        else:
-            masks, annotated = None, torch.zeros(len(x), dtype=torch.bool)
-        rows = torch.nonzero(annotated).flatten()
-        masked = (use_space or use_ig) and len(rows) > 0
-        subset = masked and (cfg.space_pass == "subset" or (cfg.space_pass == "auto" and 2 * len(rows) < len(x)))
-        share = len(rows) / len(x) if cfg.normalise == "batch" else 1.0
-        if use_ig and masked and not subset:
-            grad, logits = log_prob_input_gradient(model_, x)
-            loss = F.cross_entropy(logits, y) + cfg.lam_input_gradient * _ig_term(grad, masks, annotated, share)
-            return loss, logits
-        state = replay.forward(x) if replay is not None else None
-        logits = state.logits if state is not None else select_logits(model_(x))
-        loss = F.cross_entropy(logits, y)
-        if use_channel or (use_space and masked and not subset):
-            first = first_classes(logits, y, cfg.first)
-            second, weight = competitor_classes(logits, y, first, cfg.competitor)
-            for layer in layers:
-                channel_here = use_channel and layer in channel_layers
-                space_here = use_space and masked and not subset and layer in space_layers
-                if not (channel_here or space_here):
-                    continue
-                feature = state.features[layer]
-                g = replay.gradients(state, layer, [first, second] if channel_here else [first],
-                                     noise_draws=cfg.noise_draws, delta=_relative_delta(feature, cfg.delta),
-                                     output="logit", create_graph=True)
-                if channel_here:
-                    rel = relevant[layer].to(feature.device)
-                    term = channel_constraint(g.grads[0], g.grads[1], ~rel[first], weight,
-                                              rel[second] if cfg.competitor_kernels else None, cfg.form)
-                    record(f"channel:{layer}", term)
-                    loss = loss + cfg.lam_channel * term
-                if space_here:
-                    bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
-                    term = spatial_constraint(g.grads[0], bg, annotated, cfg.form) * share
-                    record(f"space:{layer}", term)
-                    loss = loss + cfg.lam_space * term
-        if subset:
-            loss = loss + subset_terms(model_, x[rows], y[rows], masks[rows], share)
-        return loss, logits
+    def __enter__(self) -> TreatmentLoss:
+        return self
 
-    def _ig_term(grad: torch.Tensor, masks: torch.Tensor, annotated: torch.Tensor, share: float) -> torch.Tensor:
-        background = (~expand_mask(masks, cfg.expansion)).unsqueeze(1) & annotated.view(-1, 1, 1, 1)
-        term = squared_gradient_norm(grad, background) * len(grad) / annotated.sum().clamp_min(1) * share
-        record("input_gradient", term)
-        return term
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
-    def subset_terms(model_: nn.Module, xa: torch.Tensor, ya: torch.Tensor, masks: torch.Tensor,
-                     share: float) -> torch.Tensor:
-        """Few annotated rows get their own clean pass in eval mode (BatchNorm running statistics, as in the
-        replayed tail), so the masked terms cost J replays of those rows only, not of the whole batch."""
-        total = torch.zeros(())
-        everyone = torch.ones(len(xa), dtype=torch.bool)
-        with train_mode(model_, False):
-            if use_ig:
-                grad, _ = log_prob_input_gradient(model_, xa)
-                total = total + cfg.lam_input_gradient * _ig_term(grad, masks, everyone, share)
-            if use_space:
-                sub = replay.forward(xa)
-                target = first_classes(sub.logits, ya, cfg.first)
-                for layer in space_layers:
-                    feature = sub.features[layer]
-                    g = replay.gradients(sub, layer, [target], noise_draws=cfg.noise_draws,
-                                         delta=_relative_delta(feature, cfg.delta), output="logit", create_graph=True)
-                    bg = background_mask(masks, feature.shape[-2:], cfg.expansion)
-                    term = spatial_constraint(g.grads[0], bg, form=cfg.form) * share
-                    record(f"space:{layer}", term)
-                    total = total + cfg.lam_space * term
+    # -- the terms (unweighted) ------------------------------------------------------------------------
+    def _gradients(self, state: ForwardState, layer: str, classes: list[torch.Tensor]) -> list[torch.Tensor]:
+        feature = state.features[layer]
+        assert self.replay is not None
+        return self.replay.gradients(state, layer, classes, noise_draws=self.cfg.noise_draws,
+                                     delta=_relative_delta(feature, self.cfg.delta), output="logit",
+                                     create_graph=True).grads
+
+    def channel_term(self, state: ForwardState, y: torch.Tensor) -> torch.Tensor:
+        """Σ_r L_ch^r (Eq. 5) on a batch whose forward state is ``state``."""
+        first = first_classes(state.logits, y, self.cfg.first)
+        second, weight = competitor_classes(state.logits, y, first, self.cfg.competitor)
+        form = "paper" if self.cfg.form == "paper" else "share"
+        total = state.logits.new_zeros(())
+        for layer in self.channel_layers:
+            g = self._gradients(state, layer, [first, second])
+            rel = self.relevant[layer].to(state.logits.device)
+            total = total + channel_constraint(g[0], g[1], ~rel[first], weight,
+                                               rel[second] if self.cfg.competitor_kernels else None, form)
         return total
 
-    return loss_fn
+    def _background(self, masks: torch.Tensor, layer: str, hw: tuple[int, int]) -> torch.Tensor:
+        if layer in self.fields:
+            return receptive_background(masks, hw, self.cfg.expansion, self.fields[layer])
+        return background_mask(masks, hw, self.cfg.expansion)
+
+    def space_term(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Σ_r L_sp^r (Eq. 6, ``cfg.form``) averaged over these annotated images, in eval mode."""
+        assert self.replay is not None
+        with train_mode(self.model, False), smooth_backward(self.surrogates):
+            state = self.replay.forward(x)
+            target = first_classes(state.logits, y, self.cfg.first)
+            total = state.logits.new_zeros(())
+            for layer in self.space_layers:
+                feature = state.features[layer]
+                (g,) = self._gradients(state, layer, [target])
+                bg = self._background(masks, layer, tuple(feature.shape[-2:]))
+                total = total + spatial_constraint(g, bg, form=self.cfg.form, features=feature)  # type: ignore[arg-type]
+        return total
+
+    def input_gradient_term(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Ross et al.'s right-reasons term: mean over images of Σ (I_bg · ∂/∂x Σ_k log p̂_k)², in eval mode."""
+        with train_mode(self.model, False):
+            grad, _ = log_prob_input_gradient(self.model, x)
+        background = (~expand_mask(masks, self.cfg.expansion)).unsqueeze(1)
+        return squared_gradient_norm(grad, background)
+
+    def masked_terms(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = {}
+        if self.space_layers:
+            terms["space"] = self.space_term(x, y, masks)
+        if self.use_ig:
+            terms["input-gradient"] = self.input_gradient_term(x, masks)
+        return terms
+
+    # -- λ ---------------------------------------------------------------------------------------------
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> dict[str, float | None]:
+        """Set every ``"auto"`` λ so that λ·term = ``lam_fraction`` × cross-entropy on these annotated images."""
+        if all(v is not None for v in self.lambdas.values()):
+            return self.lambdas
+        terms = self.masked_terms(x, y, masks)
+        with train_mode(self.model, False):
+            if self.channel_layers:
+                assert self.replay is not None
+                state = self.replay.forward(x)
+                terms["channel"] = self.channel_term(state, y)
+                logits = state.logits
+            else:
+                logits = select_logits(self.model(x))
+            ce = float(F.cross_entropy(logits, y).detach())
+        for key, value in self.lambdas.items():
+            if value is None:
+                term = float(terms[key].detach())
+                self.lambdas[key] = self.cfg.lam_fraction * ce / term if term > 1e-12 else 0.0
+        return self.lambdas
+
+    # -- the loss --------------------------------------------------------------------------------------
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        self.log[name] = self.log.get(name, 0.0) + float(value.detach())
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if model is not self.model:
+            raise UserError("a TreatmentLoss is bound to the model it was built for; build one per model")
+        if self.mixer is not None and idx is not None:
+            x, y, idx = self.mixer(x, y, idx)
+        masks = annotated = None
+        if self.bank is not None and idx is not None:
+            masks, annotated = self.bank.lookup(idx.cpu())
+            masks, annotated = masks.to(x.device), annotated.to(x.device)
+        rows = torch.nonzero(annotated).flatten() if annotated is not None else x.new_zeros(0, dtype=torch.long)
+        if any(v is None for v in self.lambdas.values()):
+            if masks is None or not len(rows):
+                raise UserError("λ = auto needs annotated images in the first batch; set mix_annotated > 0")
+            self.calibrate(x[rows], y[rows], masks[rows])
+        state = self.replay.forward(x) if self.channel_layers and self.replay is not None else None
+        logits = state.logits if state is not None else select_logits(model(x))
+        loss = F.cross_entropy(logits, y)
+        terms: dict[str, torch.Tensor] = {}
+        if state is not None:
+            terms["channel"] = self.channel_term(state, y)
+        if masks is not None and len(rows):
+            share = len(rows) / len(x) if self.cfg.normalise == "batch" else 1.0
+            terms.update({k: v * share for k, v in self.masked_terms(x[rows], y[rows], masks[rows]).items()})
+        for key, term in terms.items():
+            self._record(key, term)
+            loss = loss + self.lambdas[key] * term  # type: ignore[operator]
+        return loss, logits
 
 
-def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, x: torch.Tensor,
+def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: TreatmentLoss, x: torch.Tensor,
                y: torch.Tensor, idx: torch.Tensor | None) -> float:
     """One optimisation step of Eq. 7 (what ``fit`` does per batch), returning the loss."""
     model.train()
@@ -257,68 +281,4 @@ def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Loss
     return float(loss.detach())
 
 
-def finetune(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, train_cfg: TrainConfig,
-             loss_fn: LossFn, state_path: str | Path | None = None, resume: bool = False,
-             desc: str = "treat") -> tuple[nn.Module, dict[str, Any]]:
-    """Fine-tune ``model`` in place from its current weights (never a restart); best epoch on validation.
-
-    ``loss_fn`` must have been built for this very model object (the replay shares its modules).
-    """
-    summary = fit(model, train, val, num_classes, train_cfg, loss_fn=loss_fn, state_path=state_path,
-                  resume=resume, desc=desc)
-    return model, summary
-
-
-def control_config(cfg: TreatConfig) -> TreatConfig:
-    """The matched control: the same fine-tune (batches, annotated-image mixing, optimiser) without constraints."""
-    return TreatConfig(**{**cfg.to_dict(), "constraints": ()})
-
-
-def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
-                      relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
-                      state_dir: str | Path | None = None, resume: bool = False
-                      ) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
-    """Fine-tune copies of ``model``: ``"treated"`` with ``cfg``'s constraints and ``"control"`` without.
-
-    Both arms share weights, data order, optimiser, epochs and seed (``train_cfg.seed``); each keeps its best
-    validation epoch.  With ``state_dir`` each arm's training state is saved per epoch for ``resume``.
-    Returns ``{arm: (model, {"val": M, "test": M})}``; ``model`` itself is left unchanged.
-    """
-    mixer = batch_mixer(data.train, bank.pool, cfg.mix_annotated, train_cfg.seed) if bank else None
-    suffix = "" if train_cfg.seed == 0 else f"-seed{train_cfg.seed}"
-    arms: dict[str, tuple[nn.Module, dict[str, Any]]] = {}
-    for arm in (["control"] if control else []) + ["treated"]:
-        tuned = copy.deepcopy(model)
-        loss_fn = treatment_loss(tuned, cfg if arm == "treated" else control_config(cfg), relevant, bank, mixer)
-        state = None if state_dir is None else Path(state_dir) / f".state-{arm}{suffix}.pt"
-        finetune(tuned, data.train, data.val, data.num_classes, train_cfg, loss_fn, state_path=state,
-                 resume=resume, desc=f"{arm} seed {train_cfg.seed}")
-        arms[arm] = (tuned, split_metrics(tuned, data.val, data.test, data.num_classes))
-    return arms
-
-
-def split_metrics(model: nn.Module, val: ImageSplit, test: ImageSplit, num_classes: int) -> dict[str, Any]:
-    """``{"val": {"accuracy", "per_class"}, "test": {...}}`` — the report's M."""
-    from modeldoctor.training import evaluate
-
-    out = {}
-    for name, split in (("val", val), ("test", test)):
-        m = evaluate(model, split, num_classes)
-        out[name] = {"accuracy": m["accuracy"], "per_class": m["per_class"]}
-    return out
-
-
-def mean_std(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of several M (one per seed), with their standard deviations under ``"std"`` (0 for one run)."""
-    def stats(key: str, split: str) -> tuple[Any, Any]:
-        values = torch.tensor([r[split][key] for r in runs], dtype=torch.float64)
-        std = values.std(0, unbiased=True) if len(runs) > 1 else torch.zeros_like(values[0])
-        return values.mean(0).tolist(), std.tolist()
-
-    mean: dict[str, Any] = {}
-    std: dict[str, Any] = {}
-    for split in ("val", "test"):
-        mean[split], std[split] = {}, {}
-        for key in ("accuracy", "per_class"):
-            mean[split][key], std[split][key] = stats(key, split)
-    return {**mean, "std": std, "seeds": len(runs)}
+__all__ = ["CONSTRAINTS", "TreatConfig", "TreatmentLoss", "control_config", "default_layers", "treat_step"]

@@ -1,10 +1,11 @@
 """Treat a trained classifier with the channel- and space-wise constraints (Eq. 7), against a matched control.
 
-The treatment fine-tunes the given weights (never a restart).  By default the same fine-tune without the
-constraints (same data order, epochs, optimiser, seed) runs too, and original / control / treated are
-reported on validation and test, overall and per class; checkpoints are chosen on validation.
+The treatment fine-tunes the given weights (never a restart) with the checkpoint's own optimiser settings.
+By default the same fine-tune without the constraints (same data order, epochs, optimiser, seed) runs too;
+original / control / treated are reported on validation, test and background-swap composites of held-out
+annotated images (a shortcut meter), and both arms keep the epoch with the best swap accuracy.
 
-Example: modeldoctor treat --checkpoint runs/base/model.pt --diagnosis runs/diag --data shortcut-mnist --constraints space,channel --masks builtin --annotate-per-class 20 --epochs 3 --out runs/treat --json
+Example: modeldoctor treat --checkpoint runs/base/model.pt --data shortcut-mnist --masks builtin --out runs/treat --json
 """
 
 from __future__ import annotations
@@ -20,29 +21,22 @@ from modeldoctor.cli.commands.common import add_checkpoint_args, out_dir
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import write_json
 from modeldoctor.data.masks import check_masks, default_expansion, load_boxes, load_masks
-from modeldoctor.doctor.treatment import (
-    CONSTRAINTS,
-    MaskBank,
-    TreatConfig,
-    control_config,
-    default_layers,
-    lowest_confidence,
-    mean_std,
-    split_metrics,
-    treat_and_control,
-)
+from modeldoctor.doctor.annotation import MaskBank, lowest_confidence
+from modeldoctor.doctor.arms import mean_std, treat_and_control
+from modeldoctor.doctor.treatment import CONSTRAINTS, TreatConfig, control_config, default_layers
 from modeldoctor.io.diagnosis_files import load_diagnosis
 from modeldoctor.io.loading import load_model_and_data
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.training import TrainConfig
 
-DEFAULT_LR_SCALE = 0.1  # fine-tuning lr = 0.1 × the checkpoint's training lr (fixed a priori, not tuned; README)
+DEFAULT_LR_SCALE = 1.0  # fine-tuning lr = the checkpoint's training lr: the original optimiser settings (Eq. 7 text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_args(p)
     p.add_argument("--diagnosis", default=None, help="directory written by `modeldoctor diagnose` (channel-wise)")
-    p.add_argument("--constraints", default="space,channel", help=f"comma list of {', '.join(CONSTRAINTS)}")
+    p.add_argument("--constraints", default=",".join(TreatConfig.constraints),
+                   help=f"comma list of {', '.join(CONSTRAINTS)}")
     p.add_argument("--masks", default=None, help="builtin (the dataset's own object masks) or DIR of PNG/labelme files")
     p.add_argument("--boxes", default=None, help="CSV or JSON file of boxes: id, x0, y0, x1, y1 (input pixels)")
     p.add_argument("--annotate-per-class", type=int, default=20,
@@ -55,15 +49,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-control", action="store_true", help="skip the matched fine-tuning control")
     p.add_argument("--out", required=True, help="output directory (treat.json, treated.pt, control.pt)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--space-layers", default=None, help="comma list (default: the last two conv layers)")
+    p.add_argument("--space-layers", default=None,
+                   help="comma list (default: the deepest conv whose receptive field is at most 1/4 of the input)")
     p.add_argument("--channel-layers", default=None, help="comma list (default: the last conv layer)")
-    p.add_argument("--lam-space", type=float, default=TreatConfig.lam_space)
-    p.add_argument("--lam-channel", type=float, default=TreatConfig.lam_channel)
-    p.add_argument("--lam-input-gradient", type=float, default=TreatConfig.lam_input_gradient)
+    p.add_argument("--lam", default=None, help="auto or a number: sets --lam-space/--lam-channel/--lam-input-gradient")
+    p.add_argument("--lam-space", type=_lam, default=TreatConfig.lam_space, help="auto or a number >= 0")
+    p.add_argument("--lam-channel", type=_lam, default=TreatConfig.lam_channel, help="auto or a number >= 0")
+    p.add_argument("--lam-input-gradient", type=_lam, default=TreatConfig.lam_input_gradient, help="auto or a number >= 0")
+    p.add_argument("--lam-fraction", type=float, default=TreatConfig.lam_fraction,
+                   help="auto λ: each term equals this × the annotated images' cross-entropy at the start")
     p.add_argument("--noise-draws", type=int, default=TreatConfig.noise_draws, help="J")
     p.add_argument("--delta", type=float, default=TreatConfig.delta, help="noise range relative to rms(m^r)")
-    p.add_argument("--form", choices=["paper", "share"], default=TreatConfig.form,
-                   help="paper: raw gradient sums; share: scale-free share of gradient mass")
+    p.add_argument("--form", choices=["activation", "share", "paper"], default=TreatConfig.form,
+                   help="activation: background share of |Σ_k m_k ∂ŷ/∂m_k|; share: of Σ_k|∂ŷ/∂m_k|; paper: raw sums")
+    p.add_argument("--smooth-beta", type=float, default=None,
+                   help="constraint pass backward through softplus_β instead of ReLU (forward unchanged)")
+    p.add_argument("--receptive-field", action="store_true",
+                   help="a feature cell is background where most of its receptive field is background")
+    p.add_argument("--holdout-annotated", type=float, default=TreatConfig.holdout_annotated,
+                   help="share of annotated images kept out of training for the background-swap test")
+    p.add_argument("--select", choices=["swap", "val", "last"], default=TreatConfig.select,
+                   help="checkpoint: best background-swap accuracy, best validation accuracy, or the last epoch")
     p.add_argument("--first", choices=["label", "pred"], default=TreatConfig.first)
     p.add_argument("--competitor", choices=["runner_up", "wrong_top1"], default=TreatConfig.competitor)
     p.add_argument("--competitor-kernels", action="store_true",
@@ -78,23 +84,24 @@ def run(args: argparse.Namespace) -> dict:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     out = out_dir(args)
     constraints = tuple(c.strip() for c in args.constraints.split(",") if c.strip())
-    space_default, channel_default = default_layers(model)
+    space_default, channel_default = default_layers(model, (bundle.in_channels, bundle.input_size, bundle.input_size))
+    lams = {k: _lam(args.lam) if args.lam is not None else getattr(args, k)
+            for k in ("lam_space", "lam_channel", "lam_input_gradient")}
     cfg = TreatConfig(
         constraints=constraints, space_layers=_names(args.space_layers) or space_default,
-        channel_layers=_names(args.channel_layers) or channel_default, lam_space=args.lam_space,
-        lam_channel=args.lam_channel, lam_input_gradient=args.lam_input_gradient, noise_draws=args.noise_draws,
-        delta=args.delta, form=args.form, first=args.first, competitor=args.competitor,
+        channel_layers=_names(args.channel_layers) or channel_default, **lams, lam_fraction=args.lam_fraction,
+        noise_draws=args.noise_draws, delta=args.delta, form=args.form, first=args.first, competitor=args.competitor,
         competitor_kernels=args.competitor_kernels,
         expansion=args.expansion if args.expansion is not None else default_expansion(bundle.input_size),
-        mix_annotated=args.mix_annotated)
-    relevant = _relevant(args, cfg.channel_layers) if "channel" in constraints else None
-    bank = _mask_bank(args, model, bundle) if {"space", "input-gradient"} & set(constraints) else None
+        receptive_field=args.receptive_field, smooth_beta=args.smooth_beta, mix_annotated=args.mix_annotated,
+        holdout_annotated=args.holdout_annotated, select=args.select)
+    relevant = _relevant(args, cfg.channel_layers or []) if "channel" in constraints else None
+    masked = {"space", "input-gradient"} & set(constraints)
+    bank = _mask_bank(args, model, bundle) if masked or args.masks or args.boxes else None
     base_cfg = TrainConfig.from_dict(meta.train_config)
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "config": cfg.to_dict(),
-                              "annotated": len(bank.pool) if bank else 0,
-                              "original": split_metrics(model, bundle.val, bundle.test, bundle.num_classes)}
+    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "config": cfg.to_dict()}
     arms = ["treated"] if args.no_control else ["control", "treated"]
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ["original", *arms]}
     for seed in range(args.seeds):
         train_cfg = TrainConfig(**{**base_cfg.to_dict(), "epochs": args.epochs, "seed": seed,
                                    "lr": args.lr if args.lr is not None else base_cfg.lr * DEFAULT_LR_SCALE,
@@ -102,7 +109,9 @@ def run(args: argparse.Namespace) -> dict:
         tuned = treat_and_control(model, bundle, cfg, train_cfg, relevant, bank, control=not args.no_control,
                                   state_dir=out, resume=args.resume)
         suffix = "" if seed == 0 else f"-seed{seed}"
-        for arm, (arm_model, metrics) in tuned.items():
+        runs["original"].append(tuned["original"])
+        for arm in arms:
+            arm_model, metrics = tuned[arm]
             runs[arm].append(metrics)
             arm_cfg = cfg if arm == "treated" else control_config(cfg)
             child = CheckpointMeta(**{**meta.__dict__, "train_config": train_cfg.to_dict() | {"treatment": arm_cfg.to_dict()},
@@ -110,12 +119,27 @@ def run(args: argparse.Namespace) -> dict:
             save_checkpoint(out / f"{arm}{suffix}.pt", arm_model, child, protect=(args.checkpoint,))
             print(f"{arm} seed {seed}: val {metrics['val']['accuracy']:.4f} test {metrics['test']['accuracy']:.4f}",
                   file=sys.stderr)
-    for arm in arms:
+        if seed == 0:
+            report.update(annotated=len(tuned["annotated"]), held_out=len(tuned["held_out"]), select=tuned["select"],
+                          lambdas=tuned["lambdas"], weight_change=tuned["weight_change"], train_config=train_cfg.to_dict())
+    for arm in runs:
         report[arm] = mean_std(runs[arm]) if args.seeds > 1 else runs[arm][0]
     if args.no_control:
         report["control"] = None
     write_json(out / "treat.json", report)
     return report
+
+
+def _lam(value: str) -> float | str:
+    if value == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}")
+    return number
 
 
 def _names(value: str | None) -> list[str] | None:

@@ -1,0 +1,153 @@
+"""Eq. 5-6 forms, the smooth backward and where their gradients reach (issue: gradients that reach every layer)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.receptive import receptive_field
+from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.core.surrogate import SurrogateReLU, smooth_backward, surrogate_relus
+from modeldoctor.data.masks import background_mask, receptive_background
+from modeldoctor.doctor.annotation import MaskBank
+from modeldoctor.doctor.constraints import activation_map, first_classes, spatial_constraint
+from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config, treat_step
+from modeldoctor.models.zoo import build_model
+
+
+class ReluNet(nn.Module):
+    """conv1 → ReLU → conv2 (the last conv) → ReLU → mean → fc, with ReLU modules the surrogate can swap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act2(self.conv2(self.act1(self.conv1(x)))).mean((2, 3)))
+
+
+def batch(n: int = 8, size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(n, size, size, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    return torch.randn(n, 1, size, size, generator=g), torch.arange(n) % 3, masks
+
+
+def eq6_first_conv_gradient(model: nn.Module, form: str, smooth: list[SurrogateReLU] | None = None) -> torch.Tensor:
+    x, y, masks = batch()
+    replay = NoiseReplay(model, ["conv2"])
+    with smooth_backward(smooth or []):
+        state = replay.forward(x)
+        g = replay.gradients(state, "conv2", [first_classes(state.logits, y)], noise_draws=2, delta=0.1,
+                             create_graph=True).grads[0]
+        bg = background_mask(masks, (8, 8), expansion=0)
+        term = spatial_constraint(g, bg, form=form, features=state.features["conv2"])  # type: ignore[arg-type]
+    (grad,) = torch.autograd.grad(term, model.conv1.weight, allow_unused=True)
+    return torch.zeros_like(model.conv1.weight) if grad is None else grad
+
+
+@pytest.mark.parametrize("form", ["paper", "share"])
+def test_plain_eq6_at_the_last_conv_gives_the_first_conv_exactly_zero_gradient(form):
+    torch.manual_seed(0)
+    model = ReluNet().eval()
+    assert torch.count_nonzero(eq6_first_conv_gradient(model, form)) == 0
+
+
+def test_activation_form_and_smooth_backward_reach_the_first_conv():
+    torch.manual_seed(0)
+    model = ReluNet().eval()
+    assert eq6_first_conv_gradient(model, "activation").abs().sum() > 0
+    with surrogate_relus(model, beta=5.0) as surrogates:
+        assert eq6_first_conv_gradient(model, "share", surrogates).abs().sum() > 0
+    assert type(model.act1) is nn.ReLU and type(model.act2) is nn.ReLU  # the model's own modules are back
+
+
+def test_smooth_backward_keeps_the_logits_bit_identical_and_restores_on_error():
+    torch.manual_seed(0)
+    model = ReluNet().eval()
+    x, _, _ = batch()
+    plain = model(x)
+    with surrogate_relus(model, beta=2.0) as surrogates:
+        with smooth_backward(surrogates):
+            assert all(s.active for s in surrogates) and torch.equal(model(x), plain)
+        assert not any(s.active for s in surrogates)
+    with pytest.raises(RuntimeError), surrogate_relus(model, beta=2.0):
+        raise RuntimeError("boom")
+    assert type(model.act1) is nn.ReLU
+    with pytest.raises(UserError, match="β must be > 0"):
+        SurrogateReLU(0.0)
+
+
+def test_head_frozen_plain_eq6_run_equals_the_control_exactly():
+    """With only layers up to r trainable, plain Eq. 6 at r adds exactly zero gradient: treated == control."""
+    torch.manual_seed(0)
+    start = ReluNet()
+    x, y, masks = batch()
+    idx = torch.arange(len(x))
+    bank = MaskBank(masks, torch.ones(len(x), dtype=torch.bool), list(range(len(x))))
+    cfg = TreatConfig(constraints=("space",), space_layers=["conv2"], form="share", lam_space=10.0,
+                      noise_draws=2, expansion=0, mix_annotated=0)
+    arms = {}
+    for name, arm_cfg in (("treated", cfg), ("control", control_config(cfg))):
+        model = copy.deepcopy(start)
+        model.fc.requires_grad_(False)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+        loss = TreatmentLoss(model, arm_cfg, (1, 8, 8), bank=bank)
+        for _ in range(3):
+            treat_step(model, opt, loss, x, y, idx)
+        arms[name] = model.state_dict()
+    assert all(torch.equal(arms["treated"][k], arms["control"][k]) for k in arms["control"])
+    assert loss.log == {}  # the control records no constraint term
+
+
+def test_auto_lambda_makes_each_term_a_fraction_of_the_cross_entropy():
+    torch.manual_seed(0)
+    model = ReluNet()
+    x, y, masks = batch()
+    bank = MaskBank(masks, torch.ones(len(x), dtype=torch.bool), list(range(len(x))))
+    cfg = TreatConfig(constraints=("space", "input-gradient"), space_layers=["conv1"], lam_fraction=0.5,
+                      noise_draws=2, expansion=0)
+    loss = TreatmentLoss(model, cfg, (1, 8, 8), bank=bank)
+    torch.manual_seed(1)  # the same noise draws σ^j for both evaluations
+    lambdas = loss.calibrate(x, y, masks)
+    torch.manual_seed(1)
+    terms = loss.masked_terms(x, y, masks)
+    ce = torch.nn.functional.cross_entropy(model.eval()(x), y)
+    for key in ("space", "input-gradient"):
+        assert lambdas[key] is not None
+        assert torch.allclose(lambdas[key] * terms[key].detach(), 0.5 * ce.detach(), rtol=1e-4)
+
+
+def test_activation_map_is_the_absolute_channel_sum_of_features_times_gradients():
+    g = torch.randn(3, 2, 4, 5, 5)
+    m = torch.randn(2, 4, 5, 5)
+    by_hand = sum((g[j] * m).sum(1).abs() for j in range(3))
+    assert torch.allclose(activation_map(g, m), by_hand)
+    with pytest.raises(UserError):
+        activation_map(g, m[:, :3])
+
+
+def test_receptive_field_by_probing_matches_the_arithmetic():
+    model = build_model("simple-cnn-s2", 10, 1, 48)
+    # stride-2 stem 3x3 → 3; +3x3 at stride 2 → 7; 2x2 max-pool at stride 2 and 3x3 at stride 4 → 17; → 37
+    fields = [receptive_field(model, n, (1, 48, 48)) for n in ("features.0", "features.3", "features.7", "features.11")]
+    assert fields == [3, 7, 17, 37]
+
+
+def test_receptive_background_counts_cells_by_what_their_field_sees():
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 4:12, 4:12] = True  # a quarter of the image is object
+    footprint = background_mask(mask, (4, 4), expansion=0)
+    assert footprint[0, 0].sum() == 12  # 4 object cells of 16
+    whole = receptive_background(mask, (4, 4), expansion=0, field=31)
+    assert torch.equal(whole, torch.ones(1, 1, 4, 4))  # every field is 75% background
+    local = receptive_background(mask, (16, 16), expansion=0, field=1)
+    assert torch.equal(local[0, 0].bool(), ~mask[0])
