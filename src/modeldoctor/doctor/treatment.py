@@ -55,7 +55,7 @@ class TreatConfig:
     lam_space: Lambda = "auto"
     lam_channel: Lambda = "auto"
     lam_input_gradient: Lambda = "auto"
-    lam_fraction: float = 3.0  # "auto": each term = this × the annotated images' cross-entropy at the start
+    lam_fraction: float = 10.0  # "auto": each term = this × the annotated images' cross-entropy at the start
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
     form: str = "activation"  # space-wise: "activation", "share" or "paper"; channel-wise: share unless "paper"
