@@ -19,7 +19,7 @@ def test_quick_demo_writes_the_report_and_the_three_models(tmp_path: Path, capsy
         for split in ("val", "test"):
             m = result[arm][split]
             assert 0.0 <= m["accuracy"] <= 1.0 and len(m["per_class"]) == 10
-    assert result["annotated"] == 200  # 20 masks per class
+    assert result["annotated"] == 150 and result["held_out"] == 50  # 20 masks per class: 15 train, 5 measure swap
     assert read_json(tmp_path / "demo" / "treat" / "treat.json")["treated"] == result["treated"]
     html = Path(result["html"])
     page = html.read_text()

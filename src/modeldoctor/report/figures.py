@@ -325,3 +325,26 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)
+
+
+def weight_change(changes: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Per layer ‖W − W₀‖ / ‖W₀‖ of each fine-tuned arm: which layers the treatment moved beyond the control."""
+    layers = list(next(iter(changes.values())))
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(layers) + 1.6))
+    y = np.arange(len(layers))
+    height = 0.8 / len(changes)
+    for i, (arm, per_layer) in enumerate(changes.items()):
+        ax.barh(y + (i - (len(changes) - 1) / 2) * height, [per_layer.get(n, 0.0) for n in layers], height,
+                label=arm, color=RUN_COLOURS.get(arm))
+    ax.set_yticks(y, layers, fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="relative weight change ‖W − W₀‖ / ‖W₀‖")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    title = "Which layers the fine-tuning moved"
+    if {"treated", "control"} <= set(changes):
+        gain = {n: changes["treated"].get(n, 0.0) - changes["control"].get(n, 0.0) for n in layers}
+        top = max(gain, key=lambda n: gain[n])
+        title = f"The treatment moves {top} most beyond the control (+{gain[top]:.2f})"
+    caption = "Relative change of each layer's weights from the original model, for the control and the treated arm."
+    return _render(fig, "weight_change", title, caption)
