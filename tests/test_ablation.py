@@ -80,9 +80,8 @@ def test_ablated_unit_is_zero_downstream_and_model_restored(trained, mnist5k):
     with torch.no_grad(), FeatureCapture(trained, [LAYER, "features.12"]) as clean:
         trained.eval()
         trained(x)
-    with ablate_units(trained, LAYER, [3, 7]):
-        with torch.no_grad(), FeatureCapture(trained, [LAYER, "features.12"]) as cap:
-            trained(x)
+    with ablate_units(trained, LAYER, [3, 7]), torch.no_grad(), FeatureCapture(trained, [LAYER, "features.12"]) as cap:
+        trained(x)
     out, bn = cap.captured[LAYER], cap.captured["features.12"]
     assert out[:, [3, 7]].abs().max() == 0
     assert torch.equal(out[:, :3], clean.captured[LAYER][:, :3])

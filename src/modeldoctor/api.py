@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import conv_layer_names
+from modeldoctor.core.layers import conv_layer_names, train_mode
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.masks import check_masks, default_expansion
@@ -95,10 +95,6 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
 def annotation_list(model: nn.Module, data: DataBundle, per_class: int = 20, split: str = "train") -> dict[str, Any]:
     """The ``annotate.json`` document: per class, the ``per_class`` images whose true class the model trusts least."""
     dataset = data.split(split)
-    was_training = model.training
-    model.eval()
-    try:
+    with train_mode(model, False):
         scores = score_samples(NoiseReplay(model, conv_layer_names(model)[-1:]), dataset)
-    finally:
-        model.train(was_training)
     return least_confident(scores, per_class, data.class_names, sample_ids(dataset, scores.position.tolist()))

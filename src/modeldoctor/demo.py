@@ -13,7 +13,7 @@ so ``modeldoctor report OUT`` rebuilds the report.  The settings follow ``benchm
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +31,8 @@ from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.models.zoo import build_model
 from modeldoctor.report import report
 from modeldoctor.training import TrainConfig, fit
+
+logger = logging.getLogger(__name__)
 
 DATA = "shortcut-mnist"
 MODEL = "simple-cnn-s2"
@@ -55,7 +57,7 @@ QUICK = DemoSettings(train_epochs=2, finetune_epochs=1, samples_per_class=10, no
 
 
 def log(message: str) -> None:
-    print(f"modeldoctor demo: {message}", file=sys.stderr, flush=True)
+    logger.info("demo: %s", message)
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -97,7 +99,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         child = CheckpointMeta(**{**asdict(meta), "metrics": metrics, "parent": str(checkpoint),
                                   "train_config": result.train_config.to_dict() | {"treatment": result.config.to_dict()
                                                                                    if arm == "treated" else None}})
-        save_checkpoint(out / "treat" / f"{arm}.pt", tuned, child)
+        if tuned is not None:
+            save_checkpoint(out / "treat" / f"{arm}.pt", tuned, child)
     write_json(out / "treat" / "treat.json", {"checkpoint": str(checkpoint), **result.summary()})
     lap("treat")
 

@@ -75,7 +75,8 @@ class ModelDoctorCallback(pl.Callback):
         model = self._model(pl_module)
         x, y, index = unpack_batch(self._batch)
         if self._loss_fn is None:  # built on the first batch: the default layers depend on the input size
-            self._loss_fn = TreatmentLoss(model, self.config, tuple(x.shape[1:]), self._relevant, self.masks)
+            shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+            self._loss_fn = TreatmentLoss(model, self.config, shape, self._relevant, self.masks)
         with _frozen_batchnorm_statistics(model):
             total, logits = self._loss_fn(model, x, y, index)
         terms = total - F.cross_entropy(logits, y)  # the treatment loss minus its L_orig: λ-weighted constraints
@@ -108,5 +109,5 @@ def _frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for m, momentum, tracked in saved:
             m.momentum = momentum
-            if tracked is not None:
+            if tracked is not None and m.num_batches_tracked is not None:
                 m.num_batches_tracked.copy_(tracked)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import atomic_path
+from modeldoctor.core.layers import train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 
@@ -73,17 +74,13 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
 @torch.no_grad()
 def predict(model: nn.Module, split: ImageSplit, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels for a whole split, in split order, in eval mode (mode restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with train_mode(model, False):
         outs, labels = [], []
         for batch in make_loader(split, batch_size):
             x, y, _ = unpack_batch(batch)
             outs.append(select_logits(model(x)).float())
             labels.append(y)
         return torch.cat(outs), torch.cat(labels)
-    finally:
-        model.train(was_training)
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -140,7 +137,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
-    best = {"epoch": -1, "val_accuracy": -1.0, "state": copy.deepcopy(model.state_dict())}
+    best: dict[str, Any] = {"epoch": -1, "val_accuracy": -1.0, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = 0
     if resume and state_path and Path(state_path).exists():

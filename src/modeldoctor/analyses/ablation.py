@@ -24,13 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerRef, default_layer, replace_output, resolve_layer, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.replay import ForwardState, NoiseReplay
-from modeldoctor.data.bundle import make_loader, unpack_batch
+from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 from modeldoctor.training import evaluate, predict
 
 
@@ -63,7 +62,7 @@ class UnitDeletion:
         return self.loss - self.baseline_loss
 
 
-def num_units(model: nn.Module, split: Dataset, layer: str) -> int:
+def num_units(model: nn.Module, split: ImageSplit, layer: str) -> int:
     """Channels of ``layer``'s output for one sample of ``split``."""
     x, _, _ = unpack_batch(next(iter(make_loader(split, 1))))
     replay = NoiseReplay(model, [layer])
@@ -71,7 +70,7 @@ def num_units(model: nn.Module, split: Dataset, layer: str) -> int:
         return int(replay.forward(x).features[layer].shape[1])
 
 
-def unit_deletion(model: nn.Module, split: Dataset, num_classes: int, layer: LayerRef | None = None,
+def unit_deletion(model: nn.Module, split: ImageSplit, num_classes: int, layer: LayerRef | None = None,
                   units: Sequence[int] | None = None, batch_size: int = 128,
                   max_elements: int = 1 << 24) -> UnitDeletion:
     """Batched unit deletion (§3.1): one pass per batch, then tail replays of up to ``max_elements`` values.
@@ -99,7 +98,7 @@ def unit_deletion(model: nn.Module, split: Dataset, num_classes: int, layer: Lay
     return totals.result(name, chosen)
 
 
-def unit_deletion_one_at_a_time(model: nn.Module, split: Dataset, num_classes: int, layer: LayerRef | None = None,
+def unit_deletion_one_at_a_time(model: nn.Module, split: ImageSplit, num_classes: int, layer: LayerRef | None = None,
                                 units: Sequence[int] | None = None, batch_size: int = 128) -> UnitDeletion:
     """Reference: one full evaluation per unit under :func:`ablate_units` (the cost the batched version avoids)."""
     name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model)
@@ -200,7 +199,7 @@ def intervention(model: nn.Module, layer: LayerRef, kind: str, units: Sequence[i
         raise UserError(f"unknown intervention {kind!r}; choose none, delete, outputs or weights")
 
 
-def intervention_table(model: nn.Module, splits: dict[str, Dataset], num_classes: int, layer: LayerRef,
+def intervention_table(model: nn.Module, splits: dict[str, ImageSplit], num_classes: int, layer: LayerRef,
                        ranking: UnitDeletion, k: int = 5, constants: Sequence[float] = (2.0, 3.0)
                        ) -> list[dict[str, Any]]:
     """Table 1: accuracy on each split under each intervention on the ``k`` worst / best units of ``ranking``.
@@ -220,7 +219,7 @@ def intervention_table(model: nn.Module, splits: dict[str, Dataset], num_classes
         for target in ("worst", "best"):
             for kind in ("outputs", "weights") if has_weight else ("outputs",):
                 rows += [(kind, target, 1.0 / c, f"{target} {kind} / {c:g}"), (kind, target, c, f"{target} {kind} x {c:g}")]
-    table = []
+    table: list[dict[str, Any]] = []
     for kind, target, factor, label in rows:
         units = groups.get(target, [])
         with intervention(model, layer, kind, units, factor):
@@ -259,8 +258,8 @@ class _Totals:
 
     def __init__(self, num_classes: int) -> None:
         self.K = num_classes
-        self.correct: torch.Tensor | None = None
-        self.loss: torch.Tensor | None = None
+        self.correct = torch.zeros(0, num_classes)  # (units, K), sized by the first start()
+        self.loss = torch.zeros(0)
         self.base_correct = torch.zeros(num_classes)
         self.base_loss = 0.0
         self.counts = torch.zeros(num_classes)
@@ -268,7 +267,7 @@ class _Totals:
 
     def start(self, n_units: int, y: torch.Tensor, logits: torch.Tensor) -> None:
         """Begin a batch: add the unablated model's results for it."""
-        if self.correct is None:
+        if not len(self.correct):
             self.correct, self.loss = torch.zeros(n_units, self.K), torch.zeros(n_units)
         onehot = F.one_hot(y, self.K).float()
         logits = select_logits(logits).float()

@@ -15,6 +15,7 @@ from torch import nn
 
 from modeldoctor.analyses.input_gradients import cross_entropy_input_gradient
 from modeldoctor.core.errors import UserError
+from modeldoctor.core.layers import train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 
@@ -46,11 +47,9 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
 def fgsm_accuracy(model: nn.Module, split: ImageSplit, eps_values: Sequence[float],
                   batch_size: int = 256) -> dict[str, float]:
     """Accuracy on ``split`` under FGSM at each ε, keyed ``f"{ε:g}"``; eval mode during, mode restored after."""
-    was_training = model.training
-    model.eval()
     correct = {eps: 0 for eps in eps_values}
     total = 0
-    try:
+    with train_mode(model, False):
         for batch in make_loader(split, batch_size):
             x, y, _ = unpack_batch(batch)
             total += len(y)
@@ -59,8 +58,6 @@ def fgsm_accuracy(model: nn.Module, split: ImageSplit, eps_values: Sequence[floa
                 adv = fgsm_step(x, grad, eps, split.mean, split.std)
                 with torch.no_grad():
                     correct[eps] += int((select_logits(model(adv)).argmax(1) == y).sum())
-    finally:
-        model.train(was_training)
     return {f"{eps:g}": correct[eps] / max(total, 1) for eps in eps_values}
 
 

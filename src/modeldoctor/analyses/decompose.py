@@ -22,13 +22,14 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import FeatureCapture
+from modeldoctor.core.layers import FeatureCapture, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 
@@ -59,10 +60,8 @@ def final_features(model: nn.Module, split: ImageSplit, batch_size: int = 256) -
     Checks that the linear layer's output is the model's logits, which the cached-feature computations rely on.
     """
     name, linear = final_linear(model)
-    was_training = model.training
-    model.eval()
     feats, labels, logits = [], [], []
-    try:
+    with train_mode(model, False):
         for batch in make_loader(split, batch_size):
             x, y, _ = unpack_batch(batch)
             with FeatureCapture(model, [name], source="input") as cap:
@@ -76,8 +75,6 @@ def final_features(model: nn.Module, split: ImageSplit, batch_size: int = 256) -
             feats.append(f.float())
             labels.append(y)
             logits.append(out)
-    finally:
-        model.train(was_training)
     return FinalFeatures(torch.cat(feats), torch.cat(labels), torch.cat(logits))
 
 
@@ -138,6 +135,7 @@ class DecomposedLinear(nn.Module):
             raise UserError(f"influential mask has shape {tuple(mask.shape)}, the layer's weight "
                             f"{tuple(linear.weight.shape)}; compute it for this model")
         mask = mask.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        self.mask: torch.Tensor
         self.register_buffer("mask", mask)
         self.weight = nn.Parameter(linear.weight.detach() * mask)
         self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
@@ -172,7 +170,8 @@ def swapped_module(model: nn.Module, name: str, replacement: nn.Module) -> Itera
 def decomposed(model: nn.Module, mask: torch.Tensor) -> Iterator[DecomposedLinear]:
     """Run ``model`` with its final linear layer decomposed by ``mask`` (n, m) inside the block."""
     name, linear = final_linear(model)
-    with swapped_module(model, name, DecomposedLinear(linear, mask).train(linear.training)) as layer:
+    layer = DecomposedLinear(linear, mask).train(linear.training)
+    with swapped_module(model, name, layer):
         yield layer
 
 
@@ -206,7 +205,7 @@ def retrain_decomposed(layer: DecomposedLinear, train: FinalFeatures, val: Final
         raise UserError(f"--retrain-epochs must be ≥ 0, got {epochs}")
     opt = torch.optim.SGD([p for p in layer.parameters()], lr=lr, momentum=momentum)
     generator = torch.Generator().manual_seed(seed)
-    best = {"epoch": 0, "val_accuracy": -1.0, "state": copy.deepcopy(layer.state_dict())}
+    best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0, "state": copy.deepcopy(layer.state_dict())}
     history = []
     layer.train()
     for epoch in range(1, epochs + 1):
@@ -239,7 +238,8 @@ def essentiality(linear: nn.Module, data: FinalFeatures, mask: torch.Tensor, mea
     generator = torch.Generator().manual_seed(seed)
     influential = mask[data.labels].bool()  # (N, m)
     counts = influential.sum(1, keepdim=True)
-    acc_inf, acc_non = [], []
+    acc_inf: list[float] = []
+    acc_non: list[float] = []
     for _ in range(repeats):
         scores = torch.rand(influential.shape, generator=generator).masked_fill(influential, -1.0)
         ranks = scores.argsort(1, descending=True).argsort(1)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import FeatureCapture, LayerRef, resolve_layers
+from modeldoctor.core.layers import FeatureCapture, LayerRef, resolve_layers, train_mode
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 from modeldoctor.data.masks import resize_mask
 
@@ -91,26 +91,22 @@ def dissect(model: nn.Module, split: ImageSplit, concept_masks: ConceptMasks,
     subset, concepts = _samples_with_masks(split, concept_masks)
     size = tuple(subset.dataset[0][0].shape[-2:])
     loader = make_loader(subset, batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureCapture(model, names) as cap, torch.no_grad():
-            tops = _top_activations(model, cap, loader, len(subset), quantile)
-            thresholds = {n: activation_threshold(t) for n, t in tops.items()}
-            counts = {n: (torch.zeros(len(t), len(concepts)), torch.zeros(len(t))) for n, t in thresholds.items()}
-            concept_area = torch.zeros(len(concepts))
-            for batch in loader:
-                x, _, index = unpack_batch(batch)
-                cap.reset()
-                model(x)
-                masks = _mask_batch(split, index, concept_masks, concepts, size)
-                concept_area += masks.sum((0, 2))
-                for n in names:
-                    inter, area = _unit_counts(cap.captured[n], thresholds[n], masks, size)
-                    counts[n][0].add_(inter)
-                    counts[n][1].add_(area)
-    finally:
-        model.train(was_training)
+    with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
+        tops = _top_activations(model, cap, loader, len(subset), quantile)
+        thresholds = {n: activation_threshold(t) for n, t in tops.items()}
+        counts = {n: (torch.zeros(len(t), len(concepts)), torch.zeros(len(t))) for n, t in thresholds.items()}
+        concept_area = torch.zeros(len(concepts))
+        for batch in loader:
+            x, _, index = unpack_batch(batch)
+            assert index is not None  # ImageSplit items carry their index
+            cap.reset()
+            model(x)
+            masks = _mask_batch(split, index, concept_masks, concepts, size)
+            concept_area += masks.sum((0, 2))
+            for n in names:
+                inter, area = _unit_counts(cap.captured[n], thresholds[n], masks, size)
+                counts[n][0].add_(inter)
+                counts[n][1].add_(area)
     return {n: LayerDissection(n, concepts, thresholds[n], counts[n][0],
                                counts[n][1][:, None] + concept_area[None, :] - counts[n][0], len(subset))
             for n in names}

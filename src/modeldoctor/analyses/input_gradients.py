@@ -1,4 +1,5 @@
-"""Input-gradient regularisers: double backpropagation (Kim et al. §3.3) and the masked "Right for the Right Reasons" penalty.
+"""Input-gradient regularisers: double backpropagation (Kim et al. §3.3) and the masked "Right for the Right
+Reasons" penalty.
 
 * Double backpropagation (Drucker & LeCun; Ross & Doshi-Velez 2018), Kim et al. §3.3:
   ``θ* = argmin Σ_n H(y_n, ŷ_n) + λ Σ_n Σ_d (∂H(y_n, ŷ_n)/∂x_nd)²``.

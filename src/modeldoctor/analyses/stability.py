@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 from modeldoctor.analyses.adversarial import fgsm
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import atomic_path
-from modeldoctor.core.layers import FeatureCapture, resolve_layers
+from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.replay import NoiseReplay, draw_noise
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
@@ -56,11 +57,9 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
                             batch_size: int = 256) -> AdversarialSet:
     """FGSM (``ε`` raw) on the first ``max_samples`` images of ``split``; keeps the correctly classified images
     and those adversarials that change the prediction.  Eval mode; the model's mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
     clean, labels, adv, source, false = [], [], [], [], []
     seen = kept = 0
-    try:
+    with train_mode(model, False):
         for batch in make_loader(split, batch_size):
             if max_samples is not None and seen >= max_samples:
                 break
@@ -83,8 +82,6 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
             false.append(pred[flipped])
             source.append(torch.nonzero(flipped).flatten() + kept)
             kept += len(y)
-    finally:
-        model.train(was_training)
     if kept == 0:
         raise UserError("the model classifies none of the chosen images correctly; check the checkpoint and --data")
     return AdversarialSet(torch.cat(clean), torch.cat(labels), torch.cat(adv), torch.cat(source), torch.cat(false), eps)
@@ -94,17 +91,13 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
 def activation_std(model: nn.Module, images: torch.Tensor, layers: Sequence[str], batch_size: int = 256) -> dict[str, float]:
     """Standard deviation of each layer's output over all elements of ``images``' feature maps (eval mode)."""
     sums = {name: torch.zeros(3, dtype=torch.float64) for name in layers}
-    was_training = model.training
-    model.eval()
-    try:
+    with train_mode(model, False):
         for start in range(0, len(images), batch_size):
             with FeatureCapture(model, layers) as cap:
                 model(images[start:start + batch_size])
             for name in layers:
                 f = cap.captured[name].double()
                 sums[name] += torch.stack([f.new_tensor(f.numel()), f.sum(), f.pow(2).sum()])
-    finally:
-        model.train(was_training)
     return {name: float(((s[2] - s[1] ** 2 / s[0]) / (s[0] - 1)).clamp_min(0).sqrt()) for name, s in sums.items()}
 
 
@@ -119,10 +112,9 @@ def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[s
     """
     replay = NoiseReplay(model, list(layers))
     generator = torch.Generator().manual_seed(seed)
-    clean, noisy = [], {name: [] for name in replay.layers}
-    was_training = model.training
-    model.eval()
-    try:
+    clean: list[torch.Tensor] = []
+    noisy: dict[str, list[torch.Tensor]] = {name: [] for name in replay.layers}
+    with train_mode(model, False):
         for start in range(0, len(images), batch_size):
             with torch.no_grad():
                 state = replay.forward(images[start:start + batch_size])
@@ -137,8 +129,6 @@ def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[s
                         logits = select_logits(replay.replay_tail(state, name, flat, draws))
                     per_delta.append(logits.argmax(1).view(draws, len(feature)))
                 noisy[name].append(torch.stack(per_delta))
-    finally:
-        model.train(was_training)
     return torch.cat(clean), {name: torch.cat(p, dim=2) for name, p in noisy.items()}
 
 
@@ -184,7 +174,8 @@ def discovery2(model: nn.Module, split: ImageSplit, eps: float = 0.1, layers: st
     calibration = halves(len(data.labels), seed)
     adv_calibration = calibration[data.source]
     true_of_adv = data.labels[data.source]
-    curves, choices = {}, []
+    curves: dict[str, dict[str, Any]] = {}
+    choices: list[tuple[float, int, int, str]] = []
     for name in names:
         s_clean = flip_score(clean_noisy[name], data.labels)
         s_adv = flip_score(adv_noisy[name], data.false_labels)

@@ -7,12 +7,15 @@ human summary.  Progress and logs go to stderr.  A :class:`UserError` becomes on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import logging
 import math
 import pkgutil
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from modeldoctor.cli import commands
@@ -32,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in command_names():
         module = importlib.import_module(f"modeldoctor.cli.commands.{name}")
-        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0], description=module.__doc__)
+        doc = module.__doc__ or name
+        p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc)
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.set_defaults(run=module.run)
@@ -65,11 +69,37 @@ def _human(result: dict[str, Any], indent: str = "") -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _stderr_reporting(command: str) -> Iterator[None]:
+    """What the library logs (INFO and up) and warns reaches stderr as one plain line each, for this command only."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"modeldoctor {command}: %(message)s"))
+    package = logging.getLogger("modeldoctor")
+    level, propagate = package.level, package.propagate
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+        print(f"modeldoctor {command}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+        package.removeHandler(handler)
+        package.setLevel(level)
+        package.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.run(args)
+        with _stderr_reporting(args.command):
+            result = args.run(args)
     except UserError as exc:
         print(f"modeldoctor {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,5 @@
 """One exception type for mistakes a user can fix; the CLI turns it into one line and exit code 2."""
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input from the user: the message names the problem and the fix, on one line."""

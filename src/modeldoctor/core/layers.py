@@ -126,13 +126,8 @@ class FeatureCapture(LayerHooks):
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
     """Candidate layers (every Conv2d) with output shapes for one probe input, like timm's ``feature_info``."""
     names = conv_layer_names(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureCapture(model, names) as cap, torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
+    with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
+        model(torch.zeros(1, *input_shape))
     return [LayerInfo(n, type(model.get_submodule(n)).__name__, i, tuple(cap.captured[n].shape[1:]))
             for i, n in enumerate(names)]
 

@@ -14,8 +14,8 @@ at the cost of the head.
 from __future__ import annotations
 
 import contextlib
+import logging
 import operator
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +27,8 @@ from torch import nn
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerHooks, LayerRef, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
+
+logger = logging.getLogger(__name__)
 
 Output = Literal["logit", "prob"]
 _INPLACE_FUNCTIONS = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
@@ -146,6 +148,7 @@ class NoiseReplay:
         if self.uses_fallback or not state.env:
             return self._full_pass_with(state.x, layer, flat_noisy, J)
         gm = self._graph(state.training)
+        assert gm is not None  # state.env is only filled by a traced graph
         split = _node_of(gm, layer)
         batched = _batched_nodes(gm)
         env: dict[fx.Node, Any] = {split: flat_noisy}
@@ -215,7 +218,7 @@ class NoiseReplay:
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
-        print(f"modeldoctor: {reason}; using full batched passes instead (same numbers, slower)", file=sys.stderr)
+        logger.info("%s; using full batched passes instead (same numbers, slower)", reason)
 
 
 def draw_noise(feature: torch.Tensor, J: int, delta: float, generator: torch.Generator | None = None,
@@ -248,15 +251,17 @@ def _run_graph(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict[fx.Node, Any],
 
 
 def _call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
+    target = node.target
     if node.op == "call_function":
-        return node.target(*args, **kwargs)
+        assert callable(target)
+        return target(*args, **kwargs)
+    assert isinstance(target, str)  # modules, methods and attributes are addressed by name
+    if node.op == "call_module":
+        return gm.get_submodule(target)(*args, **kwargs)
     if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return getattr(args[0], target)(*args[1:], **kwargs)
     if node.op == "get_attr":
-        return gm.get_parameter(node.target) if node.target in dict(gm.named_parameters()) else \
-            _fetch_attr(gm, node.target)
+        return gm.get_parameter(target) if target in dict(gm.named_parameters()) else _fetch_attr(gm, target)
     raise UserError(f"unsupported graph node {node.op}")
 
 
@@ -319,12 +324,12 @@ def _no_inplace(model: nn.Module) -> Iterator[None]:
     """Temporarily turn ``inplace=True`` modules (ReLU etc.) out-of-place; restored afterwards."""
     changed = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     for m in changed:
-        m.inplace = False
+        setattr(m, "inplace", False)  # noqa: B010 (nn.Module's attribute typing does not know inplace)
     try:
         yield
     finally:
         for m in changed:
-            m.inplace = True
+            setattr(m, "inplace", True)  # noqa: B010
 
 
 @contextlib.contextmanager

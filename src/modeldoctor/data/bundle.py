@@ -7,6 +7,7 @@ per-sample results attach to a stable id.  Images are normalised with the statis
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -36,10 +37,25 @@ class ImageSplit(Dataset):
         return len(self.ids)
 
     def raw(self, i: int) -> torch.Tensor:
-        return self.images[i] if self.images is not None else self._loader(i)
+        if self.images is not None:
+            return self.images[i]
+        assert self._loader is not None  # the constructor takes images or a loader
+        return self._loader(i)
+
+    def subset(self, rows: Sequence[int]) -> ImageSplit:
+        """The split restricted to ``rows`` (same normalisation; ids kept, indices renumbered)."""
+        rows = [int(r) for r in rows]
+        images = self.images[rows] if self.images is not None else None
+        loader = None if self.images is not None else functools.partial(_load_row, self, rows)
+        return ImageSplit(self.labels[rows].tolist(), [self.ids[r] for r in rows], self.mean.flatten().tolist(),
+                          self.std.flatten().tolist(), images=images, loader=loader)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         return (self.raw(i) - self.mean) / self.std, int(self.labels[i]), i
+
+
+def _load_row(split: ImageSplit, rows: list[int], i: int) -> torch.Tensor:
+    return split.raw(rows[i])
 
 
 @dataclass
@@ -119,4 +135,5 @@ def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids
     mean = images[train_idx].mean(dim=(0, 2, 3)).tolist()
     std = images[train_idx].std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     splits = [ImageSplit(labels[p], [ids[i] for i in p], mean, std, images=images[p]) for p in parts]
-    return DataBundle(spec, class_names, images.shape[1], size, mean, std, *splits, masks=masks or {})
+    return DataBundle(spec, class_names, images.shape[1], size, mean, std, splits[0], splits[1], splits[2],
+                      masks=masks or {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -121,13 +121,13 @@ def load_boxes(path: str | Path, ids: Iterable[str], size: int) -> dict[str, tor
         raise UserError(f"box file {p} does not exist; pass --boxes FILE (CSV or JSON: id, x0, y0, x1, y1)")
     try:
         rows = json.loads(p.read_text("utf-8")) if p.suffix.lower() == ".json" else list(csv.DictReader(p.open()))
-        boxes = [(str(r["id"]), *(float(r[k]) for k in ("x0", "y0", "x1", "y1"))) for r in rows]
+        boxes = [(str(r["id"]), tuple(float(r[k]) for k in ("x0", "y0", "x1", "y1"))) for r in rows]
     except (KeyError, ValueError, TypeError) as exc:
         raise UserError(f"{p} is not a box file ({type(exc).__name__}: {exc}); "
                         "give id,x0,y0,x1,y1 per row in input pixels") from None
     wanted = set(ids)
     found: dict[str, torch.Tensor] = {}
-    for sid, x0, y0, x1, y1 in boxes:
+    for sid, (x0, y0, x1, y1) in boxes:
         if sid not in wanted:
             continue
         if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
@@ -156,7 +156,7 @@ def check_masks(masks: dict[str, torch.Tensor], size: int) -> dict[str, torch.Te
             kept[sid] = m.bool()
     for what, bad in (("empty", empty), ("covering the whole image", full)):
         if bad:
-            print(f"modeldoctor: warning: ignoring {len(bad)} mask(s) {what} (e.g. {bad[0]})", file=sys.stderr)
+            warnings.warn(f"ignoring {len(bad)} mask(s) {what} (e.g. {bad[0]})", UserWarning, stacklevel=2)
     if masks and not kept:
         raise UserError("no usable mask: every mask is empty or covers the whole image; foreground must be non-zero")
     return kept

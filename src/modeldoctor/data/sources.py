@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +43,8 @@ def _load_image_file(path: Path, size: int, channels: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
+        resized = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(resized, dtype=np.float32) / 255.0
     t = torch.from_numpy(arr)
     return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1)
 
@@ -90,9 +90,12 @@ def load_imagefolder(arg: str, input_size: int | None) -> DataBundle:
     splits = []
     for paths, labels in groups:
         ids = [str(p.relative_to(root)) for p in paths]
-        splits.append(ImageSplit(labels, ids, mean, std,
-                                 loader=lambda i, ps=paths: _load_image_file(ps[i], size, channels)))
-    return DataBundle(f"imagefolder:{arg}", class_names, channels, size, mean, std, *splits)
+        splits.append(ImageSplit(labels, ids, mean, std, loader=functools.partial(_load_from, paths, size, channels)))
+    return DataBundle(f"imagefolder:{arg}", class_names, channels, size, mean, std, splits[0], splits[1], splits[2])
+
+
+def _load_from(paths: Sequence[Path], size: int, channels: int, i: int) -> torch.Tensor:
+    return _load_image_file(paths[i], size, channels)
 
 
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10",
@@ -140,7 +143,7 @@ LOADERS: dict[str, Callable[[str, int | None], DataBundle]] = {
     "imagefolder": load_imagefolder,
     "shortcut-mnist": load_shortcut_mnist,
     "border-mnist": load_border_mnist,
-    **{n: (lambda arg, size, n=n: load_torchvision(n, arg, size)) for n in TORCHVISION_SETS},
+    **{n: functools.partial(load_torchvision, n) for n in TORCHVISION_SETS},
 }
 
 

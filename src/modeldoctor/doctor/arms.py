@@ -43,7 +43,7 @@ def weight_change(model: nn.Module, start: nn.Module) -> dict[str, float]:
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and name in before:
-            w0 = before[name].weight.detach()  # type: ignore[union-attr]
+            w0 = before[name].weight.detach()
             change[name] = float((weight.detach() - w0).norm() / w0.norm().clamp_min(1e-12))
     return change
 
@@ -64,14 +64,13 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     ``model`` itself is left unchanged.  With ``state_dir`` each arm's training state is saved per epoch.
     """
     held: list[int] = []
+    train_bank: MaskBank | None = bank
     if bank is not None and cfg.holdout_annotated > 0:
         used, held = holdout_split(bank.pool, data.train.labels, cfg.holdout_annotated, train_cfg.seed)
         train_bank = bank.restricted(used)
-    else:
-        train_bank = bank
     swap = swap_split(data, bank, held, train_cfg.seed) if bank is not None else None
     select = cfg.select if (cfg.select != "swap" or swap is not None) else "val"
-    chooser = swap if select == "swap" else data.val
+    chooser = swap if select == "swap" and swap is not None else data.val
     mixer = batch_mixer(data.train, train_bank.pool, cfg.mix_annotated, train_cfg.seed) if train_bank else None
     input_shape = (data.in_channels, data.input_size, data.input_size)
     suffix = "" if train_cfg.seed == 0 else f"-seed{train_cfg.seed}"

@@ -12,7 +12,7 @@ between layers and models, and a fixed δ would be negligible for one layer and 
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 import zlib
 from collections.abc import Sequence
@@ -37,6 +37,8 @@ from modeldoctor.doctor.selection import (
     score_samples,
 )
 from modeldoctor.models.checkpoint import weights_hash
+
+logger = logging.getLogger(__name__)
 
 Reduce = Literal["abs", "relu"]
 
@@ -228,8 +230,8 @@ def _accumulate(replay: NoiseReplay, dataset: Dataset, scores: SampleScores, cho
     confidence = ranking_confidence(scores, opts.target)
     order = [(c, row, rank) for c, rows in chosen.items() for rank, row in enumerate(rows.tolist())]
     ids = sample_ids(dataset, [int(scores.position[row]) for _, row, _ in order])
-    for k in ("load", "forward", "reduce", *(f"replay:{n}" for n in replay.layers)):
-        timings.setdefault(k, 0.0)
+    for step in ("load", "forward", "reduce", *(f"replay:{n}" for n in replay.layers)):
+        timings.setdefault(step, 0.0)
     batches = range(0, len(order), batch_size)
     for start in batches:
         part = order[start:start + batch_size]
@@ -262,7 +264,7 @@ def _accumulate(replay: NoiseReplay, dataset: Dataset, scores: SampleScores, cho
                 diagnosis.profile_confidence[c, rank] = confidence[row]
                 diagnosis.profile_ids[c][rank] = ids[start + k]
         if progress:
-            print(f"diagnose: {min(start + batch_size, len(order))}/{len(order)} samples", file=sys.stderr)
+            logger.info("diagnose: %d/%d samples", min(start + batch_size, len(order)), len(order))
 
 
 def _differences(a: Diagnosis, b: Diagnosis) -> list[str]:

@@ -110,8 +110,8 @@ def save_overlay(path: str | Path, raw_image: torch.Tensor, derivative_map: torc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    img = raw_image.detach().cpu().clamp(0, 1)
-    img = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+    pixels = raw_image.detach().cpu().clamp(0, 1)
+    img = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
     cmap_img = "gray" if img.ndim == 2 else None
     heat = derivative_map.detach().cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))

@@ -7,6 +7,7 @@ row and keeps channels ≥ 0.2 (an earlier version: ≥ the class mean).  All me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -58,7 +59,8 @@ def by_mass(correlation: torch.Tensor, fraction: float = 0.9) -> torch.Tensor:
 
 def relevant_kernels(correlation: torch.Tensor, method: str = DEFAULT_METHOD, **params: Any) -> torch.Tensor:
     """Bool mask [num_classes, channels] by ``method`` (minmax θ, threshold v, mean, topk k, mass fraction)."""
-    funcs = {"minmax": by_minmax, "threshold": by_threshold, "mean": by_mean, "topk": by_topk, "mass": by_mass}
+    funcs: dict[str, Callable[..., torch.Tensor]] = {"minmax": by_minmax, "threshold": by_threshold,
+                                                     "mean": by_mean, "topk": by_topk, "mass": by_mass}
     if method not in funcs:
         raise UserError(f"unknown relevance method {method!r}; choose one of {', '.join(METHODS)}")
     allowed = DEFAULT_PARAMS[method]

@@ -170,7 +170,7 @@ class TreatmentLoss:
         """Σ_r L_ch^r (Eq. 5) on a batch whose forward state is ``state``."""
         first = first_classes(state.logits, y, self.cfg.first)
         second, weight = competitor_classes(state.logits, y, first, self.cfg.competitor)
-        form = "paper" if self.cfg.form == "paper" else "share"
+        form: Literal["paper", "share"] = "paper" if self.cfg.form == "paper" else "share"
         total = state.logits.new_zeros(())
         for layer in self.channel_layers:
             g = self._gradients(state, layer, [first, second])
@@ -194,7 +194,7 @@ class TreatmentLoss:
             for layer in self.space_layers:
                 feature = state.features[layer]
                 (g,) = self._gradients(state, layer, [target])
-                bg = self._background(masks, layer, tuple(feature.shape[-2:]))
+                bg = self._background(masks, layer, (feature.shape[-2], feature.shape[-1]))
                 total = total + spatial_constraint(g, bg, form=self.cfg.form, features=feature)  # type: ignore[arg-type]
         return total
 

@@ -8,8 +8,8 @@ plus ``profile_index`` int64 and ``profile_confidence`` float32 [classes, P].
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from modeldoctor.core.outputs import select_logits
 from modeldoctor.doctor.diagnosis import Diagnosis, DiagnosisOptions, LayerDiagnosis
 from modeldoctor.doctor.discovery import discovery_statistics
 from modeldoctor.models.checkpoint import weights_hash
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "modeldoctor-diagnosis/1"
 TENSORS = "diagnosis.safetensors"
@@ -133,4 +135,4 @@ def check_matches(diagnosis: Diagnosis, model: nn.Module, require_same_weights: 
         message = f"{where} was computed for other weights of this architecture"
         if require_same_weights:
             raise UserError(f"{message}; diagnose this model again")
-        print(f"modeldoctor: note: {message}", file=sys.stderr)
+        logger.warning("%s", message)

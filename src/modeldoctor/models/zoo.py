@@ -186,8 +186,9 @@ def _build_user(spec: str, num_classes: int, in_channels: int) -> nn.Module:
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
-            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                            module.dilation, module.groups if module.groups == 1 else in_channels,
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size,  # type: ignore[arg-type]
+                            module.stride, module.padding, module.dilation,  # type: ignore[arg-type]
+                            module.groups if module.groups == 1 else in_channels,
                             module.bias is not None, module.padding_mode)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, new)

@@ -6,7 +6,7 @@ Sections appear only when their data exists.  Numbers come from the saved files;
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from modeldoctor.report import figures
 from modeldoctor.report.collect import RunFiles, find_outputs
 from modeldoctor.report.html import Section, render, table
 from modeldoctor.report.images import ModelSet, annotation_section, attention_sections, load_models
+
+logger = logging.getLogger(__name__)
 
 MAX_HEATMAPS = 4
 ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition",
@@ -68,8 +70,8 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
         for fig in section.figures:
             write_bytes(fig_dir / f"{fig.name}.png", fig.png)
     write_text(target, page)
-    print(f"modeldoctor report: {len(sections)} sections, "
-          f"{sum(len(s.figures) for s in sections)} figures → {target}", file=sys.stderr)
+    logger.info("report: %d sections, %d figures → %s", len(sections), sum(len(s.figures) for s in sections),
+                target)
     return target
 
 

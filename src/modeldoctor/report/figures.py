@@ -193,8 +193,8 @@ def per_class_accuracy(class_names: Sequence[str], runs: Mapping[str, tuple[np.n
             title += f" — within the spread over {seeds} seeds"
     bottom.set_xticks(x, class_names)
     bottom.set(xlabel="class")
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread available)"
-    caption = f"Original, control (same fine-tuning without the constraints) and treated models; {spread}."
+    spread_text = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed (no spread available)"
+    caption = f"Original, control (same fine-tuning without the constraints) and treated models; {spread_text}."
     return _render(fig, f"per_class_accuracy_{split}", title, caption)
 
 

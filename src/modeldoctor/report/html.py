@@ -1,7 +1,8 @@
 """One self-contained HTML page: inline CSS, figures as base64 PNG, no script or style from elsewhere.
 
 A small inline script records, once the page has loaded, how many ``<img>`` decoded (``naturalWidth > 0``)
-and how many errors happened (script errors, failed resources, ``console.error`` calls), as ``data-*`` attributes on ``<body>`` — what the browser test reads.
+and how many errors happened (script errors, failed resources, ``console.error`` calls), as ``data-*``
+attributes on ``<body>`` — what the browser test reads.
 """
 
 from __future__ import annotations

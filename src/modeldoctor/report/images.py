@@ -7,7 +7,7 @@ re-loaded from the spec the checkpoint records, normalised with the checkpoint's
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from modeldoctor.report.collect import RunFiles
 from modeldoctor.report.html import Section, table
 from modeldoctor.training import predict
 
+logger = logging.getLogger(__name__)
+
 MAX_BACKGROUND_IMAGES = 500
 CLEAR_DIFFERENCE = 0.01  # background shares closer than one percentage point are called "similar" in titles
 
@@ -39,6 +41,12 @@ class ModelSet:
     meta: CheckpointMeta | None = None
     bundle: DataBundle | None = None
     arms: dict[str, nn.Module] = field(default_factory=dict)  # "control", "treated"
+
+    def loaded(self) -> tuple[nn.Module, DataBundle]:
+        """The original model and its data; only call when :func:`load_models` found them."""
+        if self.original is None or self.bundle is None:
+            raise UserError("the run directory has no loadable original checkpoint; run without image figures")
+        return self.original, self.bundle
 
 
 def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
@@ -62,22 +70,24 @@ def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
                 break
         if models.original is None:
             return models
+        assert models.meta is not None  # set together with models.original
         models.bundle = data_for(models.meta, None)
         for arm, path in arm_paths.items():
             if path.is_file():
                 models.arms[arm] = load_checkpoint(path)[0]
     except UserError as exc:
-        print(f"modeldoctor report: skipping image figures ({exc})", file=sys.stderr)
+        logger.warning("report: skipping image figures (%s)", exc)
         return ModelSet()
     return models
 
 
 def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) -> list[Section]:
     """Fig. 2b (high vs low confidence with summed derivative maps), background share, and Fig. 5 before/after."""
+    original, bundle = models.loaded()
     layer = max(diagnosis.layers.values(), key=lambda ln: ln.depth).name
-    test = models.bundle.test
-    names = models.bundle.class_names
-    logits, labels = predict(models.original, test)
+    test = bundle.test
+    names = bundle.class_names
+    logits, labels = predict(original, test)
     pred = logits.argmax(1)
     conf_true = logits.softmax(1).gather(1, labels.view(-1, 1)).squeeze(1)
     high = [int(i) for i in torch.argsort(torch.where(pred == labels, -conf_true, 1.0), stable=True)[:max_images]]
@@ -85,7 +95,7 @@ def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) 
 
     def block(index: list[int], kind: str) -> list[tuple]:
         raw = [test.raw(i).numpy() for i in index]
-        maps = list(summed_derivative_map(models.original, torch.stack([test[i][0] for i in index]), layer).numpy())
+        maps = list(summed_derivative_map(original, torch.stack([test[i][0] for i in index]), layer).numpy())
         titles = [f"{names[int(labels[i])]}→{names[int(pred[i])]}  p={float(conf_true[i]):.2f}" for i in index]
         return [(f"{kind}\nimage", raw, [None] * len(raw), titles), (f"{kind}\nΣ|∂ŷ/∂m|", raw, maps, [""] * len(raw))]
 
@@ -118,15 +128,16 @@ def attention_sections(models: ModelSet, diagnosis: Diagnosis, max_images: int) 
 def _before_after(models: ModelSet, layer: str, index: list[int], names: list[str],
                   shares: tuple[dict[str, np.ndarray], float, list[int]] | None) -> Section:
     """Fig. 5: the same hesitant test images, maps of original / control / treated, and Grad-CAM."""
-    test = models.bundle.test
+    original, bundle = models.loaded()
+    test = bundle.test
     x = torch.stack([test[i][0] for i in index])
     target = test.labels[index]
     raw = [test.raw(i).numpy() for i in index]
     blank = [""] * len(index)
     rows = [("image", raw, [None] * len(raw), [f"true {names[int(t)]}" for t in target])]
-    for name, model in [("original", models.original)] + sorted(models.arms.items()):
+    for name, model in [("original", original)] + sorted(models.arms.items()):
         rows.append((f"{name}\nΣ|∂ŷ/∂m|", raw, list(summed_derivative_map(model, x, layer, target).numpy()), blank))
-    for name, model in [("original", models.original)] + [(n, m) for n, m in models.arms.items() if n == "treated"]:
+    for name, model in [("original", original)] + [(n, m) for n, m in models.arms.items() if n == "treated"]:
         rows.append((f"{name}\nGrad-CAM", raw, list(grad_cam(model, x, None, target).numpy()), blank))
     section = Section("before-after", "Before and after treatment: the same hesitant images",
                       f"Maps of the true class at {layer} for the original, control and treated models, and Grad-CAM "
@@ -153,7 +164,8 @@ def _background_shares(models: ModelSet, layer: str, include: list[int]
                        ) -> tuple[dict[str, np.ndarray], float, list[int]] | None:
     """Per test image with a mask (the first 500, plus ``include``): the summed derivative map's mass outside the
     object / its total, per model; the background's share of the pixels; and the test indices used."""
-    test, masks = models.bundle.test, models.bundle.masks
+    original, bundle = models.loaded()
+    test, masks = bundle.test, bundle.masks
     index = sorted(set(range(min(len(test), MAX_BACKGROUND_IMAGES))) | set(include))
     index = [i for i in index if test.ids[i] in masks]
     if not index:
@@ -164,7 +176,7 @@ def _background_shares(models: ModelSet, layer: str, include: list[int]
     if obj.shape[-2:] != x.shape[-2:]:
         return None
     result = {}
-    for name, model in [("original", models.original)] + sorted(models.arms.items()):
+    for name, model in [("original", original)] + sorted(models.arms.items()):
         maps = torch.cat([summed_derivative_map(model, xb, layer, tb) for xb, tb in zip(x.split(128), target.split(128))])
         result[name] = np.array([background_share(m, o) for m, o in zip(maps, obj)])
     return result, float((~obj).float().mean()), index

@@ -14,13 +14,12 @@ import io
 import sys
 from typing import Any
 
-from torch.utils.data import Dataset, Subset
-
 from modeldoctor.analyses.ablation import intervention_table, rank_units, unit_deletion
 from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import read_json, write_json, write_text
 from modeldoctor.core.layers import default_layer, resolve_layer
+from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.io.loading import load_model_and_data
 
 
@@ -71,14 +70,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def evenly_spaced(split: Dataset, limit: int | None) -> Dataset:
+def evenly_spaced(split: ImageSplit, limit: int | None) -> ImageSplit:
     """At most ``limit`` samples spread over the whole split (splits are sorted by id, often by class)."""
     if limit is None or limit >= len(split):
         return split
     if limit < 1:
         raise UserError(f"--max-samples must be at least 1, got {limit}")
     step = len(split) / limit
-    return Subset(split, [int(i * step) for i in range(limit)])
+    return split.subset([int(i * step) for i in range(limit)])
 
 
 def units_csv(result, class_names: list[str]) -> str:

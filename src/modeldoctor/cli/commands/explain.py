@@ -3,7 +3,8 @@
 The image is a sample of a split (--sample ID) or an image file (--image PATH).  With an object mask
 (the dataset's own, or --mask PNG: white = object) it also reports the share of Σ_k |∂ŷ/∂m_k| on the background.
 
-Example: modeldoctor explain --checkpoint runs/base/model.pt --diagnosis runs/base/diagnosis --sample mnist5k-0007 --out runs/explain
+Example: modeldoctor explain --checkpoint runs/base/model.pt --diagnosis runs/base/diagnosis \
+    --sample mnist5k-0007 --out runs/explain
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     ex = explain_image(model, image, diagnosis, args.layer, label, mask, args.top, seed_index)
     names = diagnosis.class_names
     out = out_dir(args, args.diagnosis)
+    assert out is not None  # --out is required
     title = f"{name}: predicted {names[ex.prediction]} ({ex.confidence:.2f})" + \
         (f", true {names[ex.label]}" if ex.label is not None else "")
     png = save_overlay(out / f"explain-{_safe(name)}.png", raw, ex.derivative_map, mask, title)

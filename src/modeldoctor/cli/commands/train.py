@@ -47,6 +47,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> dict:
     out = out_dir(args)
+    assert out is not None  # --out is required
     cfg = config_from_args(args)
     bundle = _load_bundle(args)
     torch.manual_seed(cfg.seed)

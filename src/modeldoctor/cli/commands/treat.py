@@ -83,10 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     out = out_dir(args)
+    assert out is not None  # --out is required
     constraints = tuple(c.strip() for c in args.constraints.split(",") if c.strip())
     space_default, channel_default = default_layers(model, (bundle.in_channels, bundle.input_size, bundle.input_size))
-    lams = {k: _lam(args.lam) if args.lam is not None else getattr(args, k)
-            for k in ("lam_space", "lam_channel", "lam_input_gradient")}
+    lams: dict[str, Any] = {k: _lam(args.lam) if args.lam is not None else getattr(args, k)
+                            for k in ("lam_space", "lam_channel", "lam_input_gradient")}
     cfg = TreatConfig(
         constraints=constraints, space_layers=_names(args.space_layers) or space_default,
         channel_layers=_names(args.channel_layers) or channel_default, **lams, lam_fraction=args.lam_fraction,
@@ -114,8 +115,9 @@ def run(args: argparse.Namespace) -> dict:
             arm_model, metrics = tuned[arm]
             runs[arm].append(metrics)
             arm_cfg = cfg if arm == "treated" else control_config(cfg)
-            child = CheckpointMeta(**{**meta.__dict__, "train_config": train_cfg.to_dict() | {"treatment": arm_cfg.to_dict()},
-                                      "metrics": metrics, "parent": str(Path(args.checkpoint).resolve())})
+            recipe = train_cfg.to_dict() | {"treatment": arm_cfg.to_dict()}
+            child = CheckpointMeta(**{**meta.__dict__, "train_config": recipe, "metrics": metrics,
+                                      "parent": str(Path(args.checkpoint).resolve())})
             save_checkpoint(out / f"{arm}{suffix}.pt", arm_model, child, protect=(args.checkpoint,))
             print(f"{arm} seed {seed}: val {metrics['val']['accuracy']:.4f} test {metrics['test']['accuracy']:.4f}",
                   file=sys.stderr)
