@@ -23,8 +23,9 @@ torch.set_num_threads(1)
 from modeldoctor.core.files import write_json  # noqa: E402
 from modeldoctor.data.bundle import ImageSplit  # noqa: E402
 from modeldoctor.data.sources import load_data  # noqa: E402
+from modeldoctor.doctor.arms import split_metrics  # noqa: E402
 from modeldoctor.doctor.diagnosis import diagnose  # noqa: E402
-from modeldoctor.doctor.treatment import TreatConfig, finetune, split_metrics, treatment_loss  # noqa: E402
+from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss  # noqa: E402
 from modeldoctor.models.zoo import build_model  # noqa: E402
 from modeldoctor.training import TrainConfig, fit  # noqa: E402
 
@@ -61,8 +62,9 @@ def main() -> None:
             for arm in arms:
                 tuned = copy.deepcopy(model)
                 constraints = ("channel",) if arm == "channel" else ()
-                loss_fn = treatment_loss(tuned, TreatConfig(constraints=constraints, channel_layers=[layer]), relevant)
-                finetune(tuned, train, bundle.val, 10, cfg, loss_fn, desc=f"{name} {arm} {seed}")
+                treat_cfg = TreatConfig(constraints=constraints, channel_layers=[layer], lam_channel=1.0, mix_annotated=0)
+                loss_fn = TreatmentLoss(tuned, treat_cfg, (1, 28, 28), relevant)
+                fit(tuned, train, bundle.val, 10, cfg, loss_fn=loss_fn, desc=f"{name} {arm} {seed}")
                 arms[arm].append(split_metrics(tuned, bundle.val, bundle.test, 10)["test"]["accuracy"])
                 print(f"{name} {arm} seed {seed}: test {arms[arm][-1]:.4f}", file=sys.stderr, flush=True)
         report[name] = {"original_test": original["test"]["accuracy"], "train_images": len(train),
