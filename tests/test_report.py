@@ -22,7 +22,7 @@ from modeldoctor.data.sources import register_dataset
 from modeldoctor.doctor.diagnosis import diagnose
 from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.report import report
-from modeldoctor.report.figures import kernel_order, kernels_for_mass
+from modeldoctor.report.figures import kernel_order
 
 SECTIONS = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
 
@@ -128,7 +128,6 @@ def test_kernel_order_makes_a_staircase() -> None:
     abar = np.array([[0.0, 5.0, 0.0, 1.0], [4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
     order = kernel_order(abar)
     assert order.tolist() == [1, 0, 2, 3]  # by the class each kernel serves most (rows min-max scaled), then strength
-    assert [kernels_for_mass(r) for r in abar] == [2, 1, 2]
 
 
 def test_grad_cam_of_gap_linear_tail_is_the_cam() -> None:

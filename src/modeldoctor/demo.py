@@ -57,7 +57,7 @@ QUICK = DemoSettings(train_epochs=2, finetune_epochs=1, samples_per_class=10, no
 
 
 def log(message: str) -> None:
-    logger.info("demo: %s", message)
+    logger.info("%s", message)
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from torch import nn
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, train_mode
 from modeldoctor.core.outputs import select_logits
+from modeldoctor.core.stats import leading_mass
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 
 Count = int | float
@@ -78,22 +79,14 @@ def final_features(model: nn.Module, split: ImageSplit, batch_size: int = 256) -
     return FinalFeatures(torch.cat(feats), torch.cat(labels), torch.cat(logits))
 
 
-def _mass_count(sorted_desc: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Per row, the smallest number of leading (descending) values whose sum reaches ``fraction`` of the row sum."""
-    cum = sorted_desc.cumsum(1)
-    reached = cum >= fraction * cum[:, -1:].clamp_min(1e-12)
-    return reached.float().argmax(1) + 1
-
-
 def _top_mask(scores: torch.Tensor, k: Count) -> torch.Tensor:
     """Boolean mask of each row's top-k scores (ties: lower index first), k an int or a mass fraction."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True)
     if isinstance(k, float) and 0 < k < 1:
-        counts = _mass_count(order.values, k)
-    elif isinstance(k, int) and k >= 1:
-        counts = torch.full((scores.shape[0],), min(k, scores.shape[1]))
-    else:
+        return leading_mass(scores, k)
+    if not (isinstance(k, int) and k >= 1):
         raise UserError(f"k must be a positive integer or a fraction in (0, 1), got {k!r}")
+    order = torch.sort(scores, dim=1, descending=True, stable=True)
+    counts = torch.full((scores.shape[0],), min(k, scores.shape[1]))
     ranks = torch.empty_like(order.indices)
     ranks.scatter_(1, order.indices, torch.arange(scores.shape[1]).expand_as(order.indices))
     return ranks < counts.unsqueeze(1)

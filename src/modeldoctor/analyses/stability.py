@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm
@@ -138,17 +139,14 @@ def flip_score(predictions: torch.Tensor, reference: torch.Tensor) -> torch.Tens
 
 
 def auroc(positive: torch.Tensor | np.ndarray, negative: torch.Tensor | np.ndarray) -> float:
-    """Area under the ROC curve = P(score⁺ > score⁻) + ½ P(score⁺ = score⁻) (Mann–Whitney U / (n⁺ n⁻))."""
+    """Area under the ROC curve = P(score⁺ > score⁻) + ½ P(score⁺ = score⁻), from scikit-learn; NaN without
+    both kinds of sample."""
     pos = np.asarray(positive, dtype=np.float64).ravel()
     neg = np.asarray(negative, dtype=np.float64).ravel()
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    values = np.concatenate([pos, neg])
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    first_rank = np.cumsum(counts) - counts + 1  # ranks start at 1; tied values share their average rank
-    average_rank = first_rank + (counts - 1) / 2.0
-    rank_sum = average_rank[inverse[:len(pos)]].sum()
-    return float((rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    truth = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    return float(roc_auc_score(truth, np.concatenate([pos, neg])))
 
 
 def halves(n: int, seed: int) -> torch.Tensor:

@@ -264,7 +264,7 @@ def _accumulate(replay: NoiseReplay, dataset: Dataset, scores: SampleScores, cho
                 diagnosis.profile_confidence[c, rank] = confidence[row]
                 diagnosis.profile_ids[c][rank] = ids[start + k]
         if progress:
-            logger.info("diagnose: %d/%d samples", min(start + batch_size, len(order)), len(order))
+            logger.info("%d/%d samples diagnosed", min(start + batch_size, len(order)), len(order))
 
 
 def _differences(a: Diagnosis, b: Diagnosis) -> list[str]:

@@ -7,11 +7,11 @@ class profile (supp. Fig. 7); across layers, the trend of kernels-for-90% with d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from scipy import stats
 
 from modeldoctor.doctor.relevance import DEFAULT_METHOD, DEFAULT_PARAMS, by_mass, relevant_kernels
 
@@ -60,50 +60,18 @@ def profile_cosine(profiles: torch.Tensor, correlation: torch.Tensor) -> torch.T
     return torch.einsum("npk,mk->npm", unit, rows)
 
 
-def rank(values: Sequence[float]) -> list[float]:
-    """Average ranks (1-based), ties share their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation of the ranks; NaN for fewer than two points or a constant series."""
-    if len(x) < 2:
+def _correlation(test: Any, x: Sequence[float], y: Sequence[float]) -> float:
+    """A SciPy rank correlation; NaN for fewer than two points or a constant series (SciPy warns and gives NaN)."""
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
         return float("nan")
-    rx, ry = torch.tensor(rank(x)), torch.tensor(rank(y))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = float(rx.norm() * ry.norm())
-    return float((rx * ry).sum()) / denom if denom else float("nan")
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's τ-b: (concordant − discordant) / sqrt((n0 − ties_x)(n0 − ties_y))."""
-    n = len(x)
-    s, tx, ty = 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            tx += dx == 0
-            ty += dy == 0
-            s += (dx * dy > 0) - (dx * dy < 0)
-    n0 = n * (n - 1) / 2
-    denom = math.sqrt((n0 - tx) * (n0 - ty))
-    return s / denom if denom else float("nan")
+    return float(test(x, y).statistic)
 
 
 def depth_trend(depths: Sequence[int], values: Sequence[float]) -> dict[str, float]:
     """How ``values`` (e.g. mean kernels-for-90%, or its fraction of the layer's channels) move with depth."""
     first, last = values[0] if values else float("nan"), values[-1] if values else float("nan")
-    return {"spearman": spearman(depths, values), "kendall": kendall_tau(depths, values),
+    return {"spearman": _correlation(stats.spearmanr, depths, values),
+            "kendall": _correlation(stats.kendalltau, depths, values),  # τ-b, tie-corrected
             "first": first, "last": last, "first_to_last_ratio": first / last if last else float("nan")}
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 
 from modeldoctor.core.errors import UserError
+from modeldoctor.core.stats import leading_mass
 
 Method = Literal["minmax", "threshold", "mean", "topk", "mass"]
 METHODS: tuple[str, ...] = ("minmax", "threshold", "mean", "topk", "mass")
@@ -49,12 +50,7 @@ def by_mass(correlation: torch.Tensor, fraction: float = 0.9) -> torch.Tensor:
     """Per class, the smallest set of kernels whose ā holds at least ``fraction`` of the class's total ā."""
     if not 0 < fraction <= 1:
         raise UserError(f"mass fraction must be in (0, 1], got {fraction}")
-    values, order = correlation.sort(dim=1, descending=True, stable=True)  # ties: lower index first
-    total = values.sum(1, keepdim=True)
-    before = values.cumsum(1) - values  # mass of the kernels ranked above each one
-    take = before < fraction * total
-    take[:, 0] |= total.squeeze(1) <= 0  # an all-zero row still "needs" one kernel, not zero
-    return torch.zeros_like(take).scatter(1, order, take)
+    return leading_mass(correlation, fraction)
 
 
 def relevant_kernels(correlation: torch.Tensor, method: str = DEFAULT_METHOD, **params: Any) -> torch.Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import write_bytes, write_text
 from modeldoctor.doctor.diagnosis import Diagnosis, LayerDiagnosis
+from modeldoctor.doctor.discovery import kernels_for_mass
 from modeldoctor.io.diagnosis_files import load_diagnosis
 from modeldoctor.report import figures
 from modeldoctor.report.collect import RunFiles, find_outputs
@@ -70,7 +71,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
         for fig in section.figures:
             write_bytes(fig_dir / f"{fig.name}.png", fig.png)
     write_text(target, page)
-    logger.info("report: %d sections, %d figures → %s", len(sections), sum(len(s.figures) for s in sections),
+    logger.info("%d sections, %d figures → %s", len(sections), sum(len(s.figures) for s in sections),
                 target)
     return target
 
@@ -103,7 +104,7 @@ def discovery_section(diagnosis: Diagnosis) -> Section:
         section.notes.append(f"Heatmaps for {MAX_HEATMAPS} of the {len(layers)} diagnosed layers (evenly spread, "
                              "always the deepest); all are in diagnosis.safetensors.")
     if len(layers) > 1:
-        counts = [[figures.kernels_for_mass(r) for r in ln.correlation.numpy()] for ln in layers]
+        counts = [kernels_for_mass(ln.correlation.abs()).tolist() for ln in layers]
         section.figures.append(figures.mass_vs_depth([ln.name for ln in layers], counts, [ln.channels for ln in layers]))
     profile = _best_profile(diagnosis, layers[-1])
     if profile is not None:

@@ -18,6 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from modeldoctor.doctor.discovery import kernels_for_mass  # noqa: E402
 
 SEQUENTIAL = "viridis"
 OVERLAY = "inferno"
@@ -41,15 +44,6 @@ def _render(fig: plt.Figure, name: str, title: str, caption: str) -> Figure:
     return Figure(name, title, caption, buf.getvalue())
 
 
-def kernels_for_mass(row: np.ndarray, fraction: float = 0.9) -> int:
-    """Smallest number of kernels whose summed correlation reaches ``fraction`` of the row's total."""
-    values = np.sort(np.abs(row))[::-1]
-    total = values.sum()
-    if total <= 0:
-        return 0
-    return int(np.searchsorted(np.cumsum(values), fraction * total) + 1)
-
-
 def kernel_order(abar: np.ndarray) -> np.ndarray:
     """Kernels sorted by the class they correlate with most, then by that correlation (descending).
 
@@ -70,7 +64,7 @@ def row_normalise(abar: np.ndarray) -> np.ndarray:
 def correlation_heatmap(abar: np.ndarray, class_names: Sequence[str], layer: str) -> Figure:
     """Paper Fig. 2a / supp. Fig. 8–9: class × kernel correlation ā (Eq. 4), rows normalised, kernels ordered."""
     norm = row_normalise(abar)[:, kernel_order(abar)]
-    counts = [kernels_for_mass(r) for r in abar]
+    counts = kernels_for_mass(torch.from_numpy(np.abs(abar))).tolist()
     channels = abar.shape[1]
     median = float(np.median(counts))
     fig, ax = plt.subplots(figsize=(10.5, 1.2 + 0.3 * len(class_names)))

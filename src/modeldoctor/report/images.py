@@ -76,7 +76,7 @@ def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
             if path.is_file():
                 models.arms[arm] = load_checkpoint(path)[0]
     except UserError as exc:
-        logger.warning("report: skipping image figures (%s)", exc)
+        logger.warning("skipping image figures (%s)", exc)
         return ModelSet()
     return models
 
