@@ -21,12 +21,13 @@ from typing import Any
 
 import torch
 
-from modeldoctor.api import annotation_list, treat
-from modeldoctor.core.files import write_json
+from modeldoctor.api import annotation_list, treat, treatment_document
 from modeldoctor.data.sources import load_data
 from modeldoctor.doctor.arms import split_metrics
 from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import save_diagnosis
+from modeldoctor.io.documents import write_annotation_list, write_treatment
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.models.zoo import build_model
 from modeldoctor.report import report
@@ -79,7 +80,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     fit(model, data.train, data.val, data.num_classes, cfg, desc="baseline")
     meta = CheckpointMeta(MODEL, data.num_classes, data.in_channels, data.input_size, data.class_names, data.mean,
                           data.std, data.spec, cfg.to_dict(), split_metrics(model, data.val, data.test, data.num_classes))
-    checkpoint = save_checkpoint(out / "baseline" / "model.pt", model, meta)
+    checkpoint = save_checkpoint(out / "baseline" / names.MODEL, model, meta)
     lap("train")
 
     log("diagnosing every conv layer")
@@ -87,7 +88,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
                          noise_draws=settings.noise_draws, seed=seed, class_names=data.class_names, model_spec=MODEL)
     save_diagnosis(diagnosis, out / "diagnosis")
     annotate = annotation_list(model, data, per_class=settings.annotate_per_class)
-    write_json(out / "diagnosis" / "annotate.json", annotate)
+    write_annotation_list(out / "diagnosis", annotate)
     lap("diagnose")
 
     log(f"treating with {settings.annotate_per_class} masks per class, and the matched control")
@@ -100,8 +101,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
                                   "train_config": result.train_config.to_dict() | {"treatment": result.config.to_dict()
                                                                                    if arm == "treated" else None}})
         if tuned is not None:
-            save_checkpoint(out / "treat" / f"{arm}.pt", tuned, child)
-    write_json(out / "treat" / "treat.json", {"checkpoint": str(checkpoint), **result.summary()})
+            save_checkpoint(out / "treat" / names.arm_checkpoint(arm), tuned, child)
+    write_treatment(out / "treat", treatment_document([result], str(checkpoint)))
     lap("treat")
 
     html = report(out, max_images=settings.max_images)

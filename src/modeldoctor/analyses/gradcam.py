@@ -84,12 +84,21 @@ def _pool_input_gradient(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     return held[-1].detach(), grad, logits.detach()
 
 
+def derivative_map(grads: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Fig. 2(b), the summed derivative map: ``Σ_k |∂ŷ/∂m_k|`` per position, averaged over the J noise draws,
+    bilinearly upsampled to the input ``size``: (J, N, K, h, w) → (N, H, W)."""
+    per_position = grads.abs().sum(2).mean(0)
+    return F.interpolate(per_position.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
 def summed_derivative_map(model: nn.Module, x: torch.Tensor, layer: LayerRef, target: torch.Tensor | None = None,
                           upsample: bool = True) -> torch.Tensor:
-    """``Σ_k |∂ŷ/∂m_k|`` (N, H, W) at ``layer`` for class ``target`` (default: the prediction)."""
+    """:func:`derivative_map` without noise (J = 1) for a batch: (N, H, W) at ``layer`` for class ``target``
+    (default: the prediction); ``upsample=False`` keeps the layer's (N, h, w)."""
     _, grad, _ = layer_gradient(model, x, layer, target)
-    smap = grad.abs().sum(1)
-    return _to_input(smap, x) if upsample else smap
+    if not upsample:
+        return grad.abs().sum(1)
+    return derivative_map(grad.unsqueeze(0), (x.shape[-2], x.shape[-1]))
 
 
 def _to_input(maps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

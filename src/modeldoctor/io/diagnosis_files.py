@@ -25,13 +25,14 @@ from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.doctor.diagnosis import Diagnosis, DiagnosisOptions, LayerDiagnosis
 from modeldoctor.doctor.discovery import discovery_statistics
+from modeldoctor.io import names
 from modeldoctor.models.checkpoint import weights_hash
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "modeldoctor-diagnosis/1"
-TENSORS = "diagnosis.safetensors"
-META = "diagnosis.json"
+TENSORS = names.DIAGNOSIS_TENSORS
+META = names.DIAGNOSIS_JSON
 
 
 def save_diagnosis(diagnosis: Diagnosis, directory: str | Path) -> Path:

@@ -16,6 +16,7 @@ from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import write_bytes, write_text
 from modeldoctor.doctor.diagnosis import Diagnosis, LayerDiagnosis
 from modeldoctor.doctor.discovery import kernels_for_mass
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import load_diagnosis
 from modeldoctor.report import figures
 from modeldoctor.report.collect import RunFiles, find_outputs
@@ -38,7 +39,7 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
     if max_images < 1:
         raise UserError(f"max_images must be at least 1, got {max_images}")
     files = find_outputs(run_dir)
-    target = Path(out) if out is not None else files.root / "report.html"
+    target = Path(out) if out is not None else files.root / names.REPORT
     diagnosis = _load_diagnosis(files)
     models = load_models(files, diagnosis) if images else ModelSet()
     sections: list[Section] = []

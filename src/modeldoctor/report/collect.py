@@ -13,9 +13,10 @@ from typing import Any
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import read_json
+from modeldoctor.io import names
 
-NAMES = {"diagnosis": "diagnosis.json", "annotate": "annotate.json", "treat": "treat.json", "ablate": "ablate.json",
-         "decompose": "decompose.json", "stability": "stability.json"}
+NAMES = {"diagnosis": names.DIAGNOSIS_JSON, "annotate": names.ANNOTATE, "treat": names.TREAT, "ablate": names.ABLATE,
+         "decompose": names.DECOMPOSE, "stability": names.STABILITY}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.doctor.diagnosis import Diagnosis
 from modeldoctor.doctor.explain import background_share
+from modeldoctor.io import names
 from modeldoctor.io.loading import data_for
 from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint
 from modeldoctor.report import figures
@@ -56,7 +57,7 @@ def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
     if treat_path is not None:
         given = Path(files.json("treat").get("checkpoint", ""))
         named = [p for p in (given, files.root / given, treat_path.parent / given) if p.suffix == ".pt"]
-    arm_paths = {arm: treat_path.parent / f"{arm}.pt" for arm in ("control", "treated")} if treat_path else {}
+    arm_paths = {arm: treat_path.parent / names.arm_checkpoint(arm) for arm in ("control", "treated")} if treat_path else {}
     others = [p for p in files.checkpoints if p not in arm_paths.values()]
     wanted = diagnosis.weights_sha256 if diagnosis is not None else None
     models = ModelSet()

@@ -20,6 +20,7 @@ from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import read_json, write_json, write_text
 from modeldoctor.core.layers import default_layer, resolve_layer
 from modeldoctor.data.bundle import ImageSplit
+from modeldoctor.io import names
 from modeldoctor.io.loading import load_model_and_data
 
 
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ranking": ranking, "k": k, "c": constants, "interventions": table,
     }
     if out is not None:
-        write_json(out / "ablate.json", report)
-        write_text(out / "ablate_units.csv", units_csv(result, bundle.class_names))
-        report["files"] = [str(out / "ablate.json"), str(out / "ablate_units.csv")]
+        write_json(out / names.ABLATE, report)
+        write_text(out / names.ABLATE_UNITS, units_csv(result, bundle.class_names))
+        report["files"] = [str(out / names.ABLATE), str(out / names.ABLATE_UNITS)]
     return report
 
 

@@ -26,6 +26,7 @@ from modeldoctor.analyses.decompose import (
 from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
 from modeldoctor.core.files import write_json
 from modeldoctor.core.layers import default_layer
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import load_diagnosis
 from modeldoctor.io.loading import load_model_and_data
 from modeldoctor.models.checkpoint import save_checkpoint
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"decompose: A_f {summary['accuracy_full']:.4f}  A_d {summary['accuracy_decomposed']:.4f}  "
           f"r_A {summary['r_A']:.4f}  retrained {summary['accuracy_retrained']}", file=sys.stderr)
     if out is not None:
-        write_json(out / "influential.json", {"layer": summary["layer"], "k1": k1, "k2": k2,
+        write_json(out / names.INFLUENTIAL, {"layer": summary["layer"], "k1": k1, "k2": k2,
                                               "classes": bundle.class_names, "influential": summary["influential"],
                                               "histogram": result.histogram.tolist()})
         name, _ = final_linear(model)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> dict:
             new_meta = dataclasses.replace(copy.deepcopy(meta), parent=args.checkpoint,
                                            metrics={"test": {"accuracy": summary["accuracy_retrained"]
                                                              or summary["accuracy_decomposed"]}})
-            save_checkpoint(out / "decomposed.pt", model, new_meta, protect=(args.checkpoint,))
-        summary["outputs"] = {n: str(out / n) for n in ("decompose.json", "influential.json", "decomposed.pt")}
-        write_json(out / "decompose.json", summary)
+            save_checkpoint(out / names.DECOMPOSED, model, new_meta, protect=(args.checkpoint,))
+        summary["outputs"] = {n: str(out / n) for n in (names.DECOMPOSE, names.INFLUENTIAL, names.DECOMPOSED)}
+        write_json(out / names.DECOMPOSE, summary)
     return summary

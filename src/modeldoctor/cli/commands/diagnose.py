@@ -14,14 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+from modeldoctor import api
 from modeldoctor.cli.commands.common import add_checkpoint_args
-from modeldoctor.core.files import write_json
 from modeldoctor.core.layers import conv_layer_names
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.doctor.diagnosis import diagnose
 from modeldoctor.doctor.discovery import discovery_statistics
-from modeldoctor.doctor.selection import least_confident, sample_ids, score_samples
+from modeldoctor.doctor.selection import score_samples
 from modeldoctor.io.diagnosis_files import save_diagnosis
+from modeldoctor.io.documents import write_annotation_list
 from modeldoctor.io.loading import load_model_and_data
 
 
@@ -72,9 +73,8 @@ def run(args: argparse.Namespace) -> dict:
     save_diagnosis(diagnosis, out)
     result = {"diagnosis": str(out), "seconds": seconds, "fallback": diagnosis.fallback_reason}
     if args.lowest > 0:
-        ids = sample_ids(split, scores.position.tolist())
-        result["annotate"] = str(write_json(out / "annotate.json",
-                                            least_confident(scores, args.lowest, meta.class_names, ids)))
+        document = api.annotation_list(model, bundle, args.lowest, args.split, scores=scores)
+        result["annotate"] = str(write_annotation_list(out, document))
     stats = discovery_statistics(diagnosis)
     keep = ("name", "depth", "channels", "samples", "kernels_for_90pct_mass", "mean_kernels_for_90pct_mass",
             "gini", "mean_pairwise_jaccard", "mean_sample_vs_class_cosine", "mean_sample_vs_other_classes_cosine")

@@ -25,6 +25,7 @@ from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, ou
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import write_json
 from modeldoctor.data.masks import load_masks
+from modeldoctor.io import names
 from modeldoctor.io.loading import load_model_and_data
 
 
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               "concept_source": source, "quantile": args.quantile, **dissection_summary(results, args.min_iou)}
     out = out_dir(args)
     if out is not None:
-        write_json(out / "dissect.json", report)
-        report["files"] = [str(out / "dissect.json")]
+        write_json(out / names.DISSECT, report)
+        report["files"] = [str(out / names.DISSECT)]
     return report
 
 

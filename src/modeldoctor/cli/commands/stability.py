@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2, plot_curves
+from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2
 from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import write_json
+from modeldoctor.core.files import write_bytes, write_json
+from modeldoctor.io import names
 from modeldoctor.io.loading import load_model_and_data
+from modeldoctor.report.figures import stability_curves
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> dict:
           f"label {result['keep_false_at_best']:.3f}", file=sys.stderr)
     result = {"checkpoint": args.checkpoint, **result}
     if out is not None:
-        plot_curves(result, out / "stability.png")
-        result["outputs"] = {"json": str(out / "stability.json"), "figure": str(out / "stability.png")}
-        write_json(out / "stability.json", result)
+        write_bytes(out / names.STABILITY_FIGURE, stability_curves(result).png)
+        result["outputs"] = {"json": str(out / names.STABILITY), "figure": str(out / names.STABILITY_FIGURE)}
+        write_json(out / names.STABILITY, result)
     return result

@@ -15,6 +15,7 @@ from modeldoctor.analyses.input_gradients import double_backprop_loss
 from modeldoctor.cli.commands.common import out_dir
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.sources import load_data
+from modeldoctor.io import names
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.models.focused_dropout import insert_focused_dropout, parse_focused_dropout
 from modeldoctor.models.zoo import build_model, min_input_size
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
                           input_size=bundle.input_size, class_names=bundle.class_names, mean=bundle.mean,
                           std=bundle.std, dataset=bundle.spec, train_config=cfg.to_dict() | regularisers,
                           metrics={k: {"accuracy": v["accuracy"], "per_class": v["per_class"]} for k, v in metrics.items()})
-    path = save_checkpoint(out / "model.pt", model, meta)
+    path = save_checkpoint(out / names.MODEL, model, meta)
     print(f"trained {args.model} on {bundle.spec}: val {metrics['val']['accuracy']:.4f} "
           f"test {metrics['test']['accuracy']:.4f} (best epoch {summary['best_epoch']})", file=sys.stderr)
     return {"checkpoint": str(path), "metrics": metrics, "best_epoch": summary["best_epoch"],

@@ -17,14 +17,16 @@ from typing import Any
 
 import torch
 
+from modeldoctor import api
 from modeldoctor.cli.commands.common import add_checkpoint_args, out_dir
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import write_json
-from modeldoctor.data.masks import check_masks, default_expansion, load_boxes, load_masks
-from modeldoctor.doctor.annotation import MaskBank, lowest_confidence
-from modeldoctor.doctor.arms import mean_std, treat_and_control
-from modeldoctor.doctor.treatment import CONSTRAINTS, TreatConfig, control_config, default_layers
+from modeldoctor.core.layers import conv_layer_names
+from modeldoctor.data.bundle import DataBundle
+from modeldoctor.data.masks import check_masks, load_boxes, load_masks
+from modeldoctor.doctor.treatment import CONSTRAINTS, TreatConfig, control_config
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import load_diagnosis
+from modeldoctor.io.documents import write_treatment
 from modeldoctor.io.loading import load_model_and_data
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 from modeldoctor.training import TrainConfig
@@ -85,51 +87,43 @@ def run(args: argparse.Namespace) -> dict:
     out = out_dir(args)
     assert out is not None  # --out is required
     constraints = tuple(c.strip() for c in args.constraints.split(",") if c.strip())
-    space_default, channel_default = default_layers(model, (bundle.in_channels, bundle.input_size, bundle.input_size))
     lams: dict[str, Any] = {k: _lam(args.lam) if args.lam is not None else getattr(args, k)
                             for k in ("lam_space", "lam_channel", "lam_input_gradient")}
-    cfg = TreatConfig(
-        constraints=constraints, space_layers=_names(args.space_layers) or space_default,
-        channel_layers=_names(args.channel_layers) or channel_default, **lams, lam_fraction=args.lam_fraction,
-        noise_draws=args.noise_draws, delta=args.delta, form=args.form, first=args.first, competitor=args.competitor,
-        competitor_kernels=args.competitor_kernels,
-        expansion=args.expansion if args.expansion is not None else default_expansion(bundle.input_size),
+    options = dict(
+        space_layers=_names(args.space_layers), channel_layers=_names(args.channel_layers), **lams,
+        lam_fraction=args.lam_fraction, noise_draws=args.noise_draws, delta=args.delta, form=args.form,
+        first=args.first, competitor=args.competitor, competitor_kernels=args.competitor_kernels,
         receptive_field=args.receptive_field, smooth_beta=args.smooth_beta, mix_annotated=args.mix_annotated,
         holdout_annotated=args.holdout_annotated, select=args.select)
-    relevant = _relevant(args, cfg.channel_layers or []) if "channel" in constraints else None
-    masked = {"space", "input-gradient"} & set(constraints)
-    bank = _mask_bank(args, model, bundle) if masked or args.masks or args.boxes else None
+    if args.expansion is not None:
+        options["expansion"] = args.expansion
+    options = {k: v for k, v in options.items() if v is not None}
+    masks = _masks(args, bundle) if {"space", "input-gradient"} & set(constraints) or args.masks or args.boxes else {}
     base_cfg = TrainConfig.from_dict(meta.train_config)
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "config": cfg.to_dict()}
-    arms = ["treated"] if args.no_control else ["control", "treated"]
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ["original", *arms]}
+    results = []
     for seed in range(args.seeds):
-        train_cfg = TrainConfig(**{**base_cfg.to_dict(), "epochs": args.epochs, "seed": seed,
-                                   "lr": args.lr if args.lr is not None else base_cfg.lr * DEFAULT_LR_SCALE,
-                                   "batch_size": args.batch_size or base_cfg.batch_size})
-        tuned = treat_and_control(model, bundle, cfg, train_cfg, relevant, bank, control=not args.no_control,
-                                  state_dir=out, resume=args.resume)
-        suffix = "" if seed == 0 else f"-seed{seed}"
-        runs["original"].append(tuned["original"])
-        for arm in arms:
-            arm_model, metrics = tuned[arm]
-            runs[arm].append(metrics)
-            arm_cfg = cfg if arm == "treated" else control_config(cfg)
-            recipe = train_cfg.to_dict() | {"treatment": arm_cfg.to_dict()}
+        result = api.treat(
+            model, None, bundle, masks=masks, annotate_per_class=args.annotate_per_class or None,
+            constraints=constraints, epochs=args.epochs, seed=seed, control=not args.no_control,
+            lr=args.lr if args.lr is not None else base_cfg.lr * DEFAULT_LR_SCALE,
+            batch_size=args.batch_size or base_cfg.batch_size, train_config=base_cfg,
+            relevant=_relevant(args, model, bundle) if "channel" in constraints else None,
+            state_dir=out, resume=args.resume, **options)
+        for arm, tuned, metrics in (("treated", result.treated, result.treated_metrics),
+                                    ("control", result.control, result.control_metrics)):
+            if tuned is None or metrics is None:
+                continue
+            recipe = result.train_config.to_dict() | {
+                "treatment": (result.config if arm == "treated" else control_config(result.config)).to_dict()}
             child = CheckpointMeta(**{**meta.__dict__, "train_config": recipe, "metrics": metrics,
                                       "parent": str(Path(args.checkpoint).resolve())})
-            save_checkpoint(out / f"{arm}{suffix}.pt", arm_model, child, protect=(args.checkpoint,))
+            save_checkpoint(out / names.arm_checkpoint(arm, seed), tuned, child, protect=(args.checkpoint,))
             print(f"{arm} seed {seed}: val {metrics['val']['accuracy']:.4f} test {metrics['test']['accuracy']:.4f}",
                   file=sys.stderr)
-        if seed == 0:
-            report.update(annotated=len(tuned["annotated"]), held_out=len(tuned["held_out"]), select=tuned["select"],
-                          lambdas=tuned["lambdas"], weight_change=tuned["weight_change"], train_config=train_cfg.to_dict())
-    for arm in runs:
-        report[arm] = mean_std(runs[arm]) if args.seeds > 1 else runs[arm][0]
-    if args.no_control:
-        report["control"] = None
-    write_json(out / "treat.json", report)
-    return report
+        results.append(result)
+    document = api.treatment_document(results, str(args.checkpoint))
+    write_treatment(out, document)
+    return document
 
 
 def _lam(value: str) -> float | str:
@@ -148,18 +142,18 @@ def _names(value: str | None) -> list[str] | None:
     return [n.strip() for n in value.split(",") if n.strip()] if value else None
 
 
-def _relevant(args: argparse.Namespace, layers: list[str]) -> dict[str, torch.Tensor]:
-    """Relevant-kernel masks (num_classes, K) per layer from the diagnosis directory."""
+def _relevant(args: argparse.Namespace, model: torch.nn.Module, bundle: DataBundle) -> dict[str, torch.Tensor]:
+    """Relevant-kernel masks (num_classes, K) per channel-wise layer, from the diagnosis directory."""
     if not args.diagnosis:
         raise UserError("the channel-wise constraint needs a diagnosis; run `modeldoctor diagnose` and pass --diagnosis DIR")
-
     diagnosis = load_diagnosis(args.diagnosis)
     options = {"method": args.relevance} if args.relevance else {}
-    found = {layer: diagnosis.relevant(layer, **options) for layer in layers}
-    return found
+    layers = _names(args.channel_layers) or conv_layer_names(model)[-1:]
+    return {layer: diagnosis.relevant(layer, **options) for layer in layers}
 
 
-def _mask_bank(args: argparse.Namespace, model: torch.nn.Module, bundle) -> MaskBank:
+def _masks(args: argparse.Namespace, bundle: DataBundle) -> dict[str, torch.Tensor]:
+    """Object masks by training-sample id from --boxes, --masks builtin or --masks DIR."""
     size = bundle.input_size
     ids = bundle.train.ids
     if args.boxes:
@@ -176,6 +170,4 @@ def _mask_bank(args: argparse.Namespace, model: torch.nn.Module, bundle) -> Mask
     if not masks:
         raise UserError(f"no mask matches a training image id of {bundle.spec} (e.g. {ids[0]}); "
                         "name each mask after its sample id or image file")
-    per_class = args.annotate_per_class or None
-    chosen = lowest_confidence(model, bundle.train, list(masks), per_class, bundle.num_classes)
-    return MaskBank.build(bundle.train, masks, chosen, size)
+    return masks
