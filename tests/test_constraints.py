@@ -14,9 +14,17 @@ from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.core.surrogate import SurrogateReLU, smooth_backward, surrogate_relus
 from modeldoctor.data.masks import background_mask, receptive_background
 from modeldoctor.doctor.annotation import MaskBank
-from modeldoctor.doctor.constraints import activation_map, first_classes, spatial_constraint
+from modeldoctor.doctor.constraints import (
+    activation_map,
+    below_threshold,
+    channel_constraint,
+    competitor_classes,
+    first_classes,
+    spatial_constraint,
+)
 from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config, treat_step
 from modeldoctor.models.zoo import build_model
+from toys import Toy, centre_masks, toy_batch
 
 
 class ReluNet(nn.Module):
@@ -151,3 +159,77 @@ def test_receptive_background_counts_cells_by_what_their_field_sees():
     assert torch.equal(whole, torch.ones(1, 1, 4, 4))  # every field is 75% background
     local = receptive_background(mask, (16, 16), expansion=0, field=1)
     assert torch.equal(local[0, 0].bool(), ~mask[0])
+
+
+def constraint_value(replay: NoiseReplay, x: torch.Tensor, y: torch.Tensor, which: str) -> torch.Tensor:
+    state = replay.forward(x)
+    first = first_classes(state.logits, y, "label")
+    second, weight = competitor_classes(state.logits, y, first, "runner_up")
+    g = replay.gradients(state, "conv1", [first, second], noise_draws=3, delta=0.1, create_graph=True)
+    if which == "channel":
+        abar = torch.tensor([[1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0]])
+        return channel_constraint(g.grads[0], g.grads[1], below_threshold(abar[first], 0.5), weight)
+    bg = background_mask(centre_masks(len(x)), (8, 8), expansion=0)
+    return spatial_constraint(g.grads[0], bg)
+
+
+@pytest.mark.parametrize("which", ["channel", "space"])
+def test_constraint_has_parameter_gradients_and_falls(which):
+    torch.manual_seed(0)
+    model = Toy().train()
+    x, y, _ = toy_batch()
+    replay = NoiseReplay(model, ["conv1"])
+    value = constraint_value(replay, x, y, which)
+    tail = [model.bn.weight, model.conv2.weight, model.fc.weight]
+    grads = torch.autograd.grad(value, [model.conv1.weight, *tail])
+    assert all(g.abs().sum() > 0 for g in grads[1:])  # double backprop reaches the parameters after layer r
+    # ∂ŷ/∂m^r is piecewise constant in m^r for a ReLU tail: nothing before r can change it.
+    assert grads[0].abs().sum() == 0
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    start = float(value.detach())
+    for _ in range(10):
+        opt.zero_grad()
+        constraint_value(replay, x, y, which).backward()
+        opt.step()
+    assert float(constraint_value(replay, x, y, which).detach()) < 0.7 * start
+
+
+def test_spatial_constraint_zero_when_all_foreground_and_for_unannotated():
+    g = torch.randn(2, 3, 4, 5, 5)
+    everything = torch.ones(3, 10, 10, dtype=torch.bool)
+    bg = background_mask(everything, (5, 5), expansion=2)
+    assert spatial_constraint(g, bg).item() == 0.0
+    bg = background_mask(torch.zeros(3, 10, 10, dtype=torch.bool), (5, 5), expansion=0)
+    none = torch.zeros(3, dtype=torch.bool)
+    assert spatial_constraint(g, bg, none).item() == 0.0
+    only_first = torch.tensor([True, False, False])
+    expected = g[:, 0].abs().sum()
+    assert torch.allclose(spatial_constraint(g, bg, only_first), expected)  # averaged over annotated images
+    assert torch.allclose(spatial_constraint(g, bg, only_first, normalise="batch"), expected / 3)
+    assert torch.allclose(spatial_constraint(g, bg, form="share"), torch.ones(()))
+
+
+def test_channel_constraint_matches_eq5_by_hand():
+    g1 = torch.randn(2, 1, 3, 2, 2)
+    g2 = torch.randn(2, 1, 3, 2, 2)
+    irrelevant = torch.tensor([[True, False, True]])
+    by_hand = sum(g1[:, 0, k].abs().sum() for k in (0, 2)) + g2.abs().sum()
+    assert torch.allclose(channel_constraint(g1, g2, irrelevant), by_hand)
+    only_k1 = torch.tensor([[False, True, False]])
+    assert torch.allclose(channel_constraint(g1, g2, irrelevant, competitor_kernels=only_k1),
+                          by_hand - g2[:, 0, 0].abs().sum() - g2[:, 0, 2].abs().sum())
+    assert torch.allclose(channel_constraint(g1, g2, irrelevant, competitor_weight=torch.zeros(1)),
+                          by_hand - g2.abs().sum())
+    scaled = channel_constraint(5 * g1, 5 * g2, irrelevant, form="share")
+    assert torch.allclose(scaled, channel_constraint(g1, g2, irrelevant, form="share"))  # scale-free
+
+
+def test_competitor_choices():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
+    y = torch.tensor([0, 2])
+    first = first_classes(logits, y, "label")
+    s, w = competitor_classes(logits, y, first, "runner_up")
+    assert s.tolist() == [1, 1] and w.tolist() == [1, 1]
+    s, w = competitor_classes(logits, y, first, "wrong_top1")
+    assert s.tolist() == [0, 1] and w.tolist() == [0, 1]
+    assert first_classes(logits, y, "pred").tolist() == [0, 1]

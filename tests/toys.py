@@ -1,0 +1,30 @@
+"""Tiny models and batches shared by several test modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Toy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv2(torch.relu(self.bn(self.conv1(x)))))
+        return self.fc(h.mean((2, 3)))
+
+
+def toy_batch(n: int = 12, size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, size, size, generator=g), torch.arange(n) % 3, torch.arange(n)
+
+
+def centre_masks(n: int, size: int = 8) -> torch.Tensor:
+    m = torch.zeros(n, size, size, dtype=torch.bool)
+    m[:, 3:5, 3:5] = True
+    return m
