@@ -238,3 +238,17 @@ def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks():
     assert table[0].name == "conv1" and table[0].out_shape == (16, 8, 8)
     assert table[-1].name == default_layer(model) == "layer3.2.conv2" and table[-1].out_shape == (64, 2, 2)
     assert _hooks(model) == 0
+
+
+def test_options_configured_once_equal_the_keyword_call(mnist5k):
+    from modeldoctor.doctor.diagnosis import DiagnosisOptions
+
+    torch.manual_seed(0)
+    model = build_model("simple-cnn", 10, 1, 28)
+    split = mnist5k.train
+    by_keywords = diagnose(model, split, noise_draws=2, samples_per_class=3, require_correct=False, seed=4)
+    options = DiagnosisOptions(noise_draws=2, samples_per_class=3, require_correct=False, seed=4)
+    by_options = diagnose(model, split, options=options)
+    assert by_options.options == options == by_keywords.options
+    for name, layer in by_keywords.layers.items():
+        assert torch.allclose(layer.sums, by_options.layers[name].sums, rtol=1e-6, atol=1e-9), name

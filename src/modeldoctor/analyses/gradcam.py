@@ -9,9 +9,10 @@ Grad-CAM (Selvaraju et al. 2017, Eq. 1–2), the baseline the paper's Fig. 5 com
 
 Our own few lines rather than pytorch-grad-cam: that library (which installs cleanly here) calls
 ``.backward()`` and zeroes the model's ``.grad``, pulls in OpenCV, and the report must leave the user's model
-untouched.  They equal Captum's ``LayerGradCam`` (with ``relu_attributions=True``) on the same layer, before and
-after bilinear upsampling (tests/test_gradcam.py).  For a network ending in global average pooling and one linear layer, ``α_k^c = w_ck / Z`` and
-Grad-CAM equals ReLU of the CAM (Zhou et al. 2016) ``Σ_k w_ck A^k`` divided by ``Z`` (tested).
+untouched.  They equal Captum's ``LayerGradCam`` (``relu_attributions=True``) on the same layer, before
+and after bilinear upsampling (tests/test_gradcam.py).  For a network ending in global average pooling and one
+linear layer, ``α_k^c = w_ck / Z`` and Grad-CAM equals ReLU of the CAM (Zhou et al. 2016) ``Σ_k w_ck A^k``
+divided by ``Z`` (tested).
 """
 
 from __future__ import annotations

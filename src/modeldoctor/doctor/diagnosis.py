@@ -175,16 +175,20 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
              target: Target = "predicted", reduce: Reduce = "abs", min_confidence: float | None = None,
              require_correct: bool = True, seed: int = 0, profiles_per_class: int = 3, batch_size: int = 128,
              class_names: Sequence[str] | None = None, scores: SampleScores | None = None,
-             model_spec: str | None = None, force_fallback: bool = False, progress: bool = False) -> Diagnosis:
+             model_spec: str | None = None, force_fallback: bool = False, progress: bool = False,
+             options: DiagnosisOptions | None = None) -> Diagnosis:
     """Eq. 3–4 for every layer in ``layers`` (default: the last conv layer; ``"all"``: every Conv2d).
+
+    ``options``: a :class:`DiagnosisOptions` configured once (e.g. shared by several calls or read back from a
+    saved diagnosis); when given it replaces the individual option arguments (``noise_draws`` … ``profiles_per_class``).
 
     One scoring pass picks the T = ``samples_per_class`` most confident correct samples per class and
     measures each layer's activation RMS; then each batch of chosen samples runs one forward pass and,
     per layer, one batched replay of the network after that layer for all J noise draws.
     The model's mode is restored afterwards; its parameters and hooks are left untouched.
     """
-    opts = DiagnosisOptions(noise_draws, samples_per_class, delta, delta_mode, output, target, reduce,
-                            min_confidence, require_correct, seed, profiles_per_class)
+    opts = options or DiagnosisOptions(noise_draws, samples_per_class, delta, delta_mode, output, target, reduce,
+                                       min_confidence, require_correct, seed, profiles_per_class)
     opts.validate()
     names = conv_layer_names(model) if layers == "all" else layers
     dataset, batch_size = as_dataset(data, batch_size)
@@ -194,7 +198,7 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
         scores = scores if scores is not None and set(replay.layers) <= set(scores.feature_rms) \
             else score_samples(replay, data, batch_size)
         timings = {"selection": time.perf_counter() - started}
-        chosen = most_confident(scores, samples_per_class, target, min_confidence, require_correct)
+        chosen = most_confident(scores, opts.samples_per_class, opts.target, opts.min_confidence, opts.require_correct)
         diagnosis = _empty(model, replay.layers, scores, opts, class_names, model_spec)
         _accumulate(replay, dataset, scores, chosen, diagnosis, batch_size, timings, progress)
         diagnosis.timings = timings
