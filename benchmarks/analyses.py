@@ -9,9 +9,11 @@ epoch on validation), one model per seed; every analysis runs on every seed's mo
   on test; overlap of the influential sets with Model Doctor's relevant kernels of the last conv layer
   (diagnosis with T = 20 samples per class, J = 10, the diagnosis engine's default rule and top-k at equal size).
 * stability (Model Doctor, Discovery 2): FGSM ε = 0.1 (raw pixels) on the first 200 test images, successful
-  adversarials only.  "paper": the paper's absolute δ grid 0 … 0.3 at the last conv layer.  "detector": δ in units
-  of the layer's activation std (0 … 3) at the end of the first and of the last stage; layer and δ chosen on a calibration half, AUROC reported
-  on the held-out half.
+  adversarials only.  "paper": the paper's absolute δ grid 0 … 0.3 at the last conv layer (Fig. 3).
+* detectors (analyses/detectors.py): FGSM and PGD (10 steps) at ε = 0.1 on the first 200 validation and 200 test
+  images; the noise detector (flip or margin score, one of four evenly spaced conv layers or their mean, δ in
+  units of the layer's activation std 0 … 3, J = 10) and feature squeezing (bit depth and median size) each
+  choose their settings on the validation adversarials; AUROC is reported on the test adversarials.
 * ablation (Kim et al. §3.1, Table 1, via modeldoctor.analyses.ablation): units of the last conv layer ranked on val,
   deletion of the 5 worst / best units evaluated on test (the
   scaling rows are left to `modeldoctor ablate`: this machine is shared and the run must stay short).
@@ -33,6 +35,7 @@ import torch
 
 from modeldoctor.analyses.ablation import intervention_table, rank_units, unit_deletion
 from modeldoctor.analyses.decompose import compare_with_diagnosis, decompose_model
+from modeldoctor.analyses.detectors import compare_detectors
 from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2
 from modeldoctor.core.files import write_json
 from modeldoctor.core.layers import default_layer
@@ -42,8 +45,6 @@ from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "analyses.json"
-DETECTOR_LAYERS = ["layer1.2.conv2", "layer3.2.conv2"]  # end of the first and of the last stage
-DETECTOR_DELTAS = (0.0, 0.5, 1.0, 2.0, 3.0)
 
 
 def log(msg: str) -> None:
@@ -72,10 +73,14 @@ def one_seed(seed: int, epochs: int, bundle, max_samples: int) -> dict:
 
     paper, paper_s = timed(discovery2, model, bundle.test, eps=0.1, layers=last, deltas=DEFAULT_DELTAS,
                            max_samples=max_samples, seed=seed)
-    detector, det_s = timed(discovery2, model, bundle.test, eps=0.1, layers=DETECTOR_LAYERS, deltas=DETECTOR_DELTAS,
-                            relative=True, max_samples=max_samples, seed=seed)
-    log(f"seed {seed}: stability paper AUROC {paper['auroc']:.3f}, detector AUROC {detector['auroc']:.3f} "
-        f"({detector['layer']}, δ={detector['delta']:g}·std)")
+    detectors = {}
+    for attack in ("fgsm", "pgd"):
+        detectors[attack], det_s = timed(compare_detectors, model, bundle.val, bundle.test, eps=0.1, attack=attack,
+                                         max_samples=max_samples, seed=seed)
+        detectors[attack]["seconds"] = det_s
+        log(f"seed {seed}: {attack} noise AUROC {detectors[attack]['auroc_noise']:.3f} "
+            f"(flip {detectors[attack]['auroc_noise_flip']:.3f}), feature squeezing "
+            f"{detectors[attack]['auroc_feature_squeezing']:.3f}")
 
     ranking, rank_s = timed(unit_deletion, model, bundle.val, bundle.num_classes, layer=last)
     table, table_s = timed(intervention_table, model, {"test": bundle.test}, bundle.num_classes, last, ranking,
@@ -84,7 +89,7 @@ def one_seed(seed: int, epochs: int, bundle, max_samples: int) -> dict:
                 "table": table, "seconds": rank_s + table_s}
     log(f"seed {seed}: ablation done")
     return {"seed": seed, "test_accuracy": test_acc, "train_seconds": train_s, "decompose": decompose,
-            "stability": {"paper": {**paper, "seconds": paper_s}, "detector": {**detector, "seconds": det_s}},
+            "stability": {"paper": {**paper, "seconds": paper_s}}, "detectors": detectors,
             "ablation": ablation}
 
 
@@ -122,11 +127,15 @@ def summarise(runs: list[dict]) -> dict:
         "stability": {"fgsm_success_rate": pick("stability.paper.fgsm.success_rate"),
                       "paper_auroc": pick("stability.paper.auroc"),
                       "paper_keep_false_at_best": pick("stability.paper.keep_false_at_best"),
-                      "detector_auroc": pick("stability.detector.auroc"),
-                      "detector_keep_false_at_best": pick("stability.detector.keep_false_at_best"),
-                      "detector_normal_accuracy_at_best": pick("stability.detector.normal_accuracy_at_best"),
-                      "detector_choice": [[r["stability"]["detector"]["layer"], r["stability"]["detector"]["delta"]]
-                                          for r in runs]},
+                      },
+        "detectors": {attack: {"success_rate_test": pick(f"detectors.{attack}.success_rate.test"),
+                               "adversarials_test": pick(f"detectors.{attack}.adversarials.test"),
+                               "auroc_noise_flip": pick(f"detectors.{attack}.auroc_noise_flip"),
+                               "auroc_noise": pick(f"detectors.{attack}.auroc_noise"),
+                               "auroc_feature_squeezing": pick(f"detectors.{attack}.auroc_feature_squeezing"),
+                               "noise_choice": [r["detectors"][attack]["noise_choice"] for r in runs],
+                               "squeezing_choice": [r["detectors"][attack]["squeezing_choice"] for r in runs]}
+                      for attack in ("fgsm", "pgd")},
         "ablation_test_delta": {label: ablation_delta(label) for label in
                                 ("delete worst-k", "delete best-k")},
     }
@@ -156,7 +165,14 @@ def main() -> None:
         summary = summarise(runs)
         write_json(RESULTS, {"protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
                              "seconds": time.perf_counter() - started})
-    print(json.dumps({"benchmark": "analyses", "seconds": round(time.perf_counter() - started), **compact(summary)}))
+    fgsm = summary["detectors"]["fgsm"]
+    headline = {"auroc_noise_flip": compact(fgsm["auroc_noise_flip"]), "auroc_noise": compact(fgsm["auroc_noise"]),
+                "auroc_feature_squeezing": compact(fgsm["auroc_feature_squeezing"]),
+                "r_A": compact(summary["decompose"]["r_A"]),
+                "accuracy_full": compact(summary["decompose"]["accuracy_full"]),
+                "accuracy_retrained": compact(summary["decompose"]["accuracy_retrained"])}
+    print(json.dumps({"benchmark": "analyses", "seconds": round(time.perf_counter() - started), **headline,
+                      **compact(summary)}))
 
 
 if __name__ == "__main__":

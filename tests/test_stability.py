@@ -119,5 +119,9 @@ def test_cli_stability(trained, tmp_path, capsys):
     assert 0 < res["fgsm"]["success_rate"] <= 1
     assert (out / "stability.png").stat().st_size > 1000
     assert json.loads((out / "stability.json").read_text())["auroc"] == res["auroc"]
+    detectors = res["detectors"]
+    assert detectors["attack"] == "fgsm" and 0.0 <= detectors["auroc_noise"] <= 1.0
+    assert 0.0 <= detectors["auroc_feature_squeezing"] <= 1.0 and detectors["noise_choice"]["score"] in ("flip", "margin")
+    assert cli.main(["stability", "--checkpoint", str(ckpt), "--calibration-split", "test", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--deltas", "a,b", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--layer", "nope", "--json"]) == 2

@@ -70,3 +70,26 @@ def parse_eps(text: str) -> list[float]:
     if not values or not all(0.0 <= v <= 1.0 for v in values):
         raise UserError(f"--fgsm {text!r} needs ε values in [0, 1] (raw pixel units), e.g. 0.05,0.1")
     return values
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int = 10,
+        step_size: float | None = None, mean: torch.Tensor | Sequence[float] | None = None,
+        std: torch.Tensor | Sequence[float] | None = None, seed: int = 0) -> torch.Tensor:
+    """L∞ projected gradient descent (Madry et al. 2018) in raw pixel units: a random start in the ε-ball, then
+    ``steps`` FGSM steps of ``step_size`` (default 2.5·ε/steps), each projected back into the ε-ball and [0, 1]."""
+    if steps < 1:
+        raise UserError(f"PGD needs at least one step, got {steps}; e.g. --pgd-steps 10")
+    shape = (x.shape[1], 1, 1)
+    mean_t = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype).reshape(-1, 1, 1).expand(shape)
+    std_t = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype).reshape(-1, 1, 1).expand(shape)
+    raw = x.detach() * std_t + mean_t
+    generator = torch.Generator().manual_seed(seed)
+    start = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(x.device) * eps
+    current = ((raw + start).clamp(0.0, 1.0) - mean_t) / std_t
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    for _ in range(steps):
+        grad, _ = cross_entropy_input_gradient(model, current, y, create_graph=False)
+        stepped = current.detach() * std_t + mean_t + alpha * grad.sign()
+        projected = torch.max(torch.min(stepped, raw + eps), raw - eps).clamp(0.0, 1.0)
+        current = (projected - mean_t) / std_t
+    return current.detach()

@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from modeldoctor.analyses.adversarial import fgsm
+from modeldoctor.analyses.adversarial import fgsm, pgd
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
@@ -45,6 +45,7 @@ class AdversarialSet:
     source: torch.Tensor  # (M,) index into ``clean`` of each adversarial's original
     false_labels: torch.Tensor  # (M,) the adversarial's (wrong) prediction
     eps: float
+    attack: str = "fgsm"
 
     @property
     def success_rate(self) -> float:
@@ -53,9 +54,11 @@ class AdversarialSet:
 
 
 def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max_samples: int | None = None,
-                            batch_size: int = 256) -> AdversarialSet:
-    """FGSM (``ε`` raw) on the first ``max_samples`` images of ``split``; keeps the correctly classified images
-    and those adversarials that change the prediction.  Eval mode; the model's mode is restored afterwards."""
+                            batch_size: int = 256, attack: str = "fgsm") -> AdversarialSet:
+    """FGSM or PGD (``attack``, ``ε`` raw) on the first ``max_samples`` images of ``split``; keeps the correctly
+    classified images and those adversarials that change the prediction.  Eval mode, restored afterwards."""
+    if attack not in ("fgsm", "pgd"):
+        raise UserError(f"unknown attack {attack!r}; choose fgsm or pgd")
     clean, labels, adv, source, false = [], [], [], [], []
     seen = kept = 0
     with train_mode(model, False):
@@ -71,7 +74,8 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
             x, y = x[ok], y[ok]
             if len(y) == 0:
                 continue
-            x_adv = fgsm(model, x, y, eps, split.mean, split.std)
+            x_adv = (fgsm(model, x, y, eps, split.mean, split.std) if attack == "fgsm"
+                     else pgd(model, x, y, eps, mean=split.mean, std=split.std, seed=seen))
             with torch.no_grad():
                 pred = select_logits(model(x_adv)).argmax(1)
             flipped = pred != y
@@ -83,7 +87,8 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
             kept += len(y)
     if kept == 0:
         raise UserError("the model classifies none of the chosen images correctly; check the checkpoint and --data")
-    return AdversarialSet(torch.cat(clean), torch.cat(labels), torch.cat(adv), torch.cat(source), torch.cat(false), eps)
+    return AdversarialSet(torch.cat(clean), torch.cat(labels), torch.cat(adv), torch.cat(source), torch.cat(false), eps,
+                          attack)
 
 
 @torch.no_grad()
@@ -100,11 +105,11 @@ def activation_std(model: nn.Module, images: torch.Tensor, layers: Sequence[str]
     return {name: float(((s[2] - s[1] ** 2 / s[0]) / (s[0] - 1)).clamp_min(0).sqrt()) for name, s in sums.items()}
 
 
-def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[str], deltas: Sequence[float],
-                      draws: int, scales: dict[str, float] | None = None, batch_size: int = 128,
-                      seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(clean predictions (N,), {layer: predictions (len(deltas), draws, N)})`` with ``Uniform(−δ·s, δ·s)``
-    noise added to that layer's output only (``s`` = ``scales[layer]``, default 1).
+def noisy_logits(model: nn.Module, images: torch.Tensor, layers: Sequence[str], deltas: Sequence[float],
+                 draws: int, scales: dict[str, float] | None = None, batch_size: int = 128,
+                 seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(clean logits (N, K), {layer: logits (len(deltas), draws, N, K)})`` with ``Uniform(−δ·s, δ·s)`` noise
+    added to that layer's output only (``s`` = ``scales[layer]``, default 1).
 
     One forward pass per batch, then the network after the layer is replayed ``draws`` times per δ
     (:class:`modeldoctor.core.replay.NoiseReplay`); the whole pass runs in eval mode, restored afterwards.
@@ -113,22 +118,28 @@ def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[s
     generator = torch.Generator().manual_seed(seed)
     clean: list[torch.Tensor] = []
     noisy: dict[str, list[torch.Tensor]] = {name: [] for name in replay.layers}
-    with train_mode(model, False):
+    with train_mode(model, False), torch.no_grad():
         for start in range(0, len(images), batch_size):
-            with torch.no_grad():
-                state = replay.forward(images[start:start + batch_size])
-            clean.append(state.logits.argmax(1))
+            state = replay.forward(images[start:start + batch_size])
+            clean.append(state.logits.float())
             for name in replay.layers:
                 feature = state.features[name]
                 s = (scales or {}).get(name, 1.0)
                 per_delta = []
                 for d in deltas:
                     flat = (feature.unsqueeze(0) + draw_noise(feature, draws, d * s, generator)).flatten(0, 1)
-                    with torch.no_grad():
-                        logits = select_logits(replay.replay_tail(state, name, flat, draws))
-                    per_delta.append(logits.argmax(1).view(draws, len(feature)))
+                    logits = select_logits(replay.replay_tail(state, name, flat, draws)).float()
+                    per_delta.append(logits.view(draws, len(feature), -1))
                 noisy[name].append(torch.stack(per_delta))
     return torch.cat(clean), {name: torch.cat(p, dim=2) for name, p in noisy.items()}
+
+
+def noisy_predictions(model: nn.Module, images: torch.Tensor, layers: Sequence[str], deltas: Sequence[float],
+                      draws: int, scales: dict[str, float] | None = None, batch_size: int = 128,
+                      seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`noisy_logits` as predictions: ``(clean (N,), {layer: (len(deltas), draws, N)})``."""
+    clean, noisy = noisy_logits(model, images, layers, deltas, draws, scales, batch_size, seed)
+    return clean.argmax(1), {name: z.argmax(-1) for name, z in noisy.items()}
 
 
 def flip_score(predictions: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,13 @@
 """Discovery 2: feature-map noise moves FGSM adversarials back but not normal samples; AUROC of the noise-flip detector.
 
 For correctly classified test images and their successful FGSM adversarials (ε in raw [0, 1] pixels),
-Uniform(−δ, δ) noise is added to --layer's output J times per δ (absolute δ as in the paper; --relative
-multiplies δ by the layer's activation std).  Reports the Fig. 3 curves and the detector score (share of noisy
-replays whose prediction changes): δ chosen on a calibration half, AUROC on the held-out half.  With --out:
-stability.json and stability.png.
+Uniform(−δ, δ) noise is added to --layer's output J times per δ (δ in units of the layer's activation std;
+--absolute: the paper's absolute δ).  Reports the Fig. 3 curves, and compares two adversarial detectors on the
+same adversarials (FGSM or --attack pgd): the feature-noise detector and feature squeezing (Xu et al. 2018),
+each with its settings chosen on --calibration-split (val) adversarials and its AUROC measured on --split.
+With --out: stability.json and stability.png.
 
-Example: modeldoctor stability --checkpoint runs/base/model.pt --data mnist5k --layer layer3.2.conv2 --json
+Example: modeldoctor stability --checkpoint runs/base/model.pt --data mnist5k --json
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from modeldoctor.analyses.detectors import RELATIVE_DELTAS, compare_detectors
 from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2
 from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
 from modeldoctor.core.errors import UserError
@@ -28,9 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_out_arg(p)
     p.add_argument("--layer", default=None, help="layer(s) to perturb, comma-separated (default: the last conv layer)")
     p.add_argument("--eps", type=float, default=0.1, help="FGSM ε in raw [0, 1] pixel units")
-    p.add_argument("--deltas", default=",".join(f"{d:g}" for d in DEFAULT_DELTAS), help="noise ranges δ, comma-separated")
+    p.add_argument("--deltas", default=None,
+                   help=f"noise ranges δ, comma-separated (default {','.join(f'{d:g}' for d in RELATIVE_DELTAS)} "
+                        f"relative, {','.join(f'{d:g}' for d in DEFAULT_DELTAS)} with --absolute)")
     p.add_argument("--draws", type=int, default=10, help="noise draws J per sample and δ")
-    p.add_argument("--relative", action="store_true", help="δ in units of the layer's activation std")
+    p.add_argument("--absolute", action="store_true", help="absolute δ as in the paper, not × the layer's std")
+    p.add_argument("--attack", choices=["fgsm", "pgd"], default="fgsm", help="adversarials for the detector comparison")
+    p.add_argument("--calibration-split", default="val", choices=["train", "val", "test"],
+                   help="split whose adversarials choose each detector's settings")
+    p.add_argument("--no-detectors", action="store_true", help="only the Fig. 3 curves, no detector comparison")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--max-samples", type=int, default=None, help="use only the first N images of the split")
     p.add_argument("--seed", type=int, default=0)
@@ -44,16 +52,27 @@ def _floats(text: str) -> list[float]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    deltas = _floats(args.deltas)
+    deltas = _floats(args.deltas) if args.deltas else list(DEFAULT_DELTAS if args.absolute else RELATIVE_DELTAS)
+    if not args.no_detectors and args.calibration_split == args.split:
+        raise UserError(f"--calibration-split and --split are both {args.split}; settings must be chosen on other "
+                        "data than the AUROC is measured on (e.g. --calibration-split val --split test)")
     out = out_dir(args)
     model, _, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     layers = [v.strip() for v in args.layer.split(",") if v.strip()] if args.layer else None
     result = discovery2(model, bundle.split(args.split), eps=args.eps, layers=layers, deltas=deltas,
-                        draws=args.draws, relative=args.relative, max_samples=args.max_samples, seed=args.seed)
+                        draws=args.draws, relative=not args.absolute, max_samples=args.max_samples, seed=args.seed)
     print(f"stability: FGSM ε={args.eps:g} success {result['fgsm']['success_rate']:.3f}; held-out AUROC "
           f"{result['auroc']:.3f} at δ={result['delta']:g} ({result['layer']}); adversarials keeping the false "
           f"label {result['keep_false_at_best']:.3f}", file=sys.stderr)
     result = {"checkpoint": args.checkpoint, **result}
+    if not args.no_detectors:
+        result["detectors"] = compare_detectors(model, bundle.split(args.calibration_split), bundle.split(args.split),
+                                                eps=args.eps, attack=args.attack, draws=args.draws,
+                                                max_samples=args.max_samples, seed=args.seed)
+        found = result["detectors"]
+        print(f"stability: {args.attack} detectors on {args.split} (chosen on {args.calibration_split}): noise AUROC "
+              f"{found['auroc_noise']:.3f} ({found['noise_choice']['score']} at {found['noise_choice']['layer']}), "
+              f"feature squeezing {found['auroc_feature_squeezing']:.3f}", file=sys.stderr)
     if out is not None:
         write_bytes(out / names.STABILITY_FIGURE, stability_curves(result).png)
         result["outputs"] = {"json": str(out / names.STABILITY), "figure": str(out / names.STABILITY_FIGURE)}
