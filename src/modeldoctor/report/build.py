@@ -181,6 +181,19 @@ def stability_section(result: dict) -> Section:
                       f"their FGSM adversarials (ε = {result['fgsm']['eps']:g}, {result['fgsm']['adversarials']} "
                       "successful). The detector scores an image by how often noise changes its prediction.")
     section.figures.append(figures.stability_curves(result))
+    found = result.get("detectors")
+    if found:
+        noise, squeezing = found["noise_choice"], found["squeezing_choice"]
+        rows = [["feature noise (Discovery 2)", f"{found['auroc_noise']:.3f}",
+                 f"{noise['score']} score at {noise['layer']}, δ = {noise['relative_delta']:g}·std"],
+                ["feature noise, flip score only", f"{found['auroc_noise_flip']:.3f}",
+                 f"{found['flip_choice']['layer']}, δ = {found['flip_choice']['relative_delta']:g}·std"],
+                ["feature squeezing (Xu et al. 2018)", f"{found['auroc_feature_squeezing']:.3f}",
+                 f"{squeezing['bits']} bits, median {squeezing['median']}"]]
+        section.tables.append(table(
+            ["detector", "test AUROC", "settings (chosen on validation adversarials)"], rows,
+            f"{found['attack'].upper()} ε = {found['eps']:g}: {found['adversarials']['test']} successful test "
+            f"adversarials ({found['success_rate']['test']:.0%} of correct images)"))
     return section
 
 
