@@ -75,7 +75,7 @@ def test_diagnose_equals_naive_per_sample_loop_on_resnet():
         for j in range(3):
             holder = {}
 
-            def hook(module, inputs, output, j=j):
+            def hook(module, inputs, output, j=j, holder=holder, noise=noise):
                 holder["z"] = (output.detach() + noise[j]).requires_grad_(True)
                 return holder["z"] * 1
 

@@ -26,7 +26,7 @@ def _naive(model: nn.Module, x: torch.Tensor, layer: str, cls: torch.Tensor, noi
     for j in range(noise.shape[0]):
         holder = {}
 
-        def hook(module, inputs, output, j=j):
+        def hook(module, inputs, output, j=j, holder=holder):
             holder["z"] = (output.detach() + noise[j]).requires_grad_(True)
             return holder["z"] * 1  # never hand a leaf to the in-place ReLU that follows
 
