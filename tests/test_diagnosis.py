@@ -6,7 +6,6 @@ from torch.utils.data import DataLoader, Dataset
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.replay import draw_noise
 from modeldoctor.doctor.diagnosis import correlation_index, diagnose, sample_seeds
-from modeldoctor.doctor.relevance import by_mass, by_mean, by_minmax, by_topk, relevant_kernels
 from modeldoctor.io.diagnosis_files import load_diagnosis, save_diagnosis
 from modeldoctor.models.zoo import build_model
 
@@ -215,29 +214,6 @@ def test_layer_errors_are_user_errors():
         diagnose(GapLinear(), data, "nope", noise_draws=1)
     with pytest.raises(UserError, match="not \\(batch, channels, height, width\\)"):
         diagnose(GapLinear(), data, "fc", noise_draws=1)
-
-
-def test_relevance_methods():
-    corr = torch.tensor([[0.0, 1.0, 2.0, 7.0], [4.0, 4.0, 1.0, 1.0]])
-    assert by_minmax(corr, 0.2).tolist() == [[False, False, True, True], [True, True, False, False]]
-    assert by_mean(corr).tolist() == [[False, False, False, True], [True, True, False, False]]
-    assert by_topk(corr, 1).sum(1).tolist() == [1, 1]
-    assert by_mass(corr, 0.7).tolist() == [[False, False, False, True], [True, True, False, False]]
-    assert by_mass(corr, 0.9).tolist() == [[False, False, True, True], [True, True, True, False]]
-    assert relevant_kernels(corr, "threshold", v=2.0).tolist() == [[False, False, True, True], [True, True, False, False]]
-    with pytest.raises(UserError, match="unknown relevance method"):
-        relevant_kernels(corr, "nope")
-
-
-def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks():
-    from modeldoctor.core.layers import default_layer, layer_table
-
-    model = _resnet()
-    table = layer_table(model, (2, 8, 8))
-    assert [t.depth for t in table] == list(range(len(table)))
-    assert table[0].name == "conv1" and table[0].out_shape == (16, 8, 8)
-    assert table[-1].name == default_layer(model) == "layer3.2.conv2" and table[-1].out_shape == (64, 2, 2)
-    assert _hooks(model) == 0
 
 
 def test_options_configured_once_equal_the_keyword_call(mnist5k):
