@@ -124,12 +124,10 @@ def image_grid(name: str, title: str, caption: str, rows: Sequence[tuple[str, Se
     """Rows of grey images, each row ``(label, images, overlays, titles)``; an overlay is a heat map drawn
     over its image (``None``: the plain image)."""
     cols = max(len(r[1]) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.55 * cols + 0.9, 1.75 * len(rows)), squeeze=False)
+    fig, axes = _bare_axes(len(rows), cols, (1.55 * cols + 0.9, 1.75 * len(rows)))
     for r, (label, images, overlays, titles) in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if c >= len(images):
                 ax.axis("off")
                 continue
@@ -218,12 +216,10 @@ def background_share(name: str, runs: Mapping[str, np.ndarray], background_area:
 def thumbnails(name: str, title: str, caption: str, rows: Mapping[str, Sequence[tuple[np.ndarray, str]]]) -> Figure:
     """A row of small labelled images per key (e.g. per class: the images to annotate first)."""
     cols = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.05 * cols + 0.6, 1.3 * len(rows) + 0.2), squeeze=False)
+    fig, axes = _bare_axes(len(rows), cols, (1.05 * cols + 0.6, 1.3 * len(rows) + 0.2))
     for r, (label, items) in enumerate(rows.items()):
         for c in range(cols):
             ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if c < len(items):
                 ax.imshow(_grey(items[c][0]), cmap="gray", vmin=0, vmax=1)
                 ax.set_title(items[c][1], fontsize=7)
@@ -307,6 +303,15 @@ def stability_curves(result: Mapping) -> Figure:
                f"chosen on a calibration half. There, {result['normal_accuracy_at_best']:.0%} of normal replays stay "
                f"correct and {result['keep_false_at_best']:.0%} of adversarial replays keep the false label.")
     return _render(fig, "stability", title, caption)
+
+
+def _bare_axes(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[plt.Figure, np.ndarray]:
+    """A rows × cols grid of image axes without ticks (labels and titles stay possible)."""
+    fig, axes = plt.subplots(rows, cols, figsize=figsize, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
