@@ -228,3 +228,10 @@ def test_options_configured_once_equal_the_keyword_call(mnist5k):
     assert by_options.options == options == by_keywords.options
     for name, layer in by_keywords.layers.items():
         assert torch.allclose(layer.sums, by_options.layers[name].sums, rtol=1e-6, atol=1e-9), name
+
+
+def test_options_and_option_keywords_together_are_refused():
+    from modeldoctor.doctor.diagnosis import DiagnosisOptions
+
+    with pytest.raises(UserError, match="options= and individual option arguments"):
+        diagnose(GapLinear(), _items(), "conv", noise_draws=3, options=DiagnosisOptions(noise_draws=2))

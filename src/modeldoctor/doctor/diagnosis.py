@@ -180,15 +180,19 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
     """Eq. 3–4 for every layer in ``layers`` (default: the last conv layer; ``"all"``: every Conv2d).
 
     ``options``: a :class:`DiagnosisOptions` configured once (e.g. shared by several calls or read back from a
-    saved diagnosis); when given it replaces the individual option arguments (``noise_draws`` … ``profiles_per_class``).
+    saved diagnosis); when given, the individual option arguments (``noise_draws`` … ``profiles_per_class``) must
+    stay at their defaults, so that no option is silently ignored.
 
     One scoring pass picks the T = ``samples_per_class`` most confident correct samples per class and
     measures each layer's activation RMS; then each batch of chosen samples runs one forward pass and,
     per layer, one batched replay of the network after that layer for all J noise draws.
     The model's mode is restored afterwards; its parameters and hooks are left untouched.
     """
-    opts = options or DiagnosisOptions(noise_draws, samples_per_class, delta, delta_mode, output, target, reduce,
-                                       min_confidence, require_correct, seed, profiles_per_class)
+    keywords = DiagnosisOptions(noise_draws, samples_per_class, delta, delta_mode, output, target, reduce,
+                                min_confidence, require_correct, seed, profiles_per_class)
+    if options is not None and keywords != DiagnosisOptions():
+        raise UserError("diagnose got options= and individual option arguments; put every option in the options object")
+    opts = options or keywords
     opts.validate()
     names = conv_layer_names(model) if layers == "all" else layers
     dataset, batch_size = as_dataset(data, batch_size)
