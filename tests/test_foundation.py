@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -14,9 +13,9 @@ import torch
 from PIL import Image
 
 from modeldoctor import cli
-from modeldoctor.cli.commands import train as train_cmd
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.sources import load_data
+from modeldoctor.io.loading import data_for_model
 from modeldoctor.models.zoo import build_model
 
 
@@ -163,15 +162,11 @@ def test_too_small_input_names_the_minimum() -> None:
         build_model("alexnet", 10, 3, input_size=62)
 
 
-def _train_args(model: str, data: str) -> argparse.Namespace:
-    return argparse.Namespace(model=model, data=data, input_size=None)
-
-
 def test_train_enlarges_small_images_to_the_model_minimum_and_never_shrinks(tmp_path: Path) -> None:
-    assert train_cmd._load_bundle(_train_args("inception_v3", "mnist5k")).input_size == 75
-    assert train_cmd._load_bundle(_train_args("resnet18", "mnist5k")).input_size == 28
+    assert data_for_model("mnist5k", "inception_v3").input_size == 75
+    assert data_for_model("mnist5k", "resnet18").input_size == 28
     _png_tree(tmp_path, {"a": 10, "b": 10}, size=80)
-    assert train_cmd._load_bundle(_train_args("alexnet", f"imagefolder:{tmp_path}")).input_size == 80
+    assert data_for_model(f"imagefolder:{tmp_path}", "alexnet").input_size == 80
 
 
 def test_user_factory_and_channel_adaptation() -> None:

@@ -19,19 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from modeldoctor.api import annotation_list, treat, treatment_document
+from modeldoctor import api
 from modeldoctor.data.sources import load_data
-from modeldoctor.doctor.arms import split_metrics
-from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.doctor.diagnosis import DiagnosisOptions
 from modeldoctor.io import names
+from modeldoctor.io.checkpoints import write_arm, write_model
 from modeldoctor.io.diagnosis_files import save_diagnosis
-from modeldoctor.io.documents import write_annotation_list, write_treatment
-from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
-from modeldoctor.models.zoo import build_model
-from modeldoctor.report import report
-from modeldoctor.training import TrainConfig, fit
+from modeldoctor.io.documents import ANNOTATION_LIST, TREATMENT
+from modeldoctor.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,39 +68,31 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
         log(f"{step} done ({seconds[step]:.0f} s)")
 
     data = load_data(DATA)
-    torch.manual_seed(seed)
-    model = build_model(MODEL, data.num_classes, data.in_channels, data.input_size)
     cfg = TrainConfig(epochs=settings.train_epochs, batch_size=64, lr=0.05, seed=seed)
     log(f"training {MODEL} on {DATA} for {cfg.epochs} epochs")
-    fit(model, data.train, data.val, data.num_classes, cfg, desc="baseline")
-    meta = CheckpointMeta(MODEL, data.num_classes, data.in_channels, data.input_size, data.class_names, data.mean,
-                          data.std, data.spec, cfg.to_dict(), split_metrics(model, data.val, data.test, data.num_classes))
-    checkpoint = save_checkpoint(out / "baseline" / names.MODEL, model, meta)
+    baseline = api.train(MODEL, data, cfg)
+    checkpoint = write_model(out / names.BASELINE_DIR, baseline.model, baseline.meta)
     lap("train")
 
     log("diagnosing every conv layer")
-    diagnosis = diagnose(model, data.train, layers="all", samples_per_class=settings.samples_per_class,
-                         noise_draws=settings.noise_draws, seed=seed, class_names=data.class_names, model_spec=MODEL)
-    save_diagnosis(diagnosis, out / "diagnosis")
-    annotate = annotation_list(model, data, per_class=settings.annotate_per_class)
-    write_annotation_list(out / "diagnosis", annotate)
+    options = DiagnosisOptions(samples_per_class=settings.samples_per_class, noise_draws=settings.noise_draws, seed=seed)
+    diagnosed = api.diagnose_model(baseline.model, data, "all", options, lowest=settings.annotate_per_class,
+                                   model_spec=MODEL)
+    save_diagnosis(diagnosed.diagnosis, out / names.DIAGNOSIS_DIR)
+    assert diagnosed.annotation is not None  # lowest > 0
+    ANNOTATION_LIST.write(out / names.DIAGNOSIS_DIR, diagnosed.annotation)
     lap("diagnose")
 
     log(f"treating with {settings.annotate_per_class} masks per class, and the matched control")
-    result = treat(model, diagnosis, data, annotate_per_class=settings.annotate_per_class,
-                   epochs=settings.finetune_epochs, lr=settings.finetune_lr, batch_size=64, seed=seed,
-                   mix_annotated=settings.mix_annotated)
-    for arm, tuned, metrics in (("treated", result.treated, result.treated_metrics),
-                                ("control", result.control, result.control_metrics)):
-        child = CheckpointMeta(**{**asdict(meta), "metrics": metrics, "parent": str(checkpoint),
-                                  "train_config": result.train_config.to_dict() | {"treatment": result.config.to_dict()
-                                                                                   if arm == "treated" else None}})
-        if tuned is not None:
-            save_checkpoint(out / "treat" / names.arm_checkpoint(arm), tuned, child)
-    write_treatment(out / "treat", treatment_document([result], str(checkpoint)))
+    result = api.treat(baseline.model, diagnosed.diagnosis, data, annotate_per_class=settings.annotate_per_class,
+                       epochs=settings.finetune_epochs, lr=settings.finetune_lr, batch_size=64, seed=seed,
+                       mix_annotated=settings.mix_annotated)
+    for arm in result.arms():  # one run: the seed-0 names (treated.pt, control.pt) whatever the seed
+        write_arm(out / names.TREAT_DIR, arm.name, 0, arm.model, baseline.meta, checkpoint, arm.recipe, arm.metrics)
+    TREATMENT.write(out / names.TREAT_DIR, api.treatment_document([result], str(checkpoint)))
     lap("treat")
 
-    html = report(out, max_images=settings.max_images)
+    html = api.build_report(out, max_images=settings.max_images)
     lap("report")
     seconds["total"] = round(time.perf_counter() - started, 1)
     return {"html": str(html), "original": result.original, "control": result.control_metrics,

@@ -11,7 +11,6 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import pkgutil
 import sys
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 
 from modeldoctor.cli import commands
 from modeldoctor.core.errors import UserError
+from modeldoctor.io.diagnosis_files import finite
 
 # Shown first in --help, in workflow order; any other module in modeldoctor.cli.commands follows.
 ORDER = ["demo", "train", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
@@ -39,19 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc)
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
         p.set_defaults(run=module.run)
     return parser
-
-
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN: turn non-finite floats into null so every consumer can parse the output."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _human(result: dict[str, Any], indent: str = "") -> str:
@@ -70,14 +60,15 @@ def _human(result: dict[str, Any], indent: str = "") -> str:
 
 
 @contextlib.contextmanager
-def _stderr_reporting(command: str) -> Iterator[None]:
-    """What the library logs (INFO and up) and warns reaches stderr as one plain line each, for this command only."""
+def _stderr_reporting(command: str, level: int = logging.INFO) -> Iterator[None]:
+    """What the library logs (``level`` and up) and warns reaches stderr as one plain line each, for this command
+    only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"modeldoctor {command}: %(message)s"))
     package = logging.getLogger("modeldoctor")
-    level, propagate = package.level, package.propagate
+    previous, propagate = package.level, package.propagate
     package.addHandler(handler)
-    package.setLevel(logging.INFO)
+    package.setLevel(level)
     package.propagate = False
     shown = warnings.showwarning
 
@@ -90,7 +81,7 @@ def _stderr_reporting(command: str) -> Iterator[None]:
     finally:
         warnings.showwarning = shown
         package.removeHandler(handler)
-        package.setLevel(level)
+        package.setLevel(previous)
         package.propagate = propagate
 
 
@@ -98,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with _stderr_reporting(args.command):
+        with _stderr_reporting(args.command, logging.WARNING if args.quiet else logging.INFO):
             result = args.run(args)
     except UserError as exc:
         print(f"modeldoctor {args.command}: error: {exc}", file=sys.stderr)
@@ -106,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"modeldoctor {args.command}: interrupted; outputs already written are complete", file=sys.stderr)
         return 130
-    result = _clean(result)
+    result = finite(result)  # JSON has no NaN: every consumer can parse the output
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -18,7 +18,29 @@ DISSECT = "dissect.json"
 REPORT = "report.html"
 FIGURES = "figures"
 
+# Folders: `modeldoctor diagnose` writes DIAGNOSIS_DIR next to the checkpoint by default; the demo lays out
+# OUT/BASELINE_DIR/model.pt, OUT/DIAGNOSIS_DIR/ and OUT/TREAT_DIR/.
+DIAGNOSIS_DIR = "diagnosis"
+BASELINE_DIR = "baseline"
+TREAT_DIR = "treat"
+
+# What the report searches for besides the documents above.
+CHECKPOINT_PATTERN = "*.pt"
+EXPLAIN_PREFIX = "explain-"
+EXPLAIN_PATTERN = f"{EXPLAIN_PREFIX}*.png"
+
 
 def arm_checkpoint(arm: str, seed: int = 0) -> str:
     """``treated.pt`` / ``control.pt`` for seed 0, ``treated-seed2.pt`` for seed 2."""
     return f"{arm}{'' if seed == 0 else f'-seed{seed}'}.pt"
+
+
+def explain_overlay(sample: str) -> str:
+    """``explain-<sample>.png``, with every character other than letters, digits and ``-_.`` replaced by ``_``."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in sample)
+    return f"{EXPLAIN_PREFIX}{safe}.png"
+
+
+def figure(name: str) -> str:
+    """A report figure's PNG inside :data:`FIGURES`."""
+    return f"{name}.png"

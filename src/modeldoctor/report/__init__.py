@@ -1,5 +1,5 @@
-"""The HTML report: figures from saved outputs, assembled into one self-contained page (see :func:`report`)."""
+"""The HTML report: figures from saved outputs, assembled into one self-contained page (see :func:`write_report`)."""
 
-from modeldoctor.report.build import report
+from modeldoctor.report.build import ReportResult, report, write_report
 
-__all__ = ["report"]
+__all__ = ["ReportResult", "report", "write_report"]

@@ -7,6 +7,7 @@ Sections appear only when their data exists.  Numbers come from the saved files;
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from modeldoctor.doctor.diagnosis import Diagnosis, LayerDiagnosis
 from modeldoctor.doctor.discovery import kernels_for_mass
 from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import load_diagnosis
+from modeldoctor.io.documents import ABLATION, ANNOTATION_LIST, DECOMPOSITION, STABILITY, TREATMENT
 from modeldoctor.report import figures
 from modeldoctor.report.collect import RunFiles, find_outputs
 from modeldoctor.report.html import Section, render, table
@@ -30,11 +32,20 @@ ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "exp
          "ablation"]
 
 
-def report(run_dir: str | Path, out: str | Path | None = None, images: bool = True, max_images: int = 6) -> Path:
+@dataclass
+class ReportResult:
+    """The HTML page and the PNG of every figure on it (in page order)."""
+
+    html: Path
+    figures: list[Path]
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, images: bool = True,
+                 max_images: int = 6) -> ReportResult:
     """Build ``report.html`` (default: inside ``run_dir``) and a ``figures/`` folder of PNGs beside it.
 
     ``images=False`` skips everything that needs the model (overlays, thumbnails); ``max_images`` bounds the
-    images per overlay row.  Returns the HTML path.
+    images per overlay row.
     """
     if max_images < 1:
         raise UserError(f"max_images must be at least 1, got {max_images}")
@@ -47,39 +58,40 @@ def report(run_dir: str | Path, out: str | Path | None = None, images: bool = Tr
         sections.append(discovery_section(diagnosis))
     if models.original is not None and diagnosis is not None:
         sections += attention_sections(models, diagnosis, max_images)
-    annotate = files.json("annotate")
+    annotate = files.read(ANNOTATION_LIST)
     if annotate:
         sections.append(annotation_section(annotate, models))
-    treat = files.json("treat")
+    treat = files.read(TREATMENT)
     if treat:
         sections.append(treatment_section(treat, _class_names(diagnosis, models, treat)))
-    stability = files.json("stability")
+    stability = files.read(STABILITY)
     if stability:
         sections.append(stability_section(stability))
     if files.explain_pngs:
         sections.append(explain_section(files.explain_pngs))
-    decompose = files.json("decompose")
+    decompose = files.read(DECOMPOSITION)
     if decompose:
         sections.append(decomposition_section(decompose))
-    ablate = files.json("ablate")
+    ablate = files.read(ABLATION)
     if ablate:
         sections.append(ablation_section(ablate))
     sections.sort(key=lambda s: ORDER.index(s.key))
     cards = summary_cards(treat, diagnosis, stability, decompose)
     page = render("Model Doctor report", f"Outputs found under {files.root}", cards, sections)
-    fig_dir = target.parent / "figures"
-    for section in sections:
-        for fig in section.figures:
-            write_bytes(fig_dir / f"{fig.name}.png", fig.png)
+    fig_dir = target.parent / names.FIGURES
+    pngs = [write_bytes(fig_dir / names.figure(fig.name), fig.png) for section in sections for fig in section.figures]
     write_text(target, page)
-    logger.info("%d sections, %d figures → %s", len(sections), sum(len(s.figures) for s in sections),
-                target)
-    return target
+    logger.info("%d sections, %d figures → %s", len(sections), len(pngs), target)
+    return ReportResult(target, pngs)
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, images: bool = True, max_images: int = 6) -> Path:
+    """:func:`write_report`, returning the HTML path."""
+    return write_report(run_dir, out, images, max_images).html
 
 
 def _load_diagnosis(files: RunFiles) -> Diagnosis | None:
-    path = files.get("diagnosis")
-    return load_diagnosis(path.parent) if path is not None else None
+    return load_diagnosis(files.diagnosis.parent) if files.diagnosis is not None else None
 
 
 def _class_names(diagnosis: Diagnosis | None, models: ModelSet, treat: dict) -> list[str]:

@@ -1,39 +1,41 @@
 """Find the outputs of modeldoctor commands anywhere under a run directory.
 
-Each command writes a file with a fixed name (``diagnosis.json``, ``treat.json``, ...); the report shows a
-section for every kind it finds.  When a name occurs more than once the shallowest path wins (ties: the
-alphabetically first), so ``RUN/treat.json`` beats ``RUN/old/treat.json``.
+Each command writes a file with a fixed name (:mod:`modeldoctor.io.names`); the report shows a section for every
+kind it finds.  When a name occurs more than once the shallowest path wins (ties: the alphabetically first), so
+``RUN/treat.json`` beats ``RUN/old/treat.json``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import read_json
 from modeldoctor.io import names
+from modeldoctor.io.documents import ABLATION, ANNOTATION_LIST, DECOMPOSITION, STABILITY, TREATMENT, Document
 
-NAMES = {"diagnosis": names.DIAGNOSIS_JSON, "annotate": names.ANNOTATE, "treat": names.TREAT, "ablate": names.ABLATE,
-         "decompose": names.DECOMPOSE, "stability": names.STABILITY}
+DOCUMENTS = (ANNOTATION_LIST, TREATMENT, ABLATION, DECOMPOSITION, STABILITY)
 
 
 @dataclass
 class RunFiles:
-    """Paths of the outputs found under ``root`` (``None`` where a command's output is absent)."""
+    """Paths of the outputs found under ``root`` (absent kinds are simply missing)."""
 
     root: Path
-    found: dict[str, Path] = field(default_factory=dict)
+    documents: dict[str, Path] = field(default_factory=dict)  # file name → the shallowest copy
+    diagnosis: Path | None = None  # diagnosis.json; its directory holds the whole diagnosis
     checkpoints: list[Path] = field(default_factory=list)
     explain_pngs: list[Path] = field(default_factory=list)  # overlays written by `modeldoctor explain`
 
-    def get(self, kind: str) -> Path | None:
-        return self.found.get(kind)
+    def path(self, document: Document) -> Path | None:
+        return self.documents.get(document.name)
 
-    def json(self, kind: str) -> Any:
-        path = self.found.get(kind)
-        return read_json(path) if path is not None else None
+    def read(self, document: Document) -> dict[str, Any] | None:
+        """The document through its one reader, or ``None`` when the run has none."""
+        path = self.path(document)
+        return document.read(path) if path is not None else None
 
 
 def find_outputs(run_dir: str | Path) -> RunFiles:
@@ -41,20 +43,22 @@ def find_outputs(run_dir: str | Path) -> RunFiles:
     root = Path(run_dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory; pass the --out directory of modeldoctor commands")
+
+    def found(pattern: str) -> list[Path]:
+        return _shallowest_first(root, (p for p in root.rglob(pattern) if p.is_file()))
+
     files = RunFiles(root)
-
-    def depth_first(paths: list[Path]) -> list[Path]:
-        return sorted(paths, key=lambda p: (len(p.relative_to(root).parts), str(p)))
-
-    for kind, name in NAMES.items():
-        hits = depth_first([p for p in root.rglob(name) if p.is_file() and not _hidden(p, root)])
+    for document in DOCUMENTS:
+        hits = found(document.name)
         if hits:
-            files.found[kind] = hits[0]
-    files.explain_pngs = depth_first([p for p in root.rglob("explain-*.png") if not _hidden(p, root)])
-    files.checkpoints = depth_first([p for p in root.rglob("*.pt") if p.is_file() and not _hidden(p, root)])
+            files.documents[document.name] = hits[0]
+    files.diagnosis = next(iter(found(names.DIAGNOSIS_JSON)), None)
+    files.explain_pngs = found(names.EXPLAIN_PATTERN)
+    files.checkpoints = found(names.CHECKPOINT_PATTERN)
     return files
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    """Skip temporary files of atomic writes (``.name.tmp``) and hidden folders."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _shallowest_first(root: Path, paths: Iterable[Path]) -> list[Path]:
+    """Without the temporary files of atomic writes (``.name.tmp``) and hidden folders; shallowest first."""
+    visible = [p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(visible, key=lambda p: (len(p.relative_to(root).parts), str(p)))

@@ -21,6 +21,7 @@ from modeldoctor.data.bundle import DataBundle
 from modeldoctor.doctor.diagnosis import Diagnosis
 from modeldoctor.doctor.explain import background_share
 from modeldoctor.io import names
+from modeldoctor.io.documents import TREATMENT
 from modeldoctor.io.loading import data_for
 from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint
 from modeldoctor.report import figures
@@ -52,11 +53,12 @@ class ModelSet:
 
 def load_models(files: RunFiles, diagnosis: Diagnosis | None) -> ModelSet:
     """Find and load the original (and treated / control) checkpoints and their data; empty when impossible."""
-    treat_path = files.get("treat")
+    treat_path = files.path(TREATMENT)
+    treat = files.read(TREATMENT)
     named: list[Path] = []  # the checkpoint treat.json says it treated: the original by definition
-    if treat_path is not None:
-        given = Path(files.json("treat").get("checkpoint", ""))
-        named = [p for p in (given, files.root / given, treat_path.parent / given) if p.suffix == ".pt"]
+    if treat_path is not None and treat is not None:
+        given = Path(treat.get("checkpoint", ""))
+        named = [p for p in (given, files.root / given, treat_path.parent / given) if p.match(names.CHECKPOINT_PATTERN)]
     arm_paths = {arm: treat_path.parent / names.arm_checkpoint(arm) for arm in ("control", "treated")} if treat_path else {}
     others = [p for p in files.checkpoints if p not in arm_paths.values()]
     wanted = diagnosis.weights_sha256 if diagnosis is not None else None

@@ -1,4 +1,4 @@
-"""Arguments and loading steps shared by several commands."""
+"""Arguments shared by several commands."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def add_out_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
     p.add_argument("--out", required=required, default=None, help="output directory")
 
 
-def out_dir(args: argparse.Namespace, default: str | None = None) -> Path | None:
+def out_dir(args: argparse.Namespace, default: str | Path | None = None) -> Path | None:
+    """``--out`` (or ``default``) as an existing directory; ``None`` when neither is given."""
     value = args.out or default
     if value is None:
         return None
@@ -29,3 +30,9 @@ def out_dir(args: argparse.Namespace, default: str | None = None) -> Path | None
         raise UserError(f"--out {path} exists and is not a directory; choose a directory path")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """``"a, b,"`` → ``["a", "b"]``; ``None`` or nothing but commas → ``None``."""
+    items = [item.strip() for item in (text or "").split(",") if item.strip()]
+    return items or None

@@ -12,24 +12,16 @@ Example: modeldoctor decompose --checkpoint runs/base/model.pt --data mnist5k --
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
-import sys
+from typing import Any
 
-from modeldoctor.analyses.decompose import (
-    compare_with_diagnosis,
-    decompose_model,
-    final_linear,
-    parse_count,
-    swapped_module,
-)
+from modeldoctor import api
+from modeldoctor.analyses.decompose import parse_count
 from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
-from modeldoctor.core.files import write_json
-from modeldoctor.core.layers import default_layer
 from modeldoctor.io import names
+from modeldoctor.io.checkpoints import write_decomposed
 from modeldoctor.io.diagnosis_files import load_diagnosis
+from modeldoctor.io.documents import DECOMPOSITION, INFLUENTIAL
 from modeldoctor.io.loading import load_model_and_data
-from modeldoctor.models.checkpoint import save_checkpoint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,29 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "conv layer with the influential features (overlap, Jaccard)")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     k1 = parse_count(args.k1 or args.k)
     k2 = parse_count(args.k2 or args.k)
     out = out_dir(args)
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
-    result = decompose_model(model, bundle, k1, k2, args.retrain_epochs, lr=args.lr, seed=args.seed,
-                             noise_repeats=args.noise_repeats)
-    summary = {"checkpoint": args.checkpoint, **result.summary}
-    if args.diagnosis:
-        diagnosis = load_diagnosis(args.diagnosis, model)
-        summary["diagnosis_overlap"] = compare_with_diagnosis(result.mask, diagnosis, default_layer(model))
-    print(f"decompose: A_f {summary['accuracy_full']:.4f}  A_d {summary['accuracy_decomposed']:.4f}  "
-          f"r_A {summary['r_A']:.4f}  retrained {summary['accuracy_retrained']}", file=sys.stderr)
+    diagnosis = load_diagnosis(args.diagnosis, model) if args.diagnosis else None
+    result = api.decompose(model, bundle, k1, k2, args.retrain_epochs, lr=args.lr, seed=args.seed,
+                           noise_repeats=args.noise_repeats, diagnosis=diagnosis)
+    summary = {"checkpoint": args.checkpoint, **result.to_dict()}
     if out is not None:
-        write_json(out / names.INFLUENTIAL, {"layer": summary["layer"], "k1": k1, "k2": k2,
-                                              "classes": bundle.class_names, "influential": summary["influential"],
-                                              "histogram": result.histogram.tolist()})
-        name, _ = final_linear(model)
-        with swapped_module(model, name, result.layer.to_linear()):
-            new_meta = dataclasses.replace(copy.deepcopy(meta), parent=args.checkpoint,
-                                           metrics={"test": {"accuracy": summary["accuracy_retrained"]
-                                                             or summary["accuracy_decomposed"]}})
-            save_checkpoint(out / names.DECOMPOSED, model, new_meta, protect=(args.checkpoint,))
+        INFLUENTIAL.write(out, result.influential())
+        write_decomposed(out, model, meta, args.checkpoint, result.decomposition)
         summary["outputs"] = {n: str(out / n) for n in (names.DECOMPOSE, names.INFLUENTIAL, names.DECOMPOSED)}
-        write_json(out / names.DECOMPOSE, summary)
+        DECOMPOSITION.write(out, summary)
     return summary

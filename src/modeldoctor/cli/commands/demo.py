@@ -11,6 +11,9 @@ Example: modeldoctor demo --out runs/demo
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from modeldoctor.demo import run_demo
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,10 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """With --json the full result ({"html", "original": M, "control": M, "treated": M, ...}); else the headline."""
-    from modeldoctor.demo import run_demo  # imported here: matplotlib and torch stay out of `modeldoctor --help`
-
     result = run_demo(args.out, quick=args.quick, seed=args.seed)
     if getattr(args, "json", False):
         return result

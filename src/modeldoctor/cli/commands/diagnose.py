@@ -10,19 +10,15 @@ Example: modeldoctor diagnose --checkpoint runs/base/model.pt --layers all --out
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 from modeldoctor import api
-from modeldoctor.cli.commands.common import add_checkpoint_args
-from modeldoctor.core.layers import conv_layer_names
-from modeldoctor.core.replay import NoiseReplay
-from modeldoctor.doctor.diagnosis import diagnose
-from modeldoctor.doctor.discovery import discovery_statistics
-from modeldoctor.doctor.selection import score_samples
+from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list
+from modeldoctor.doctor.diagnosis import DiagnosisOptions
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import save_diagnosis
-from modeldoctor.io.documents import write_annotation_list
+from modeldoctor.io.documents import ANNOTATION_LIST
 from modeldoctor.io.loading import load_model_and_data
 
 
@@ -49,35 +45,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     p.add_argument("--lowest", type=int, default=0, metavar="K",
-                   help="also write annotate.json: the K lowest-confidence images of each class")
-    p.add_argument("--out", default=None, help="output directory (default: diagnosis/ next to the checkpoint)")
+                   help=f"also write {names.ANNOTATE}: the K lowest-confidence images of each class")
+    p.add_argument("--out", default=None,
+                   help=f"output directory (default: {names.DIAGNOSIS_DIR}/ next to the checkpoint)")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "diagnosis"
-    split = bundle.split(args.split)
-    layers = args.layers if args.layers in (None, "all") else [n.strip() for n in args.layers.split(",") if n.strip()]
-    started = time.perf_counter()
-    model.eval()
-    replay = NoiseReplay(model, conv_layer_names(model) if layers == "all" else layers)
-    print(f"diagnose: scoring {len(split)} {args.split} samples", file=sys.stderr)
-    scores = score_samples(replay, split, args.batch_size)
-    diagnosis = diagnose(model, split, replay.layers, noise_draws=args.noise_draws,
-                         samples_per_class=args.samples_per_class, delta=args.delta, delta_mode=args.delta_mode,
-                         output=args.output, target=args.target, reduce=args.reduce,
-                         min_confidence=args.min_confidence, require_correct=not args.include_wrong, seed=args.seed,
-                         batch_size=args.batch_size, class_names=meta.class_names, scores=scores,
-                         model_spec=meta.model, progress=True)
-    seconds = time.perf_counter() - started
-    save_diagnosis(diagnosis, out)
-    result = {"diagnosis": str(out), "seconds": seconds, "fallback": diagnosis.fallback_reason}
-    if args.lowest > 0:
-        document = api.annotation_list(model, bundle, args.lowest, args.split, scores=scores)
-        result["annotate"] = str(write_annotation_list(out, document))
-    stats = discovery_statistics(diagnosis)
-    keep = ("name", "depth", "channels", "samples", "kernels_for_90pct_mass", "mean_kernels_for_90pct_mass",
-            "gini", "mean_pairwise_jaccard", "mean_sample_vs_class_cosine", "mean_sample_vs_other_classes_cosine")
-    result["layers"] = [{k: s[k] for k in keep} for s in stats["layers"]]
-    result["trend_kernels_for_90pct"] = stats["trend_kernels_for_90pct"]
-    return result
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / names.DIAGNOSIS_DIR
+    options = DiagnosisOptions(noise_draws=args.noise_draws, samples_per_class=args.samples_per_class,
+                               delta=args.delta, delta_mode=args.delta_mode, output=args.output, target=args.target,
+                               reduce=args.reduce, min_confidence=args.min_confidence,
+                               require_correct=not args.include_wrong, seed=args.seed)
+    layers = args.layers if args.layers in (None, "all") else comma_list(args.layers)
+    result = api.diagnose_model(model, bundle, layers, options, split=args.split, lowest=args.lowest,
+                                batch_size=args.batch_size, class_names=meta.class_names, model_spec=meta.model,
+                                progress=True)
+    save_diagnosis(result.diagnosis, out)
+    files = {"diagnosis": str(out)}
+    if result.annotation is not None:
+        files["annotate"] = str(ANNOTATION_LIST.write(out, result.annotation))
+    return {**files, **result.to_dict()}

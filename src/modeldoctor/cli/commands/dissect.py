@@ -10,23 +10,13 @@ Example: modeldoctor dissect --checkpoint runs/base/model.pt --data mnist5k --la
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from modeldoctor.analyses.dissect import (
-    DEFAULT_MIN_IOU,
-    DEFAULT_QUANTILE,
-    dissect,
-    dissection_summary,
-    object_background,
-    stroke_concepts,
-)
-from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
-from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import write_json
-from modeldoctor.data.masks import load_masks
-from modeldoctor.io import names
-from modeldoctor.io.loading import load_model_and_data
+from modeldoctor import api
+from modeldoctor.analyses.dissect import DEFAULT_MIN_IOU, DEFAULT_QUANTILE
+from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, comma_list, out_dir
+from modeldoctor.io.documents import DISSECTION
+from modeldoctor.io.loading import load_model_and_data, read_object_masks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,38 +33,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
-    split = bundle.split(args.split)
-    ids = _evenly_spaced_ids(split.ids, args.max_samples)
-    if args.masks == "builtin":
-        if not bundle.masks:
-            raise UserError(f"{bundle.spec} has no built-in masks; pass --masks DIR, or omit --masks for the "
-                            "stroke / background stand-in")
-        source, masks = "builtin", object_background({i: bundle.masks[i] for i in ids if i in bundle.masks})
-    elif args.masks:
-        found = load_masks(args.masks, ids, bundle.input_size)
-        if not found:
-            raise UserError(f"no mask in {args.masks} is named after a sample id of the {args.split} split "
-                            f"(e.g. {ids[0]}.png); name each PNG after its sample id")
-        source, masks = "masks", object_background(found)
-    else:
-        print("modeldoctor dissect: no --masks given; using the built-in stand-in concepts stroke / background",
-              file=sys.stderr)
-        chosen = set(ids)
-        source, masks = "builtin-stroke", {k: v for k, v in stroke_concepts(split).items() if k in chosen}
-    layers = [s for s in args.layer.split(",") if s] if args.layer else None
-    results = dissect(model, split, masks, layers, quantile=args.quantile, batch_size=args.batch_size)
-    report = {"checkpoint": args.checkpoint, "weights_sha256": meta.weights_sha256, "split": args.split,
-              "concept_source": source, "quantile": args.quantile, **dissection_summary(results, args.min_iou)}
+    masks = read_object_masks(bundle, args.masks, args.split) if args.masks else None
+    result = api.dissect(model, bundle, args.split, masks, "builtin" if args.masks == "builtin" else "masks",
+                         comma_list(args.layer), quantile=args.quantile, min_iou=args.min_iou,
+                         batch_size=args.batch_size, max_samples=args.max_samples)
+    report = {"checkpoint": args.checkpoint, "weights_sha256": meta.weights_sha256, **result.to_dict()}
     out = out_dir(args)
     if out is not None:
-        write_json(out / names.DISSECT, report)
-        report["files"] = [str(out / names.DISSECT)]
+        report["files"] = [str(DISSECTION.write(out, report))]
     return report
-
-
-def _evenly_spaced_ids(ids: list[str], limit: int | None) -> list[str]:
-    if limit is None or limit >= len(ids):
-        return list(ids)
-    if limit < 1:
-        raise UserError(f"--max-samples must be at least 1, got {limit}")
-    return [ids[int(i * len(ids) / limit)] for i in range(limit)]

@@ -7,11 +7,12 @@ Robustness: modeldoctor evaluate --checkpoint runs/base/model.pt --fgsm 0.05,0.1
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from modeldoctor.analyses.adversarial import fgsm_accuracy, parse_eps
-from modeldoctor.cli.commands.common import add_checkpoint_args
+from modeldoctor import api
+from modeldoctor.analyses.adversarial import parse_eps
+from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list
 from modeldoctor.io.loading import load_model_and_data
-from modeldoctor.training import evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,10 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also report test accuracy under FGSM at each ε (raw [0,1] pixel units), e.g. 0.05,0.1")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     eps_values = parse_eps(args.fgsm) if args.fgsm else []
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
-    metrics = {s: evaluate(model, bundle.split(s), bundle.num_classes) for s in args.splits.split(",")}
-    if eps_values:
-        metrics.setdefault("test", {})["fgsm"] = fgsm_accuracy(model, bundle.test, eps_values)
+    metrics = api.evaluate_model(model, bundle, comma_list(args.splits) or [], fgsm=eps_values)
     return {"checkpoint": args.checkpoint, "metrics": metrics, "weights_sha256": meta.weights_sha256}

@@ -10,18 +10,13 @@ Example: modeldoctor explain --checkpoint runs/base/model.pt --diagnosis runs/ba
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-
+from modeldoctor import api
 from modeldoctor.cli.commands.common import add_checkpoint_args, out_dir
-from modeldoctor.core.errors import UserError
-from modeldoctor.data.masks import resize_mask
-from modeldoctor.data.sources import _load_image_file
-from modeldoctor.doctor.explain import explain_image, save_overlay
+from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import load_diagnosis
-from modeldoctor.io.loading import load_model_and_data
+from modeldoctor.io.loading import load_model_and_data, read_image, read_mask_image, read_sample
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,53 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for the overlay PNG (default: the diagnosis directory)")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     diagnosis = load_diagnosis(args.diagnosis, model)
-    size = (meta.input_size, meta.input_size)
-    mask = None
-    if args.sample is not None:
-        split = bundle.split(args.split)
-        if args.sample not in split.index_of:
-            raise UserError(f"no sample {args.sample!r} in the {args.split} split; ids look like {split.ids[0]!r}")
-        i = split.index_of[args.sample]
-        image, label, _ = split[i]
-        raw, name, seed_index = split.raw(i), args.sample, i
-        if args.sample in bundle.masks:
-            mask = resize_mask(bundle.masks[args.sample], size)
-    else:
-        path = Path(args.image)
-        if not path.is_file():
-            raise UserError(f"image {path} does not exist; pass an image file")
-        try:
-            raw = _load_image_file(path, meta.input_size, meta.in_channels)
-        except OSError as exc:
-            raise UserError(f"cannot read image {path} ({exc}); pass a PNG or JPEG file") from None
-        image, label, name, seed_index = bundle.normalise(raw.unsqueeze(0))[0], args.label, path.stem, 0
-    if args.mask:
-        mask = resize_mask(_read_mask(Path(args.mask)), size)
-    ex = explain_image(model, image, diagnosis, args.layer, label, mask, args.top, seed_index)
-    names = diagnosis.class_names
+    sample = read_sample(bundle, args.split, args.sample) if args.sample is not None else \
+        read_image(args.image, bundle, args.label)
+    mask = read_mask_image(args.mask, (bundle.input_size, bundle.input_size)) if args.mask else sample.mask
+    result = api.explain(model, diagnosis, sample.image, sample.name, args.layer, sample.label, mask, args.top,
+                         sample.index)
     out = out_dir(args, args.diagnosis)
-    assert out is not None  # --out is required
-    title = f"{name}: predicted {names[ex.prediction]} ({ex.confidence:.2f})" + \
-        (f", true {names[ex.label]}" if ex.label is not None else "")
-    png = save_overlay(out / f"explain-{_safe(name)}.png", raw, ex.derivative_map, mask, title)
-    return {"sample": name, "layer": ex.layer, "prediction": names[ex.prediction], "confidence": ex.confidence,
-            "runner_up": names[ex.runner_up], "runner_up_confidence": ex.runner_up_confidence,
-            "label": names[ex.label] if ex.label is not None else None,
-            "kernels_vs_predicted": ex.kernels_vs_predicted, "kernels_vs_true": ex.kernels_vs_true,
-            "background_share": ex.background_share, "object_area": ex.object_area, "overlay": str(png)}
-
-
-def _read_mask(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    if not path.is_file():
-        raise UserError(f"mask {path} does not exist; pass a PNG with white object pixels")
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("L")) > 127)
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    assert out is not None  # defaults to the diagnosis directory
+    png = api.save_overlay(out / names.explain_overlay(sample.name), sample.raw, result.explanation.derivative_map,
+                           mask, result.title())
+    return {**result.to_dict(), "overlay": str(png)}

@@ -6,9 +6,10 @@ Example: modeldoctor layers --model resnet20 --input-size 32 --in-channels 1
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from modeldoctor import api
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import layer_table
 from modeldoctor.models.checkpoint import load_checkpoint
 from modeldoctor.models.zoo import build_model
 
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=10)
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
         model, meta = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
         shape = (meta.in_channels, meta.input_size, meta.input_size)
@@ -31,6 +32,4 @@ def run(args: argparse.Namespace) -> dict:
         shape = (args.in_channels, args.input_size, args.input_size)
     else:
         raise UserError("give --model NAME or --checkpoint PATH")
-    table = layer_table(model, shape)
-    return {"layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "out_shape": list(t.out_shape)}
-                       for t in table], "default": table[-1].name if table else None}
+    return api.list_layers(model, shape)

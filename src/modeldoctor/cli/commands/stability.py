@@ -13,16 +13,17 @@ Example: modeldoctor stability --checkpoint runs/base/model.pt --data mnist5k --
 from __future__ import annotations
 
 import argparse
-import sys
+from typing import Any
 
-from modeldoctor.analyses.detectors import RELATIVE_DELTAS, compare_detectors
-from modeldoctor.analyses.stability import DEFAULT_DELTAS, discovery2
-from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, out_dir
+from modeldoctor import api
+from modeldoctor.analyses.detectors import RELATIVE_DELTAS
+from modeldoctor.analyses.stability import DEFAULT_DELTAS
+from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, comma_list, out_dir
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.files import write_bytes, write_json
+from modeldoctor.core.files import write_bytes
 from modeldoctor.io import names
+from modeldoctor.io.documents import STABILITY
 from modeldoctor.io.loading import load_model_and_data
-from modeldoctor.report.figures import stability_curves
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,30 +52,20 @@ def _floats(text: str) -> list[float]:
         raise UserError(f"--deltas must be comma-separated numbers, got {text!r}; e.g. 0,0.1,0.2,0.3") from None
 
 
-def run(args: argparse.Namespace) -> dict:
-    deltas = _floats(args.deltas) if args.deltas else list(DEFAULT_DELTAS if args.absolute else RELATIVE_DELTAS)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    deltas = _floats(args.deltas) if args.deltas else None
     if not args.no_detectors and args.calibration_split == args.split:
         raise UserError(f"--calibration-split and --split are both {args.split}; settings must be chosen on other "
                         "data than the AUROC is measured on (e.g. --calibration-split val --split test)")
     out = out_dir(args)
     model, _, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
-    layers = [v.strip() for v in args.layer.split(",") if v.strip()] if args.layer else None
-    result = discovery2(model, bundle.split(args.split), eps=args.eps, layers=layers, deltas=deltas,
-                        draws=args.draws, relative=not args.absolute, max_samples=args.max_samples, seed=args.seed)
-    print(f"stability: FGSM ε={args.eps:g} success {result['fgsm']['success_rate']:.3f}; held-out AUROC "
-          f"{result['auroc']:.3f} at δ={result['delta']:g} ({result['layer']}); adversarials keeping the false "
-          f"label {result['keep_false_at_best']:.3f}", file=sys.stderr)
-    result = {"checkpoint": args.checkpoint, **result}
-    if not args.no_detectors:
-        result["detectors"] = compare_detectors(model, bundle.split(args.calibration_split), bundle.split(args.split),
-                                                eps=args.eps, attack=args.attack, draws=args.draws,
-                                                max_samples=args.max_samples, seed=args.seed)
-        found = result["detectors"]
-        print(f"stability: {args.attack} detectors on {args.split} (chosen on {args.calibration_split}): noise AUROC "
-              f"{found['auroc_noise']:.3f} ({found['noise_choice']['score']} at {found['noise_choice']['layer']}), "
-              f"feature squeezing {found['auroc_feature_squeezing']:.3f}", file=sys.stderr)
+    calibration = None if args.no_detectors else bundle.split(args.calibration_split)
+    result = {"checkpoint": args.checkpoint, **api.stability(
+        model, bundle.split(args.split), eps=args.eps, layers=comma_list(args.layer), deltas=deltas, draws=args.draws,
+        relative=not args.absolute, max_samples=args.max_samples, seed=args.seed, calibration=calibration,
+        attack=args.attack)}
     if out is not None:
-        write_bytes(out / names.STABILITY_FIGURE, stability_curves(result).png)
-        result["outputs"] = {"json": str(out / names.STABILITY), "figure": str(out / names.STABILITY_FIGURE)}
-        write_json(out / names.STABILITY, result)
+        figure = write_bytes(out / names.STABILITY_FIGURE, api.stability_figure(result))
+        result["outputs"] = {"json": str(STABILITY.path(out)), "figure": str(figure)}
+        STABILITY.write(out, result)
     return result
