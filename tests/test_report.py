@@ -158,3 +158,12 @@ def test_grad_cam_default_layer_is_the_pooling_input() -> None:
     expected = torch.relu((weights[:, :, None, None] * feats).sum(1)) / 36
     torch.testing.assert_close(cam, expected)
     assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_report_cli_lists_written_figures_and_quiet_silences_info(tmp_path: Path, capsys) -> None:
+    assert cli.main(["report", str(tmp_path), "--no-images", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"html": str(tmp_path / "report.html"), "figures": []}
+    assert captured.err.startswith("modeldoctor report: 0 sections, 0 figures")
+    assert cli.main(["report", str(tmp_path), "--no-images", "--json", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
