@@ -46,7 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model("simple-cnn", bundle.num_classes, bundle.in_channels)
     _, train_s = timed(fit, model, bundle.train, bundle.val, bundle.num_classes, TrainConfig(epochs=args.epochs, seed=0))
-    layer = default_layer(model)
+    layer = default_layer(model, bundle.input_shape)
     val = bundle.val
     first, batched_1 = timed(unit_deletion, model, val, bundle.num_classes, layer, batch_size=128)
     reference, single_s = timed(unit_deletion_one_at_a_time, model, val, bundle.num_classes, layer, batch_size=128)

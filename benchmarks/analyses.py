@@ -63,7 +63,7 @@ def one_seed(seed: int, epochs: int, bundle, max_samples: int) -> dict:
     _, train_s = timed(fit, model, bundle.train, bundle.val, bundle.num_classes, TrainConfig(epochs=epochs, seed=seed))
     test_acc = evaluate(model, bundle.test, bundle.num_classes)["accuracy"]
     log(f"seed {seed}: trained in {train_s:.0f}s, test {test_acc:.4f}")
-    last = default_layer(model)
+    last = default_layer(model, bundle.input_shape)
 
     dec, dec_s = timed(decompose_model, model, bundle, 5, 5, retrain_epochs=1, lr=0.01, seed=seed)
     diagnosis, diag_s = timed(diagnose, model, bundle.train, layers=last, samples_per_class=20, noise_draws=10, seed=seed)

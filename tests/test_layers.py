@@ -32,15 +32,16 @@ def test_layer_table_lists_convs_with_shapes_and_depth_and_releases_hooks() -> N
     table = layer_table(model, (2, 8, 8))
     assert [t.depth for t in table] == list(range(len(table))) and all(t.kind == "Conv2d" for t in table)
     assert table[0].name == "conv1" and table[0].out_shape == (16, 8, 8)
-    assert table[-1].name == default_layer(model) == "layer3.2.conv2" and table[-1].out_shape == (64, 2, 2)
+    assert table[-1].name == default_layer(model, (2, 8, 8)) == "layer3.2.conv2" and table[-1].out_shape == (64, 2, 2)
+    assert [t.order for t in table] == list(range(len(table)))  # resnet20 registers its convs in running order
     assert _hooks(model) == 0 and model.training
 
 
 def test_resolve_by_name_or_module_and_one_line_errors() -> None:
     model = Toy()
-    assert conv_layer_names(model) == ["conv1", "conv2"] and default_layer(model) == "conv2"
+    assert conv_layer_names(model) == ["conv1", "conv2"] and default_layer(model, (1, 8, 8)) == "conv2"
     assert resolve_layer(model, model.bn) == ("bn", model.bn)
-    assert resolve_layers(model, None) == ["conv2"]
+    assert resolve_layers(model, None, (1, 8, 8)) == ["conv2"]
     assert resolve_layers(model, "conv1") == ["conv1"] and resolve_layers(model, [model.conv1, "fc"]) == ["conv1", "fc"]
     with pytest.raises(UserError, match="unknown layer 'nope'; valid conv layers include: conv1, conv2"):
         resolve_layer(model, "nope")
@@ -51,7 +52,33 @@ def test_resolve_by_name_or_module_and_one_line_errors() -> None:
     with pytest.raises(UserError, match="named twice"):
         resolve_layers(model, ["conv1", model.conv1])
     with pytest.raises(UserError, match="no Conv2d layer"):
-        default_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+        default_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2))
+
+
+class SideBranchLast(nn.Module):
+    """A block whose shortcut conv runs after its last main-path conv, then squeeze-excitation on a 1×1 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(1, 4, 3, padding=1)
+        self.squeeze = nn.Conv2d(4, 4, 1)
+        self.shortcut = nn.Conv2d(1, 4, 1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        h = h * torch.sigmoid(self.squeeze(h.mean((2, 3), keepdim=True))) + self.shortcut(x)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_default_layer_is_the_last_spatial_main_path_conv_in_running_order() -> None:
+    model = SideBranchLast()
+    table = {t.name: t for t in layer_table(model, (1, 6, 6))}
+    assert [n for n, t in sorted(table.items(), key=lambda kv: kv[1].order)] == ["body", "squeeze", "shortcut"]
+    assert not table["squeeze"].spatial and table["body"].spatial and not table["shortcut"].main_path
+    assert default_layer(model, (1, 6, 6)) == "body"
+    # At a 1-px input nothing is spatial: the last main-path conv to run is the best there is.
+    assert default_layer(model, (1, 1, 1)) == "squeeze"
 
 
 def test_train_mode_restores_every_submodule_flag_also_after_an_exception() -> None:

@@ -9,7 +9,8 @@ The Python API mirrors the CLI, one function per command (:mod:`modeldoctor.api`
     result = md.treat(model, diagnosis, data, annotate_per_class=20)
     md.build_report("runs/demo")                                 # one HTML file
 
-Commands: ``train``, ``evaluate_model``, ``list_layers``, ``diagnose_model``, ``explain``, ``treat`` /
+Commands: ``train``, ``from_model`` (a model trained elsewhere), ``evaluate_model``, ``list_layers``,
+``diagnose_model``, ``explain``, ``treat`` /
 ``treat_seeds``, ``ablate``, ``decompose``, ``dissect``, ``stability``, ``write_report`` / ``build_report``,
 ``run_demo``; each returns a typed result with ``to_dict()`` (the command's JSON layout).  The engine functions
 they compose stay available: ``fit``, ``evaluate``, ``diagnose``, ``annotation_list``, ``explain_image``,
@@ -32,6 +33,7 @@ from modeldoctor.api import (
     DiagnoseResult,
     DissectionReport,
     ExplainResult,
+    Imported,
     ReportResult,
     TrainResult,
     TreatmentResult,
@@ -43,6 +45,7 @@ from modeldoctor.api import (
     dissect,
     evaluate_model,
     explain,
+    from_model,
     list_layers,
     stability,
     train,
@@ -69,10 +72,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AblationReport", "CheckpointMeta", "DecompositionReport", "Diagnosis", "DiagnosisOptions", "DiagnoseResult",
-    "DissectionReport", "ExplainResult", "ModelDoctorCallback", "ReportResult", "TrainConfig", "TrainResult",
+    "DissectionReport", "ExplainResult", "Imported", "ModelDoctorCallback", "ReportResult", "TrainConfig", "TrainResult",
     "TreatConfig", "TreatmentResult", "UserError",
     "ablate", "annotation_list", "build_model", "build_report", "decompose", "decompose_model", "diagnose",
-    "diagnose_model", "discovery2", "dissect", "evaluate", "evaluate_model", "explain", "explain_image", "fit",
+    "diagnose_model", "discovery2", "dissect", "evaluate", "evaluate_model", "explain", "explain_image", "fit", "from_model",
     "list_layers", "load_checkpoint", "load_data", "load_diagnosis", "run_demo", "save_checkpoint", "save_diagnosis",
     "stability", "train", "treat", "treat_seeds", "treatment_document", "unit_deletion", "write_report",
 ]

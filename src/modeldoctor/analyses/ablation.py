@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import LayerRef, default_layer, replace_output, resolve_layer, train_mode
+from modeldoctor.core.layers import LayerRef, default_layer, replace_output, resolve_layer, sample_shape, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.replay import ForwardState, NoiseReplay
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
@@ -78,7 +78,7 @@ def unit_deletion(model: nn.Module, split: ImageSplit, num_classes: int, layer: 
     ``units`` defaults to every channel of the layer (default: the last Conv2d); the model runs in eval
     mode and is left in the mode it had.
     """
-    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model)
+    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model, sample_shape(split))
     replay = NoiseReplay(model, [name])
     totals = _Totals(num_classes)
     with torch.no_grad(), train_mode(model, False):
@@ -101,7 +101,7 @@ def unit_deletion(model: nn.Module, split: ImageSplit, num_classes: int, layer: 
 def unit_deletion_one_at_a_time(model: nn.Module, split: ImageSplit, num_classes: int, layer: LayerRef | None = None,
                                 units: Sequence[int] | None = None, batch_size: int = 128) -> UnitDeletion:
     """Reference: one full evaluation per unit under :func:`ablate_units` (the cost the batched version avoids)."""
-    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model)
+    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model, sample_shape(split))
     chosen = _check_units(units, num_units(model, split, name), name)
     logits, labels = predict(model, split, batch_size)
     totals = _Totals(num_classes)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import FeatureCapture, LayerRef, resolve_layers, train_mode
+from modeldoctor.core.layers import FeatureCapture, LayerRef, resolve_layers, sample_shape, train_mode
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
 from modeldoctor.data.masks import resize_mask
 
@@ -87,7 +87,7 @@ def dissect(model: nn.Module, split: ImageSplit, concept_masks: ConceptMasks,
     ``split`` that have masks.  Two passes: the thresholds ``t_u``, then the IoU counts."""
     if not 0 < quantile < 1:
         raise UserError(f"quantile must be in (0, 1), got {quantile}; the paper uses 0.01 (top 1%)")
-    names = resolve_layers(model, layers)
+    names = resolve_layers(model, layers, sample_shape(split))
     subset, concepts = _samples_with_masks(split, concept_masks)
     size = tuple(subset.dataset[0][0].shape[-2:])
     loader = make_loader(subset, batch_size)

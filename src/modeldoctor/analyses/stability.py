@@ -27,7 +27,7 @@ from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm, pgd
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
+from modeldoctor.core.layers import FeatureCapture, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.replay import NoiseReplay, draw_noise
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
@@ -171,7 +171,7 @@ def discovery2(model: nn.Module, split: ImageSplit, eps: float = 0.1, layers: st
     """Fig. 3 curves and the noise-flip detector for each layer (default: the last conv layer); see module doc."""
     if draws < 1 or not deltas or any(d < 0 for d in deltas):
         raise UserError("need draws ≥ 1 and a non-empty list of δ ≥ 0; e.g. --deltas 0,0.1,0.2,0.3 --draws 10")
-    names = resolve_layers(model, layers)
+    names = resolve_layers(model, layers, sample_shape(split))
     data = successful_adversarials(model, split, eps, max_samples)
     if len(data.source) == 0:
         raise UserError(f"FGSM at ε={eps} fooled none of the {len(data.labels)} correct images; raise --eps")

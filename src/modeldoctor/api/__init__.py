@@ -9,6 +9,7 @@ command    function                               result
 ========== ====================================== =========================================
 train      :func:`train`                          :class:`TrainResult`
 evaluate   :func:`evaluate_model`                 metrics by split
+import     :func:`from_model`                     :class:`Imported`
 layers     :func:`list_layers`                    ``{"layers", "default"}``
 diagnose   :func:`diagnose_model`                 :class:`DiagnoseResult`
 explain    :func:`explain`                        :class:`ExplainResult`
@@ -34,6 +35,7 @@ from modeldoctor.api.analyses import (
     stability_figure,
 )
 from modeldoctor.api.diagnosis import DiagnoseResult, ExplainResult, annotation_list, diagnose_model, explain
+from modeldoctor.api.imports import Imported, from_model
 from modeldoctor.api.training import TrainResult, evaluate_model, list_layers, train
 from modeldoctor.api.treatment import Arm, TreatmentResult, treat, treat_seeds, treatment_document
 from modeldoctor.doctor.explain import save_overlay
@@ -42,7 +44,7 @@ from modeldoctor.report.build import report as build_report
 
 __all__ = [
     "AblationReport", "Arm", "DecompositionReport", "DiagnoseResult", "DissectionReport", "ExplainResult",
-    "ReportResult", "TrainResult", "TreatmentResult", "ablate", "annotation_list", "build_report", "decompose",
-    "diagnose_model", "dissect", "evaluate_model", "explain", "list_layers", "save_overlay", "stability",
+    "Imported", "ReportResult", "TrainResult", "TreatmentResult", "ablate", "annotation_list", "build_report", "decompose",
+    "diagnose_model", "dissect", "evaluate_model", "explain", "from_model", "list_layers", "save_overlay", "stability",
     "stability_figure", "train", "treat", "treat_seeds", "treatment_document", "write_report",
 ]

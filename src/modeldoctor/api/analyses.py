@@ -75,7 +75,7 @@ def ablate(model: nn.Module, data: DataBundle, layer: LayerRef | None = None, ra
     the interventions on the ``k`` worst / best units on ``rank_split`` and ``eval_split``, so no unit is chosen on
     the data that judges it.  ``dissection`` (a ``dissect.json`` document of the same layer) adds each ranked
     unit's best concept.  ``max_samples``: at most that many evenly spaced samples per split."""
-    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model)
+    name = resolve_layer(model, layer)[0] if layer is not None else default_layer(model, data.input_shape)
     splits: dict[str, ImageSplit] = {}
     for s in dict.fromkeys([rank_split, eval_split]):
         split = data.split(s)
@@ -134,7 +134,8 @@ def decompose(model: nn.Module, data: DataBundle, k1: Count = 5, k2: Count = 5, 
     """:func:`~modeldoctor.analyses.decompose.decompose_model`, plus with ``diagnosis`` the overlap of each class's
     influential features with its relevant kernels of the last conv layer (whose channels are the features)."""
     result = decompose_model(model, data, k1, k2, retrain_epochs, lr=lr, seed=seed, noise_repeats=noise_repeats)
-    overlap = compare_with_diagnosis(result.mask, diagnosis, default_layer(model)) if diagnosis is not None else None
+    overlap = (compare_with_diagnosis(result.mask, diagnosis, default_layer(model, data.input_shape))
+               if diagnosis is not None else None)
     s = result.summary
     logger.info("A_f %.4f  A_d %.4f  r_A %.4f  retrained %s", s["accuracy_full"], s["accuracy_decomposed"], s["r_A"],
                 s["accuracy_retrained"])

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeldoctor.core.layers import LayerRef, conv_layer_names, train_mode
+from modeldoctor.core.layers import LayerRef, conv_layer_names, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.doctor.diagnosis import Diagnosis, DiagnosisOptions, diagnose
@@ -55,7 +55,8 @@ def diagnose_model(model: nn.Module, data: DataBundle, layers: str | Sequence[La
     dataset = data.split(split)
     started = time.perf_counter()
     with train_mode(model, False):
-        replay = NoiseReplay(model, conv_layer_names(model) if layers == "all" else layers)
+        names = conv_layer_names(model) if layers == "all" else resolve_layers(model, layers, sample_shape(dataset))
+        replay = NoiseReplay(model, names)
         logger.info("scoring %d %s samples", len(dataset), split)
         scores = score_samples(replay, dataset, batch_size)
     diagnosis = diagnose(model, dataset, replay.layers, batch_size=batch_size, class_names=class_names or data.class_names,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,12 +14,12 @@ from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm_accuracy
 from modeldoctor.analyses.input_gradients import double_backprop_loss
-from modeldoctor.core.layers import layer_table
+from modeldoctor.core.layers import default_layer, layer_table
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.models.checkpoint import CheckpointMeta, weights_hash
 from modeldoctor.models.focused_dropout import insert_focused_dropout
 from modeldoctor.models.zoo import build_model
-from modeldoctor.training import TrainConfig, cross_entropy_loss, evaluate, fit
+from modeldoctor.training import TrainConfig, chance_accuracy, cross_entropy_loss, evaluate, fit, recipe_for
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +34,12 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, float]]
     seconds: float
+    warnings: list[str]  # e.g. the chance-level warning
 
     def to_dict(self) -> dict[str, Any]:
         """What ``modeldoctor train --json`` prints (less ``"checkpoint"``)."""
         return {"metrics": self.metrics, "best_epoch": self.best_epoch, "history": self.history,
-                "seconds": self.seconds, "weights_sha256": self.meta.weights_sha256}
+                "seconds": self.seconds, "weights_sha256": self.meta.weights_sha256, "warnings": self.warnings}
 
 
 def train(spec: str, data: DataBundle, config: TrainConfig | None = None,
@@ -48,7 +50,7 @@ def train(spec: str, data: DataBundle, config: TrainConfig | None = None,
     ``input_grad_reg`` = λ of double backpropagation (loss + λ · mean squared input gradient).  Both are recorded
     in the checkpoint's ``train_config`` so loading rebuilds the same model.
     """
-    cfg = config or TrainConfig()
+    cfg = config or TrainConfig(**recipe_for(spec))
     torch.manual_seed(cfg.seed)
     model = build_model(spec, data.num_classes, data.in_channels, data.input_size)
     regularisers: dict[str, Any] = {}
@@ -68,7 +70,23 @@ def train(spec: str, data: DataBundle, config: TrainConfig | None = None,
                           weights_sha256=weights_hash(model))
     logger.info("trained %s on %s: val %.4f test %.4f (best epoch %d)", spec, data.spec, metrics["val"]["accuracy"],
                 metrics["test"]["accuracy"], summary["best_epoch"])
-    return TrainResult(model, meta, metrics, summary["best_epoch"], summary["history"], time.perf_counter() - started)
+    notes = [note] if (note := chance_warning(spec, data, cfg, metrics["val"]["accuracy"])) else []
+    for line in notes:
+        warnings.warn(line, stacklevel=2)
+    return TrainResult(model, meta, metrics, summary["best_epoch"], summary["history"], time.perf_counter() - started,
+                       notes)
+
+
+def chance_warning(spec: str, data: DataBundle, cfg: TrainConfig, val_accuracy: float) -> str | None:
+    """A line naming likely fixes when validation accuracy ends not 2 points above chance (the majority class's
+    share of the validation split), else ``None``: a chance-level model is not worth diagnosing or treating."""
+    chance = chance_accuracy(data.val, data.num_classes)
+    if val_accuracy > chance + 0.02:
+        return None
+    return (f"{spec} ends at validation accuracy {val_accuracy:.1%}, not 2 points above chance ({chance:.1%}); "
+            f"likely fixes: a larger --input-size (now {data.input_size} px; ImageNet architectures downsample 32×), "
+            f"another --lr (now {cfg.lr:g}) or --optimizer (now {cfg.optimizer}; try adam), more --epochs "
+            f"(now {cfg.epochs})")
 
 
 def evaluate_model(model: nn.Module, data: DataBundle, splits: Sequence[str] = ("val", "test"),
@@ -82,7 +100,10 @@ def evaluate_model(model: nn.Module, data: DataBundle, splits: Sequence[str] = (
 
 
 def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Every Conv2d with its depth index and output shape for one input of ``input_shape``, and the default layer."""
+    """Every Conv2d that runs, with its depth index, output shape for one input of ``input_shape``, whether that
+    output is spatial (> 1×1) and on the main path (both needed for a default), and the default layer."""
     table = layer_table(model, input_shape)
-    return {"layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "out_shape": list(t.out_shape)}
-                       for t in table], "default": table[-1].name if table else None}
+    default = default_layer(model, input_shape)
+    return {"input_shape": list(input_shape), "default": default,
+            "layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "out_shape": list(t.out_shape),
+                        "spatial": t.spatial, "main_path": t.main_path, "default": t.name == default} for t in table]}

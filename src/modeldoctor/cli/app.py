@@ -15,14 +15,15 @@ import pkgutil
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from modeldoctor.cli import commands
+from modeldoctor.cli.checks import check_out, check_ranges
 from modeldoctor.core.errors import UserError
 from modeldoctor.io.diagnosis_files import finite
 
 # Shown first in --help, in workflow order; any other module in modeldoctor.cli.commands follows.
-ORDER = ["demo", "train", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
+ORDER = ["demo", "train", "import_", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
 
 
 def command_names() -> list[str]:
@@ -30,13 +31,25 @@ def command_names() -> list[str]:
     return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
+def command_of(module_name: str) -> str:
+    """``import_`` → ``import``: a module cannot be named after a Python keyword, the command can."""
+    return module_name.removesuffix("_")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (no usage block) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modeldoctor", description="Diagnose and treat trained CNN classifiers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = OneLineParser(prog="modeldoctor", description="Diagnose and treat trained CNN classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in command_names():
         module = importlib.import_module(f"modeldoctor.cli.commands.{name}")
         doc = module.__doc__ or name
-        p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc)
+        p = sub.add_parser(command_of(name), help=doc.strip().splitlines()[0], description=doc)
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -89,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_ranges(args)
+        check_out(getattr(args, "out", None))
         with _stderr_reporting(args.command, logging.WARNING if args.quiet else logging.INFO):
             result = args.run(args)
     except UserError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -19,24 +19,42 @@ from modeldoctor.core.errors import UserError
 LayerRef = str | nn.Module
 
 
+# Module-name parts of convs that sit beside the main path (ResNet downsample, shortcut and skip branches).
+SIDE_BRANCH = ("downsample", "shortcut", "skip")
+
+
 @dataclass
 class LayerInfo:
     name: str
     kind: str
     depth: int  # 0-based index among the model's Conv2d layers, in registration order
     out_shape: tuple[int, ...]  # (C, H, W) for the probe input
+    order: int  # position in the forward pass among the convs that ran
+
+    @property
+    def spatial(self) -> bool:
+        """The output still has positions (more than 1×1): spatial masks and maps mean something there."""
+        return len(self.out_shape) == 3 and self.out_shape[1] * self.out_shape[2] > 1
+
+    @property
+    def main_path(self) -> bool:
+        return not any(part in SIDE_BRANCH for part in self.name.split("."))
 
 
 def conv_layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def default_layer(model: nn.Module) -> str:
-    """The last convolutional layer: the paper's channel-wise default (supplement A)."""
-    names = conv_layer_names(model)
-    if not names:
+def default_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
+    """The paper's default (supplement A), the last conv layer, read as: the last Conv2d to run on the main path
+    whose output for ``input_shape`` is spatial (> 1×1).  That skips squeeze-excitation convs on pooled 1×1 maps
+    (RegNet, EfficientNet) and shortcut convs that run after the block's last conv."""
+    table = layer_table(model, input_shape)
+    if not table:
         raise UserError("the model has no Conv2d layer; name a layer with --layers")
-    return names[-1]
+    candidates = ([t for t in table if t.spatial and t.main_path] or [t for t in table if t.spatial]
+                  or [t for t in table if t.main_path] or table)
+    return max(candidates, key=lambda t: t.order).name
 
 
 def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
@@ -55,9 +73,21 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> tuple[str, nn.Module]:
     return layer, modules[layer]
 
 
-def resolve_layers(model: nn.Module, layers: LayerRef | Sequence[LayerRef] | None) -> list[str]:
+def sample_shape(dataset: Any) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the first image of a dataset of ``(image, label, ...)`` items."""
+    if len(dataset) == 0:
+        raise UserError("the data is empty; pass a split with at least one image")
+    channels, height, width = dataset[0][0].shape
+    return (channels, height, width)
+
+
+def resolve_layers(model: nn.Module, layers: LayerRef | Sequence[LayerRef] | None,
+                   input_shape: tuple[int, int, int] | None = None) -> list[str]:
+    """Dotted names of ``layers``; ``None`` = :func:`default_layer` for ``input_shape`` (then required)."""
     if layers is None:
-        return [default_layer(model)]
+        if input_shape is None:
+            raise TypeError("resolve_layers(model, None) needs the input shape to find the default layer")
+        return [default_layer(model, input_shape)]
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     names = [resolve_layer(model, ref)[0] for ref in layers]
@@ -124,12 +154,14 @@ class FeatureCapture(LayerHooks):
 
 
 def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerInfo]:
-    """Candidate layers (every Conv2d) with output shapes for one probe input, like timm's ``feature_info``."""
+    """Candidate layers (every Conv2d that runs) with output shapes for one probe input, like timm's
+    ``feature_info``; ``order`` is the position in the forward pass."""
     names = conv_layer_names(model)
     with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
         model(torch.zeros(1, *input_shape))
-    return [LayerInfo(n, type(model.get_submodule(n)).__name__, i, tuple(cap.captured[n].shape[1:]))
-            for i, n in enumerate(names)]
+    ran = list(cap.captured)  # insertion order = the order the hooks fired
+    return [LayerInfo(n, type(model.get_submodule(n)).__name__, i, tuple(cap.captured[n].shape[1:]), ran.index(n))
+            for i, n in enumerate(names) if n in cap.captured]
 
 
 @contextlib.contextmanager

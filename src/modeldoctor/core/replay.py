@@ -76,7 +76,7 @@ class NoiseReplay:
     The model's modules are shared, never copied; modes and in-place flags are restored after each call.
     """
 
-    def __init__(self, model: nn.Module, layers: LayerRef | Sequence[LayerRef] | None = None,
+    def __init__(self, model: nn.Module, layers: LayerRef | Sequence[LayerRef],
                  force_fallback: bool = False) -> None:
         self.model = model
         self.layers = resolve_layers(model, layers)

@@ -82,6 +82,22 @@ class DataBundle:
             raise UserError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, name)
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of every image."""
+        return (self.in_channels, self.input_size, self.input_size)
+
+    def set_normalisation(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise every split with ``mean`` / ``std`` (one value, or one per channel) instead of its own."""
+        if len(mean) not in (1, self.in_channels) or len(std) not in (1, self.in_channels) or min(std) <= 0:
+            raise UserError(f"mean/std need 1 or {self.in_channels} values with std > 0, got {list(mean)} / {list(std)}")
+        mean = list(mean) * (self.in_channels // len(mean))
+        std = list(std) * (self.in_channels // len(std))
+        for split in (self.train, self.val, self.test):
+            split.mean = split.mean.new_tensor(mean).view(-1, 1, 1)
+            split.std = split.std.new_tensor(std).view(-1, 1, 1)
+        self.mean, self.std = mean, std
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.train.mean) / self.train.std
 

@@ -1,4 +1,5 @@
-"""Object masks for the space-wise constraint: PNG files, boxes, labelme polygons; expansion and resizing.
+"""Object masks for the space-wise constraint: PNG files, boxes, labelme polygons, COCO instances (polygons /
+RLE); expansion and resizing.
 
 A mask is a boolean (H, W) tensor at the model's input size, True on the object.  The background mask of
 Eq. 6 is ``I_bg = 1 − expand(mask, E)`` resized to the feature map: the object is first grown by ``E``
@@ -112,6 +113,56 @@ def load_masks(directory: str | Path, ids: Iterable[str], size: int) -> dict[str
                 found[sid] = _resize(reader(hit), size, str(hit))
                 break
     return found
+
+
+def _coco_segment(segmentation: object, h: int, w: int, source: str) -> np.ndarray:
+    """One COCO ``segmentation``: polygons (a list of flat x, y lists) or run-length encoding (``{"counts",
+    "size"}``, compressed or not; decoded by pycocotools)."""
+    if isinstance(segmentation, list):
+        from PIL import Image, ImageDraw
+
+        canvas = Image.new("L", (w, h), 0)
+        draw = ImageDraw.Draw(canvas)
+        for flat in segmentation:
+            if len(flat) >= 6:
+                draw.polygon([(float(flat[i]), float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)], fill=1)
+        return np.asarray(canvas) > 0
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        try:
+            from pycocotools import mask as coco_mask
+        except ImportError:
+            raise UserError(f"{source} has RLE masks; run `pip install 'modeldoctor[coco]'` (pycocotools) to read "
+                            "them") from None
+        rle = segmentation
+        if isinstance(rle["counts"], list):  # uncompressed RLE → the compressed form pycocotools decodes
+            rle = coco_mask.frPyObjects(rle, *rle["size"])
+        return coco_mask.decode(rle).astype(bool)
+    raise UserError(f"{source} has a segmentation that is neither polygons nor RLE; export it as COCO instances")
+
+
+def load_coco(path: str | Path, ids: Iterable[str], size: int) -> dict[str, torch.Tensor]:
+    """Masks from a COCO instances file: every annotation of an image (any category) is object.  Images are matched
+    to sample ids by ``file_name`` (the id, the id's file name, or its stem), as PNG masks are."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text("utf-8"))
+        images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in doc["images"]}
+        annotations = [(int(a["image_id"]), a["segmentation"]) for a in doc["annotations"] if "segmentation" in a]
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"{p} is not a COCO instances file ({type(exc).__name__}); it needs images (id, file_name, "
+                        "height, width) and annotations (image_id, segmentation)") from None
+    by_name: dict[str, int] = {}
+    for image_id, (file_name, _, _) in images.items():
+        for key in (file_name, Path(file_name).name, Path(file_name).stem):
+            by_name.setdefault(key, image_id)
+    wanted = {sid: by_name.get(sid, by_name.get(Path(sid).name, by_name.get(Path(sid).stem))) for sid in ids}
+    union: dict[int, np.ndarray] = {}
+    for image_id, segmentation in annotations:
+        if image_id in images and image_id in wanted.values():
+            _, h, w = images[image_id]
+            segment = _coco_segment(segmentation, h, w, str(p))
+            union[image_id] = union[image_id] | segment if image_id in union else segment
+    return {sid: _resize(union[i], size, f"{p} image {i}") for sid, i in wanted.items() if i in union}
 
 
 def load_boxes(path: str | Path, ids: Iterable[str], size: int) -> dict[str, torch.Tensor]:

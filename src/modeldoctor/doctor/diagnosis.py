@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import LayerRef, conv_layer_names, train_mode
+from modeldoctor.core.layers import LayerRef, conv_layer_names, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.doctor.relevance import DEFAULT_METHOD, DEFAULT_PARAMS, relevant_kernels
 from modeldoctor.doctor.selection import (
@@ -194,8 +194,8 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
         raise UserError("diagnose got options= and individual option arguments; put every option in the options object")
     opts = options or keywords
     opts.validate()
-    names = conv_layer_names(model) if layers == "all" else layers
     dataset, batch_size = as_dataset(data, batch_size)
+    names = conv_layer_names(model) if layers == "all" else resolve_layers(model, layers, sample_shape(dataset))
     with train_mode(model, False):
         replay = NoiseReplay(model, names, force_fallback=force_fallback)
         started = time.perf_counter()

@@ -30,7 +30,7 @@ from torch import nn
 
 from modeldoctor.analyses.input_gradients import log_prob_input_gradient, squared_gradient_norm
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import conv_layer_names, train_mode
+from modeldoctor.core.layers import conv_layer_names, default_layer, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.receptive import receptive_field, receptive_fields
 from modeldoctor.core.replay import ForwardState, NoiseReplay
@@ -97,7 +97,7 @@ def default_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple
     limit = FIELD_SHARE * max(input_shape[1:])
     fields = receptive_fields(model, convs, input_shape, stop_above=limit)
     small = [name for name, field in fields.items() if field <= limit]
-    return (small[-1:] or convs[:1]), convs[-1:]
+    return (small[-1:] or convs[:1]), [default_layer(model, input_shape)]
 
 
 def control_config(cfg: TreatConfig) -> TreatConfig:

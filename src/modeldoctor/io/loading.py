@@ -12,7 +12,7 @@ from torch import nn
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
-from modeldoctor.data.masks import load_boxes, load_masks, resize_mask
+from modeldoctor.data.masks import load_boxes, load_coco, load_masks, resize_mask
 from modeldoctor.data.sources import _load_image_file, load_data
 from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint
 from modeldoctor.models.zoo import min_input_size
@@ -24,10 +24,7 @@ def data_for(meta: CheckpointMeta, spec: str | None) -> DataBundle:
     if bundle.num_classes != meta.num_classes or bundle.in_channels != meta.in_channels:
         raise UserError(f"data {bundle.spec} has {bundle.num_classes} classes / {bundle.in_channels} channels but the "
                         f"checkpoint expects {meta.num_classes} / {meta.in_channels}; use the data it was trained on")
-    for split in (bundle.train, bundle.val, bundle.test):
-        split.mean = split.mean.new_tensor(meta.mean).view(-1, 1, 1)
-        split.std = split.std.new_tensor(meta.std).view(-1, 1, 1)
-    bundle.mean, bundle.std = list(meta.mean), list(meta.std)
+    bundle.set_normalisation(meta.mean, meta.std)
     return bundle
 
 
@@ -50,7 +47,8 @@ def data_for_model(spec: str, model: str, input_size: int | None = None) -> Data
 def read_object_masks(bundle: DataBundle, source: str | None, split: str = "train",
                       boxes: str | None = None) -> dict[str, torch.Tensor]:
     """Object masks ``{sample id of split: bool (size, size)}`` from a box file (CSV or JSON: id, x0, y0, x1, y1),
-    ``source="builtin"`` (the data's own masks) or a folder of PNG / labelme files named after the sample ids.
+    ``source="builtin"`` (the data's own masks), a COCO instances ``.json`` file, or a folder of PNG / labelme
+    files named after the sample ids.
 
     Returned as found: whoever uses them decides what an empty or full mask means (the treatment drops them)."""
     size, ids = bundle.input_size, bundle.split(split).ids
@@ -60,6 +58,8 @@ def read_object_masks(bundle: DataBundle, source: str | None, split: str = "trai
         if not bundle.masks:
             raise UserError(f"{bundle.spec} has no built-in masks; pass --masks DIR (one PNG per sample id)")
         masks = {sid: bundle.masks[sid] for sid in ids if sid in bundle.masks}
+    elif source and Path(source).suffix.lower() == ".json":
+        masks = load_coco(source, ids, size)
     elif source:
         masks = load_masks(source, ids, size)
     else:

@@ -70,7 +70,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> tuple[nn.Module, C
     p = Path(path)
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist; pass the model.pt written by `modeldoctor train`")
-    blob = _read(p, trust)
+    blob = read_torch_file(p, trust)
     if isinstance(blob, nn.Module):
         raise UserError(f"{p} is a pickled full model without metadata; re-save it with "
                         "modeldoctor.models.checkpoint.save_checkpoint(path, model, CheckpointMeta(...))")
@@ -105,7 +105,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state)
 
 
-def _read(p: Path, trust: bool) -> Any:
+def read_torch_file(p: Path, trust: bool) -> Any:
+    """``torch.load`` of ``p`` on the CPU, weights-only unless ``trust``; every failure is one UserError line."""
     with p.open("rb") as f:
         head = f.read(2)
     is_zip = head == b"PK"  # torch.save's archive; a plain pickle starts with the PROTO opcode 0x80

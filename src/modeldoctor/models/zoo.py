@@ -6,6 +6,7 @@ A model spec is a string and is stored in the checkpoint, so a checkpoint rebuil
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -14,22 +15,7 @@ import torch
 from torch import nn
 
 from modeldoctor.core.errors import UserError
-
-# Smallest square input (pixels) for which forward (eval, batch 1) and forward+backward (train, batch 2)
-# work, measured by scanning sizes upward; tests/test_architectures.py checks size and size - 1.
-MIN_INPUT_SIZE: dict[str, int] = {
-    "simple-cnn": 4, "simple-cnn-narrow": 4, "resnet20": 1, "resnet32": 1,
-    "alexnet": 63, "inception_v3": 75, "densenet121": 29, "densenet161": 29, "densenet169": 29,
-    "densenet201": 29, "googlenet": 15, "squeezenet1_0": 21, "squeezenet1_1": 17,
-    **{vgg: 32 for vgg in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")},
-    **{name: 1 for name in ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "resnext50_32x4d",
-                            "efficientnet_v2_s", "mobilenet_v2", "shufflenet_v2_x1_0", "mnasnet1_0",
-                            "timm:xception41", "timm:seresnet34")},
-}
-DEFAULT_MIN_INPUT = 8  # unmeasured architectures: a guess that stops obviously too-small inputs
-
-
-
+from modeldoctor.models.probe import cache_key, probe_min_input, remembered, require_cnn
 
 
 class SimpleCNN(nn.Module):
@@ -118,18 +104,27 @@ def torchvision_names() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def min_input_size(spec: str) -> int:
-    return MIN_INPUT_SIZE.get(spec, DEFAULT_MIN_INPUT)
+@functools.cache
+def min_input_size(spec: str, in_channels: int = 3) -> int:
+    """The smallest square input ``spec`` takes, probed (:mod:`modeldoctor.models.probe`) and cached."""
+    return remembered(cache_key(spec, in_channels), lambda: probe_min_input(_construct(spec, 2, in_channels),
+                                                                            in_channels))
 
 
 def build_model(spec: str, num_classes: int, in_channels: int = 3, input_size: int | None = None) -> nn.Module:
     """Build an untrained model from a spec string, with ``num_classes`` outputs and ``in_channels`` inputs.
 
-    Raises :class:`UserError` for unknown names and for inputs below the architecture's minimum size.
+    Raises :class:`UserError` for unknown names, transformers, and inputs below the architecture's minimum size.
     """
-    if input_size is not None and input_size < min_input_size(spec):
-        raise UserError(f"{spec} needs inputs of at least {min_input_size(spec)} px, got {input_size} px; "
-                        f"pass --input-size {min_input_size(spec)} or larger")
+    model = _construct(spec, num_classes, in_channels)
+    require_cnn(model, spec)
+    if input_size is not None and input_size < (need := min_input_size(spec, in_channels)):
+        raise UserError(f"{spec} needs inputs of at least {need} px, got {input_size} px; "
+                        f"pass --input-size {need} or larger")
+    return model
+
+
+def _construct(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     if spec in BUILTINS:
         return BUILTINS[spec](num_classes, in_channels)
     if spec.startswith("timm:"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modeldoctor.core.errors import UserError
+from modeldoctor.cli.checks import check_out
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
@@ -21,15 +21,13 @@ def add_out_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def out_dir(args: argparse.Namespace, default: str | Path | None = None) -> Path | None:
-    """``--out`` (or ``default``) as an existing directory; ``None`` when neither is given."""
+    """``--out`` (or ``default``) as a directory path, checked but not created (the first write creates it, so a
+    failed command leaves no empty folder); ``None`` when neither is given."""
     value = args.out or default
     if value is None:
         return None
-    path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {path} exists and is not a directory; choose a directory path")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    check_out(value)
+    return Path(value)
 
 
 def comma_list(text: str | None) -> list[str] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modeldoctor import api
+from modeldoctor.cli.checks import check_out
 from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list
 from modeldoctor.doctor.diagnosis import DiagnosisOptions
 from modeldoctor.io import names
@@ -51,8 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / names.DIAGNOSIS_DIR
+    check_out(out, "the diagnosis directory")
+    model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     options = DiagnosisOptions(noise_draws=args.noise_draws, samples_per_class=args.samples_per_class,
                                delta=args.delta, delta_mode=args.delta_mode, output=args.output, target=args.target,
                                reduce=args.reduce, min_confidence=args.min_confidence,

@@ -14,7 +14,7 @@ from modeldoctor.io import names
 from modeldoctor.io.checkpoints import write_model
 from modeldoctor.io.loading import data_for_model
 from modeldoctor.models.focused_dropout import parse_focused_dropout
-from modeldoctor.training import TrainConfig
+from modeldoctor.training import DEFAULT_LR, TrainConfig, recipe_for
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,9 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help=f"output directory ({names.MODEL})")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, default=None, help="default 0.05 for sgd, 1e-3 for adam")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "rmsprop"], default=None,
+                   help="default: the model family's torchvision reference recipe (AdamW for ConvNeXt, RMSprop for "
+                        "EfficientNet-B and MobileNet-V3), else sgd")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's (0.05 sgd, 1e-3 adam, 0.008 rmsprop)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's (5e-4 for sgd)")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=None, help="resize images to this many pixels")
@@ -36,9 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3)
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=lr,
-                       weight_decay=args.weight_decay, schedule=args.schedule, seed=args.seed)
+    """The model family's recipe, with every option the user gave put over it (an optimiser without an lr takes
+    that optimiser's default lr)."""
+    recipe = recipe_for(args.model)
+    if args.optimizer is not None and args.optimizer != recipe["optimizer"]:
+        recipe = {"optimizer": args.optimizer, "lr": DEFAULT_LR[args.optimizer], "weight_decay": recipe["weight_decay"]}
+    given = {"lr": args.lr, "weight_decay": args.weight_decay}
+    recipe.update({k: v for k, v in given.items() if v is not None})
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed, **recipe)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

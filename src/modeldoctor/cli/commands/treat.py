@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--diagnosis", default=None, help="directory written by `modeldoctor diagnose` (channel-wise)")
     p.add_argument("--constraints", default=",".join(TreatConfig.constraints),
                    help=f"comma list of {', '.join(CONSTRAINTS)}")
-    p.add_argument("--masks", default=None, help="builtin (the dataset's own object masks) or DIR of PNG/labelme files")
+    p.add_argument("--masks", default=None,
+                   help="builtin (the dataset's own object masks), DIR of PNG/labelme files, or a COCO instances "
+                        "FILE.json (polygons/RLE)")
     p.add_argument("--boxes", default=None, help="CSV or JSON file of boxes: id, x0, y0, x1, y1 (input pixels)")
     p.add_argument("--annotate-per-class", type=int, default=20,
                    help="use the N lowest-confidence training images per class that have masks (0: all masks)")

@@ -1,0 +1,108 @@
+"""What a model can take, found by trying: its smallest square input, and whether it is a CNN at all.
+
+The smallest input is probed on a copy of the model (so the caller's BatchNorm statistics and gradients stay as
+they were): a forward pass in eval mode with batch 1 and a forward + backward pass in train mode with batch 2
+must both work.  Sizes double until one works, then a binary search finds the smallest; failing sizes are
+assumed to be all below the working ones.  Results are cached per architecture spec in this process and in
+``$XDG_CACHE_HOME/modeldoctor/min_input.json`` (keyed with the torchvision / timm version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import write_json
+from modeldoctor.core.outputs import select_logits
+
+LARGEST_PROBE = 1024  # pixels; an architecture that needs more is refused
+# What a too-small input raises inside torch / torchvision / timm (pooling, BatchNorm, reshapes, asserts).
+_TOO_SMALL = (RuntimeError, ValueError, AssertionError, IndexError, ZeroDivisionError)
+
+
+def attention_module(model: nn.Module) -> str | None:
+    """The dotted name of the first attention block (a vision transformer or a hybrid), else ``None``."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if isinstance(module, nn.MultiheadAttention) or kind.endswith("Attention") or kind == "VisionTransformer":
+            return name or kind
+    return None
+
+
+def require_cnn(model: nn.Module, spec: str) -> None:
+    """Refuse transformers in one line: the diagnosis and both constraints work on convolutional feature maps."""
+    found = attention_module(model)
+    if found is not None:
+        raise UserError(f"{spec} is a transformer (attention block {found!r}); Model Doctor diagnoses convolutional "
+                        "feature maps: choose a CNN such as resnet50, convnext_tiny or efficientnet_b0")
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise UserError(f"{spec} has no Conv2d layer; Model Doctor needs a convolutional classifier")
+
+
+def _works(model: nn.Module, in_channels: int, size: int) -> bool:
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, size, size))
+        model.train()
+        out = select_logits(model(torch.randn(2, in_channels, size, size)))
+        params = [p for p in model.parameters() if p.requires_grad]
+        torch.autograd.grad(out.float().square().mean(), params, allow_unused=True)
+        return True
+    except _TOO_SMALL:
+        return False
+
+
+def probe_min_input(model: nn.Module, in_channels: int) -> int:
+    """Smallest square input side (pixels) that ``model`` takes; ``model`` itself is not touched."""
+    trial = copy.deepcopy(model)
+    size = 1
+    while not _works(trial, in_channels, size):
+        if size >= LARGEST_PROBE:
+            raise UserError(f"no square input up to {LARGEST_PROBE} px works for this model (it may need one fixed "
+                            "size); pass a model that accepts variable input sizes")
+        size *= 2
+    low, high = size // 2, size  # low fails (or is 0), high works
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _works(trial, in_channels, middle) else (middle, high)
+    return high
+
+
+def _cache_file() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "modeldoctor" / "min_input.json"
+
+
+def cache_key(spec: str, in_channels: int) -> str | None:
+    """A key that changes with the code defining the architecture; ``None`` (never cached) for user factories."""
+    if ":" in spec and not spec.startswith("timm:"):
+        return None  # the user's own code may change between runs
+    from importlib.metadata import version
+
+    library = "timm" if spec.startswith("timm:") else "torchvision"
+    return f"{spec}|{in_channels}|{library} {version(library)}|modeldoctor {version('modeldoctor')}"
+
+
+def remembered(key: str | None, probe: Callable[[], int]) -> int:
+    """``probe()``, or its earlier answer for ``key`` from the on-disk cache (``None`` = never cache)."""
+    path = _cache_file()
+    try:
+        known = json.loads(path.read_text()) if key is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        known = {}  # a damaged cache is only a cache: probe again and rewrite it
+    if key in known:
+        return int(known[key])
+    size = probe()
+    if key is not None:
+        with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
+            write_json(path, {**known, key: size})
+    return size
