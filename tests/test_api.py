@@ -77,7 +77,7 @@ def test_train_is_seeded_and_records_what_the_checkpoint_needs(data: DataBundle,
         ("simple-cnn-narrow", "mine", 3, 1, 16)
     assert meta.train_config["seed"] == 1 and meta.metrics["val"]["accuracy"] == trained.metrics["val"]["accuracy"]
     summary = trained.to_dict()
-    assert set(summary) == {"metrics", "best_epoch", "history", "seconds", "weights_sha256"}
+    assert set(summary) == {"metrics", "best_epoch", "history", "seconds", "weights_sha256", "warnings"}
     assert 1 <= summary["best_epoch"] <= 2 and len(summary["history"]) == 2
     evaluated = md.evaluate_model(trained.model, data, ["val", "test"], fgsm=[0.0, 0.1])
     assert evaluated["val"]["accuracy"] == trained.metrics["val"]["accuracy"]

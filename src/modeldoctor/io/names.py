@@ -17,12 +17,16 @@ STABILITY_FIGURE = "stability.png"
 DISSECT = "dissect.json"
 REPORT = "report.html"
 FIGURES = "figures"
+ANNOTATIONS = "annotations.json"  # `modeldoctor annotate`: every image's boxes / paint / "no object"
+BOXES = "boxes.json"  # the boxes as id, x0, y0, x1, y1 rows (`treat --boxes`)
+MASKS_DIR = "masks"  # one PNG per annotated image (`treat --masks`)
 
 # Folders: `modeldoctor diagnose` writes DIAGNOSIS_DIR next to the checkpoint by default; the demo lays out
 # OUT/BASELINE_DIR/model.pt, OUT/DIAGNOSIS_DIR/ and OUT/TREAT_DIR/.
 DIAGNOSIS_DIR = "diagnosis"
 BASELINE_DIR = "baseline"
 TREAT_DIR = "treat"
+ANNOTATION_DIR = "annotation"  # `modeldoctor annotate DIR` writes DIR/ANNOTATION_DIR/ by default
 
 # What the report searches for besides the documents above.
 CHECKPOINT_PATTERN = "*.pt"

@@ -1,0 +1,177 @@
+"""annotate: the store's files, the HTTP routes, a real headless Chromium drawing a box by mouse events, and the
+command end to end (its masks are read back by the loaders `treat` uses)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modeldoctor import cli
+from modeldoctor.annotator.server import AnnotationServer, Item
+from modeldoctor.annotator.store import AnnotationStore
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.masks import load_boxes, load_masks
+
+SIZE = 28
+
+
+def _images(n: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.rand(1, SIZE, SIZE, generator=g) for _ in range(n)]
+
+
+def _server(tmp_path: Path, n: int = 3) -> AnnotationServer:
+    images = _images(n)
+    items = [Item(f"img-{i}", str(i % 2), 0.3) for i in range(n)]
+    return AnnotationServer(items, lambda i: images[i], AnnotationStore(tmp_path / "ann", SIZE))
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_store_writes_boxes_masks_and_resumes(tmp_path: Path) -> None:
+    store = AnnotationStore(tmp_path, SIZE)
+    store.save("a", [[2, 3, 10, 12], [20, 20, 28, 28]], None, False)
+    store.save("b", [[1, 1, 5, 5]], None, True)  # "no object" wins over boxes
+    rows = json.loads((tmp_path / "boxes.json").read_text())
+    assert rows == [{"id": "a", "x0": 2.0, "y0": 3.0, "x1": 10.0, "y1": 12.0},
+                    {"id": "a", "x0": 20.0, "y0": 20.0, "x1": 28.0, "y1": 28.0}]
+    boxes = load_boxes(tmp_path / "boxes.json", ["a", "b"], SIZE)
+    masks = load_masks(tmp_path / "masks", ["a", "b"], SIZE)
+    assert set(boxes) == set(masks) == {"a"} and torch.equal(boxes["a"], masks["a"])
+    assert int(masks["a"].sum()) == 8 * 9 + 8 * 8
+    again = AnnotationStore(tmp_path, SIZE)
+    assert again.records["b"].no_object and again.records["a"].boxes[1] == [20.0, 20.0, 28.0, 28.0]
+    again.save("a", [], None, False)  # cleared: no mask, no rows
+    assert not (tmp_path / "masks" / "a.png").exists() and json.loads((tmp_path / "boxes.json").read_text()) == []
+    with pytest.raises(UserError, match="empty"):
+        store.save("a", [[5, 5, 5, 9]], None, False)
+
+
+def test_routes_serve_state_images_and_refuse_bad_saves(tmp_path: Path) -> None:
+    with _server(tmp_path) as server:
+        with urllib.request.urlopen(server.url + "api/state", timeout=10) as response:
+            state = json.loads(response.read())
+        assert state["size"] == SIZE and [i["id"] for i in state["items"]] == ["img-0", "img-1", "img-2"]
+        with urllib.request.urlopen(server.url + "image/1", timeout=10) as response:
+            assert response.headers["Content-Type"] == "image/png" and response.read()[:4] == b"\x89PNG"
+        assert _post(server.url + "api/save", {"id": "nope", "boxes": []})[0] == 400
+        code, answer = _post(server.url + "api/save", {"id": "img-0", "boxes": [[1, 2]]})
+        assert code == 400 and "x0, y0, x1, y1" in answer["error"]
+        assert _post(server.url + "api/save", {"id": "img-0", "boxes": [[1, 2, 9, 9]]})[0] == 200
+        assert _post(server.url + "api/done", {})[1] == {"done": True} and server.done.is_set()
+
+
+def _chrome():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("chromium and chromedriver are not installed (Debian: chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def _wait(condition, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting in the browser")
+
+
+def test_a_box_drawn_by_mouse_is_on_disk_and_back_after_reload(tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = _chrome()
+    try:
+        with _server(tmp_path) as server:
+            driver.get(server.url)
+            _wait(lambda: driver.execute_script("return document.body.dataset.ready") == "1")
+            canvas = driver.find_element(By.ID, "canvas")
+            width = canvas.size["width"]  # 512 CSS px for 28 image px; offsets are from the canvas centre
+            start, end = (-width / 4, -width / 4), (width / 8, 0)
+            ActionChains(driver).move_to_element_with_offset(canvas, *start).click_and_hold() \
+                .move_by_offset(end[0] - start[0], end[1] - start[1]).release().perform()
+            _wait(lambda: driver.execute_script("return document.body.dataset.saves") == "1")
+            expected = [np.floor(SIZE / 4), np.floor(SIZE / 4), np.ceil(SIZE * 5 / 8), np.ceil(SIZE / 2)]
+            rows = json.loads((tmp_path / "ann" / "boxes.json").read_text())
+            assert [r["id"] for r in rows] == ["img-0"]
+            assert [rows[0][k] for k in ("x0", "y0", "x1", "y1")] == pytest.approx(expected, abs=1)
+            mask = load_masks(tmp_path / "ann" / "masks", ["img-0"], SIZE)["img-0"]
+            assert mask.any() and not mask.all()
+
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+            _wait(lambda: "image 2 /" in driver.find_element(By.ID, "progress").text)
+            driver.find_element(By.TAG_NAME, "body").send_keys("0")  # no object for img-1, then on to img-2
+            _wait(lambda: driver.execute_script("return document.body.dataset.saves") == "2")
+
+            driver.refresh()
+            _wait(lambda: driver.execute_script("return document.body.dataset.ready") == "1")
+            boxes = driver.execute_script("return S.records['img-0'].boxes")
+            assert boxes == [[rows[0][k] for k in ("x0", "y0", "x1", "y1")]]
+            assert driver.execute_script("return S.records['img-1'].no_object") is True
+            assert driver.execute_script("return S.index") == 2  # resumes at the first image without a record
+            driver.find_element(By.TAG_NAME, "body").send_keys("z")  # nothing to undo on a fresh image
+            _wait(lambda: "nothing to undo" in driver.find_element(By.ID, "status").text)
+    finally:
+        driver.quit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_command_serves_the_annotate_list_until_finished(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    diagnosis = tmp_path / "diagnosis"
+    diagnosis.mkdir()
+    (diagnosis / "annotate.json").write_text(json.dumps(
+        {"per_class": {"0": [{"id": "mnist5k-0003", "confidence": 0.2, "label": 0, "predicted": 3}]}}))
+    port = _free_port()
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(cli.main(
+        ["annotate", str(diagnosis), "--data", "mnist5k", "--port", str(port), "--no-browser", "--json"])))
+    thread.start()
+    url = f"http://127.0.0.1:{port}/"
+
+    def ready() -> bool:
+        try:
+            return urllib.request.urlopen(url + "api/state", timeout=2).status == 200
+        except OSError:
+            return False
+
+    _wait(ready, timeout=60)
+    assert _post(url + "api/save", {"id": "mnist5k-0003", "boxes": [[4, 4, 20, 24]]})[0] == 200
+    _post(url + "api/done", {})
+    thread.join(30)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert codes == [0] and result["annotated"] == 1 and result["images"] == 1
+    assert Path(result["masks"], "mnist5k-0003.png").is_file() and result["out"] == str(diagnosis / "annotation")
