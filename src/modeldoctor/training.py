@@ -216,5 +216,6 @@ def epoch_loader(train: ImageSplit, batch_size: int, seed: int) -> DataLoader:
     (a distributed sampler with the same seed on every rank)."""
     if not distributed.active():
         return make_loader(train, batch_size, shuffle=True, seed=seed)
-    sampler = DistributedSampler(train, distributed.world_size(), distributed.rank(), shuffle=True, seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(train, distributed.world_size(), distributed.rank(),
+                                                          shuffle=True, seed=seed)
     return DataLoader(train, batch_size=batch_size, sampler=sampler, **worker_options())

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def add_scale_arguments(p: argparse.ArgumentParser, amp: bool) -> None:
     """``--device``, ``--workers`` and (forward-only commands) ``--amp``, the same on every command."""
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
-                   help="where to compute (default auto: CUDA when present, else CPU); under torchrun cuda = cuda:LOCAL_RANK")
+                   help="where to compute (default auto: CUDA when present, else CPU); torchrun: cuda = cuda:LOCAL_RANK")
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="DataLoader worker processes decoding images (default 0: in the main process)")
     if amp:

@@ -14,6 +14,7 @@ import contextvars
 import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,7 @@ def batch_loader(split: Dataset, batches: Sequence[Sequence[int]]) -> DataLoader
     return DataLoader(split, batch_sampler=[list(b) for b in batches], **worker_options())
 
 
-def worker_options() -> dict[str, object]:
+def worker_options() -> dict[str, Any]:
     """DataLoader keyword arguments for the current :func:`loader_workers` setting."""
     count = _workers.get()
     return {"num_workers": count, "persistent_workers": False} | ({"prefetch_factor": 2} if count else {})

@@ -79,7 +79,7 @@ def score_samples(replay: NoiseReplay, data: Dataset | DataLoader, batch_size: i
     batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     mine = distributed.shard(list(enumerate(batches)))
     own = isinstance(data, DataLoader) and not distributed.active()
-    loader = data if own else batch_loader(dataset, [rows for _, rows in mine])
+    loader: DataLoader = data if isinstance(data, DataLoader) and own else batch_loader(dataset, [r for _, r in mine])
     device = model_device(replay.model)
     squares = torch.zeros(len(batches), len(replay.layers), dtype=torch.float64)
     keys = ("index", "label", "predicted", "confidence", "label_conf")
