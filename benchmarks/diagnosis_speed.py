@@ -13,6 +13,10 @@ run uses several batches rather than one).
     forward+backward passes with the same noise added at that layer only by a hook.
 
 Repetitions are interleaved; medians are reported.  Usage: python benchmarks/diagnosis_speed.py [--reps 3]
+
+The larger-image row: ``--arch resnet50 --size 224 --images 4 --reps 1 --naive-reps 1`` (random 224 px images, 10
+classes, ``--images`` of them; the last stage = the nine conv layers of layer4; written to
+results/diagnosis_speed_resnet50.json).
 """
 
 from __future__ import annotations
@@ -32,9 +36,20 @@ from modeldoctor.data.sources import load_data
 from modeldoctor.doctor.diagnosis import correlation_index, diagnose, sample_seeds
 from modeldoctor.doctor.selection import most_confident, score_samples
 
-LAST = "layer4.1.conv2"
-STAGE = ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
 J, DELTA, SEED = 10, 0.1, 0
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """``n`` random 3-channel images (seeded), label = index mod 10."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.images = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], i % 10, i
 
 
 class ThreeChannel(torch.utils.data.Dataset):
@@ -88,13 +103,18 @@ def main() -> None:
     parser.add_argument("--naive-reps", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--arch", choices=["resnet18", "resnet50"], default="resnet18")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=None, help="random images instead of mnist5k digits")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    bundle = load_data("mnist5k", input_size=32)
-    data = ThreeChannel(bundle.train)
-    model = torchvision.models.resnet18(num_classes=10).eval()
-    scores = score_samples(NoiseReplay(model, STAGE), data, 256)
+    data = RandomImages(args.images, args.size) if args.images else ThreeChannel(load_data("mnist5k", args.size).train)
+    model = getattr(torchvision.models, args.arch)(num_classes=10).eval()
+    stage = [n for n, m in model.named_modules() if n.startswith("layer4.") and isinstance(m, torch.nn.Conv2d)
+             and "downsample" not in n]
+    last = stage[-1]
+    scores = score_samples(NoiseReplay(model, stage), data, 256)
     chosen = most_confident(scores, args.per_class, target="label", require_correct=False)
     rows = torch.cat(list(chosen.values()))
     x = torch.stack([data[int(p)][0] for p in scores.position[rows]])
@@ -111,24 +131,24 @@ def main() -> None:
             plain_pass(model, x[b], y[b])
         times["plain"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        diagnose(model, data, LAST, noise_draws=J, **kw)
+        diagnose(model, data, last, noise_draws=J, **kw)
         times["last_j10"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        diagnose(model, data, LAST, noise_draws=1, **kw)
+        diagnose(model, data, last, noise_draws=1, **kw)
         times["last_j1"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        stage_diag = diagnose(model, data, STAGE, noise_draws=J, **kw)
+        stage_diag = diagnose(model, data, stage, noise_draws=J, **kw)
         times["stage"].append(time.perf_counter() - t)
         stage_timings.append(stage_diag.timings)
         if rep < args.naive_reps:
-            deltas = {n: stage_diag.layers[n].delta for n in STAGE}
+            deltas = {n: stage_diag.layers[n].delta for n in stage}
             t = time.perf_counter()
-            parts = [naive(model, x[b], y[b], index[b], STAGE, deltas) for b in batches]
+            parts = [naive(model, x[b], y[b], index[b], stage, deltas) for b in batches]
             times["naive"].append(time.perf_counter() - t)
-            reference = {n: torch.cat([p[n] for p in parts]) for n in STAGE}
+            reference = {n: torch.cat([p[n] for p in parts]) for n in stage}
 
     max_diff = 0.0
-    for layer in STAGE:
+    for layer in stage:
         sums = torch.zeros(10, reference[layer].shape[1], dtype=torch.float64).index_add_(0, y, reference[layer].double())
         max_diff = max(max_diff, float((stage_diag.layers[layer].sums - sums).abs().max()))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -136,7 +156,8 @@ def main() -> None:
     other = "other (weights hash, setup; tracing and the graph check are inside the first forward)"
     breakdown[other] = med["stage"] - sum(breakdown.values())
     result = {
-        "model": "torchvision resnet18, 10 classes, random weights", "images": f"{len(rows)} mnist5k train digits, 32 px, 3 channels",
+        "model": f"torchvision {args.arch}, 10 classes, random weights", "last_layer": last, "last_stage": stage,
+        "images": f"{len(rows)} {'random images' if args.images else 'mnist5k train digits'}, {args.size} px, 3 channels",
         "batch_size": args.batch_size, "noise_draws": J, "delta": f"{DELTA} x layer RMS", "threads": 1,
         "replay_path": "fallback" if stage_diag.fallback_reason else "torch.fx tail replay",
         "median_seconds": med, "seconds": times,
@@ -144,10 +165,11 @@ def main() -> None:
         "last_layer_ratio_j10_vs_j1": med["last_j10"] / med["last_j1"],
         "last_stage_speedup_vs_naive": med["naive"] / med["stage"],
         "last_stage_max_abs_difference": max_diff,
-        "last_stage_max_abs_sum": max(float(stage_diag.layers[n].sums.abs().max()) for n in STAGE),
+        "last_stage_max_abs_sum": max(float(stage_diag.layers[n].sums.abs().max()) for n in stage),
         "last_stage_breakdown_seconds": breakdown,
     }
-    out = Path(__file__).parent / "results" / "diagnosis_speed.json"
+    name = "diagnosis_speed.json" if args.arch == "resnet18" else f"diagnosis_speed_{args.arch}.json"
+    out = Path(__file__).parent / "results" / name
     write_json(out, result)
     summary = {k: result[k] for k in ("last_layer_ratio_vs_plain_pass", "last_layer_ratio_j10_vs_j1",
                                       "last_stage_speedup_vs_naive", "last_stage_max_abs_difference")}

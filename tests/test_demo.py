@@ -13,7 +13,7 @@ from modeldoctor.core.files import read_json
 
 @pytest.mark.slow
 def test_quick_demo_writes_the_report_and_the_three_models(tmp_path: Path, capsys) -> None:
-    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--json"]) == 0
+    assert cli.main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     for arm in ("original", "control", "treated"):
         for split in ("val", "test"):

@@ -2,6 +2,10 @@
 
 ``fit`` takes a loss function ``loss_fn(model, x, y, index) -> (loss, logits)`` so regularisers and the
 treatment's constraints plug in without a second loop.  The best epoch is chosen on validation only.
+Everything runs on the model's own device.  Under torchrun, ``fit`` is data-parallel: a distributed sampler
+gives each rank ``batch_size / world`` samples of every global batch and gradients are averaged over the ranks
+after each backward (what DistributedDataParallel does; done explicitly because Eq. 7's constraint terms run
+the unwrapped model's noise replays and a double backward); ``predict`` shards batches and gathers the logits.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from modeldoctor.core import distributed
+from modeldoctor.core.device import autocast, model_device, to_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import atomic_path
 from modeldoctor.core.layers import train_mode
 from modeldoctor.core.outputs import select_logits
-from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
+from modeldoctor.data.bundle import ImageSplit, batch_loader, make_loader, unpack_batch, worker_options
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -71,8 +78,9 @@ def recipe_for(spec: str) -> dict[str, Any]:
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None):
-    logits = select_logits(model(x))
-    return F.cross_entropy(logits, y), logits
+    with autocast(x.device):
+        logits = select_logits(model(x))
+    return F.cross_entropy(logits.float(), y), logits
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -97,14 +105,28 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int):
 
 @torch.no_grad()
 def predict(model: nn.Module, split: ImageSplit, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for a whole split, in split order, in eval mode (mode restored afterwards)."""
+    """Logits and labels (on the CPU) for a whole split, in split order, in eval mode (mode restored afterwards).
+
+    Under torchrun each rank runs every ``world``-th batch and the logits are gathered, so every rank returns
+    the same tensors a single process computes."""
+    device = model_device(model)
+    batches = [range(s, min(s + batch_size, len(split))) for s in range(0, len(split), batch_size)]
+    mine = distributed.shard(batches)
+    rows, outs, labels = [], [], []
     with train_mode(model, False):
-        outs, labels = [], []
-        for batch in make_loader(split, batch_size):
+        for part, batch in zip(mine, batch_loader(split, mine)):
             x, y, _ = unpack_batch(batch)
-            outs.append(select_logits(model(x)).float())
-            labels.append(y)
-        return torch.cat(outs), torch.cat(labels)
+            with autocast(device):
+                outs.append(select_logits(model(x.to(device))).float().cpu())
+            rows.append(torch.as_tensor(part))
+            labels.append(torch.as_tensor(y).long())
+    classes = int(distributed.all_reduce(torch.tensor([outs[0].shape[1] if outs else 0]), "max"))
+    logits = torch.zeros(len(split), classes)
+    label = torch.zeros(len(split), dtype=torch.long)
+    if outs:
+        logits[torch.cat(rows)] = torch.cat(outs)
+        label[torch.cat(rows)] = torch.cat(labels)
+    return distributed.all_reduce(logits), distributed.all_reduce(label)  # disjoint fills: exact
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -141,12 +163,14 @@ def chance_accuracy(split: ImageSplit, num_classes: int) -> float:
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
-    """One update: loss, zero_grad, backward, optimiser and schedule step; ``None`` (no update) on a non-finite loss."""
+    """One update: loss, zero_grad, backward, optimiser and schedule step; ``None`` (no update) on a non-finite loss
+    (on any rank: every rank skips together).  Under torchrun gradients are averaged over the ranks."""
     loss, _ = loss_fn(model, x, y, index)
-    if not torch.isfinite(loss):
+    if not distributed.all_true(bool(torch.isfinite(loss))):
         return None
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    distributed.average_gradients([p for p in model.parameters() if p.requires_grad])
     opt.step()
     sched.step()
     return loss.detach()
@@ -164,30 +188,33 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
     Stops with the last good weights kept when the loss becomes NaN or infinite.
     """
     torch.manual_seed(cfg.seed)
+    device, world = model_device(model), distributed.world_size()
+    distributed.broadcast_module(model)
+    batch_size = max(1, cfg.batch_size // world)  # per rank: the global batch stays cfg.batch_size
     opt = make_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train) / world) / batch_size)
     sched = make_scheduler(opt, cfg, cfg.epochs * steps_per_epoch)
     best: dict[str, Any] = {"epoch": -1, "val_accuracy": -1.0, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = 0
     if resume and state_path and Path(state_path).exists():
-        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         best = saved["best"]
         history = saved["history"]
         start = saved["epoch"] + 1
-        torch.set_rng_state(saved["rng"])
+        torch.set_rng_state(saved["rng"].cpu())
     stopped = None
     for epoch in range(start, cfg.epochs):
         model.train()
         total, seen = 0.0, 0
-        loader = make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch)
+        loader = epoch_loader(train, batch_size, cfg.seed * 100_003 + epoch)
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
-                   disable=None)
+                   disable=None if distributed.is_main() else True)
         for batch in bar:
-            x, y, idx = unpack_batch(batch)
+            x, y, idx = to_device(device, *unpack_batch(batch))
             loss = train_step(model, opt, sched, loss_fn, x, y, idx)
             if loss is None:
                 stopped = f"non-finite loss at epoch {epoch + 1}; kept the best weights so far"
@@ -196,16 +223,29 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
             seen += len(y)
         if stopped:
             break
+        distributed.broadcast_module(model)  # BatchNorm statistics: rank 0's, as DDP keeps them
+        total, seen = distributed.all_reduce(torch.tensor([total, float(seen)], dtype=torch.float64)).tolist()
         val_acc = evaluate(model, val, num_classes)["accuracy"]
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_accuracy": val_acc})
         if val_acc > best["val_accuracy"] or keep == "last":
             best = {"epoch": epoch + 1, "val_accuracy": val_acc, "state": copy.deepcopy(model.state_dict())}
-        if state_path:
+        if state_path and distributed.is_main():
             with atomic_path(state_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                             "scheduler": sched.state_dict(), "best": best, "history": history,
                             "epoch": epoch, "rng": torch.get_rng_state()}, tmp)
+    distributed.barrier()  # nobody reads a state file rank 0 is still writing
     model.load_state_dict(best["state"])
     model.eval()
     return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "history": history,
             "stopped": stopped}
+
+
+def epoch_loader(train: ImageSplit, batch_size: int, seed: int) -> DataLoader:
+    """One epoch's shuffled batches, in an order that depends only on ``seed``; under torchrun this rank's share
+    (a distributed sampler with the same seed on every rank)."""
+    if not distributed.active():
+        return make_loader(train, batch_size, shuffle=True, seed=seed)
+    sampler: DistributedSampler[int] = DistributedSampler(train, distributed.world_size(), distributed.rank(),
+                                                          shuffle=True, seed=seed)
+    return DataLoader(train, batch_size=batch_size, sampler=sampler, **worker_options())

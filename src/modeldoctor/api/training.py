@@ -14,6 +14,7 @@ from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm_accuracy
 from modeldoctor.analyses.input_gradients import double_backprop_loss
+from modeldoctor.core.device import place
 from modeldoctor.core.layers import default_layer, layer_table
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.models.checkpoint import CheckpointMeta, weights_hash
@@ -44,7 +45,8 @@ class TrainResult:
 
 def train(spec: str, data: DataBundle, config: TrainConfig | None = None,
           focused_dropout: Mapping[str, Any] | None = None, input_grad_reg: float = 0.0) -> TrainResult:
-    """Build model ``spec`` for ``data`` (seeded by ``config.seed``) and train it; the epoch is chosen on val.
+    """Build model ``spec`` for ``data`` (seeded by ``config.seed``) on the current device and train it; the epoch
+    is chosen on val.
 
     ``focused_dropout``: keyword arguments of :func:`~modeldoctor.models.focused_dropout.insert_focused_dropout`;
     ``input_grad_reg`` = λ of double backpropagation (loss + λ · mean squared input gradient).  Both are recorded
@@ -52,7 +54,7 @@ def train(spec: str, data: DataBundle, config: TrainConfig | None = None,
     """
     cfg = config or TrainConfig(**recipe_for(spec))
     torch.manual_seed(cfg.seed)
-    model = build_model(spec, data.num_classes, data.in_channels, data.input_size)
+    model = place(build_model(spec, data.num_classes, data.in_channels, data.input_size))
     regularisers: dict[str, Any] = {}
     if focused_dropout:
         insert_focused_dropout(model, **focused_dropout)

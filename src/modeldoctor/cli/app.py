@@ -2,6 +2,8 @@
 
 Every command returns a dict; ``--json`` prints it as exactly one JSON object on stdout, otherwise a short
 human summary.  Progress and logs go to stderr.  A :class:`UserError` becomes one line and exit code 2.
+Every command takes ``--device`` (and ``--workers``; train / evaluate / diagnose also ``--amp``); under
+``torchrun`` the process group is joined here and only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import sys
 import warnings
@@ -19,11 +22,15 @@ from typing import Any, NoReturn
 
 from modeldoctor.cli import commands
 from modeldoctor.cli.checks import check_out, check_ranges
+from modeldoctor.core import device, distributed
 from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import loader_workers
 from modeldoctor.io.diagnosis_files import finite
 
 # Shown first in --help, in workflow order; any other module in modeldoctor.cli.commands follows.
 ORDER = ["demo", "train", "import_", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
+# Commands whose forward passes may run in bf16 (--amp): attribution gradients and the treatment stay fp32.
+AMP_COMMANDS = {"train", "evaluate", "diagnose"}
 
 
 def command_names() -> list[str]:
@@ -53,8 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+        add_scale_arguments(p, amp=name in AMP_COMMANDS)
         p.set_defaults(run=module.run)
     return parser
+
+
+def add_scale_arguments(p: argparse.ArgumentParser, amp: bool) -> None:
+    """``--device``, ``--workers`` and (forward-only commands) ``--amp``, the same on every command."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N|mps",
+                   help="where to compute (default auto: CUDA when present, else CPU); torchrun: cuda = cuda:LOCAL_RANK")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="DataLoader worker processes decoding images (default 0: in the main process)")
+    if amp:
+        p.add_argument("--amp", choices=device.AMP_CHOICES, default="off",
+                       help="bf16: autocast forward passes (training, evaluation, the diagnosis's scoring pass)")
 
 
 def _human(result: dict[str, Any], indent: str = "") -> str:
@@ -101,17 +120,30 @@ def _stderr_reporting(command: str, level: int = logging.INFO) -> Iterator[None]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = f"modeldoctor {args.command}" + (f" (rank {os.environ.get('RANK', '?')})" if distributed.launched() else "")
+    speaker = True  # rank 0 (or the only process) prints the result
     try:
         check_ranges(args)
         check_out(getattr(args, "out", None))
-        with _stderr_reporting(args.command, logging.WARNING if args.quiet else logging.INFO):
+        chosen = distributed.init_from_env(device.resolve_device(args.device))
+        speaker = distributed.is_main()
+        quiet = args.quiet or not speaker
+        with _stderr_reporting(args.command, logging.WARNING if quiet else logging.INFO), \
+                device.using(chosen, getattr(args, "amp", "off")), loader_workers(args.workers):
             result = args.run(args)
     except UserError as exc:
-        print(f"modeldoctor {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"modeldoctor {args.command}: interrupted; outputs already written are complete", file=sys.stderr)
+        print(f"{prefix}: interrupted; outputs already written are complete", file=sys.stderr)
         return 130
+    except distributed.PeerFailure as exc:  # another rank died or a collective timed out
+        print(f"{prefix}: error: {(str(exc).strip().splitlines() or ['a peer process failed'])[0]}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+    if not speaker:
+        return 0
     result = finite(result)  # JSON has no NaN: every consumer can parse the output
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")

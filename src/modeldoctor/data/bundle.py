@@ -1,15 +1,20 @@
-"""A data set in memory: splits, bundles, loaders and batches.
+"""A data set: splits, bundles, loaders and batches.
 
 Every dataset item is ``(image, label, index)``: ``index`` points into the split's ``ids``, so masks and
 per-sample results attach to a stable id.  Images are normalised with the statistics the bundle records
 (and the checkpoint stores); ``raw(i)`` gives the un-normalised image in [0, 1] for figures and masks.
+Images are held as float in [0, 1] or as uint8 (converted, and resized, one item at a time: no float copy of
+the data set), or decoded from files on demand; ``make_loader`` decodes in ``loader_workers`` processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,16 +24,30 @@ from torch.utils.data import DataLoader, Dataset
 from modeldoctor.core.errors import UserError
 
 SPLIT_SEED = 1234  # fixed: the split never depends on the training seed
+_workers: contextvars.ContextVar[int] = contextvars.ContextVar("modeldoctor_loader_workers", default=0)
+
+
+@contextlib.contextmanager
+def loader_workers(count: int) -> Iterator[None]:
+    """Within the block, :func:`make_loader` decodes images in ``count`` worker processes (``--workers``)."""
+    token = _workers.set(max(0, int(count)))
+    try:
+        yield
+    finally:
+        _workers.reset(token)
 
 
 class ImageSplit(Dataset):
-    """One split: images held in memory as float tensors in [0, 1] (N, C, H, W), or loaded from files."""
+    """One split: images in memory (N, C, H, W) as float in [0, 1] or uint8 in [0, 255], or loaded from files.
+
+    ``size``: uint8 images are resized to ``size`` × ``size`` per item (bilinear, as :func:`resize_images`)."""
 
     def __init__(self, labels: Sequence[int], ids: Sequence[str], mean: Sequence[float], std: Sequence[float],
-                 images: torch.Tensor | None = None, loader: Callable[[int], torch.Tensor] | None = None) -> None:
+                 images: torch.Tensor | None = None, loader: Callable[[int], torch.Tensor] | None = None,
+                 size: int | None = None) -> None:
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.ids = list(ids)
-        self.images, self._loader = images, loader
+        self.images, self._loader, self.size = images, loader, size
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
         self.index_of = {sid: i for i, sid in enumerate(self.ids)}
@@ -38,7 +57,11 @@ class ImageSplit(Dataset):
 
     def raw(self, i: int) -> torch.Tensor:
         if self.images is not None:
-            return self.images[i]
+            image = self.images[i]
+            if image.dtype != torch.uint8:
+                return image
+            image = image.float() / 255.0
+            return image if self.size is None else resize_images(image.unsqueeze(0), self.size)[0]
         assert self._loader is not None  # the constructor takes images or a loader
         return self._loader(i)
 
@@ -48,7 +71,7 @@ class ImageSplit(Dataset):
         images = self.images[rows] if self.images is not None else None
         loader = None if self.images is not None else functools.partial(_load_row, self, rows)
         return ImageSplit(self.labels[rows].tolist(), [self.ids[r] for r in rows], self.mean.flatten().tolist(),
-                          self.std.flatten().tolist(), images=images, loader=loader)
+                          self.std.flatten().tolist(), images=images, loader=loader, size=self.size)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         return (self.raw(i) - self.mean) / self.std, int(self.labels[i]), i
@@ -104,9 +127,22 @@ class DataBundle:
 
 def make_loader(split: Dataset, batch_size: int = 128, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (reproducible runs, matched controls)."""
+    """A DataLoader whose order depends only on ``seed`` (reproducible runs, matched controls), decoding in
+    :func:`loader_workers` processes."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+    return DataLoader(split, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                      **worker_options())
+
+
+def batch_loader(split: Dataset, batches: Sequence[Sequence[int]]) -> DataLoader:
+    """A DataLoader over exactly ``batches`` (lists of positions), e.g. one rank's share of a split's batches."""
+    return DataLoader(split, batch_sampler=[list(b) for b in batches], **worker_options())
+
+
+def worker_options() -> dict[str, Any]:
+    """DataLoader keyword arguments for the current :func:`loader_workers` setting."""
+    count = _workers.get()
+    return {"num_workers": count, "persistent_workers": False} | ({"prefetch_factor": 2} if count else {})
 
 
 def unpack_batch(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -132,6 +168,24 @@ def stratified_split(labels: np.ndarray, sizes: Sequence[int | float], seed: int
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def channel_statistics(images: torch.Tensor, rows: np.ndarray, size: int | None = None,
+                       chunk: int = 2048) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (≥ 1e-3) of uint8 ``images[rows]`` scaled to [0, 1], in float64
+    chunks so the data set is never copied to float whole; ``size`` resizes the images first."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    count = 0
+    for start in range(0, len(rows), chunk):
+        part = images[rows[start:start + chunk]].float() / 255.0
+        part = (part if size is None else resize_images(part, size)).double()
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+        count += part.numel() // part.shape[1]
+    mean = total / max(count, 1)
+    var = (squares - count * mean.square()) / max(count - 1, 1)
+    return mean.tolist(), var.clamp_min(0).sqrt().clamp_min(1e-3).tolist()
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -146,10 +200,14 @@ def bundle_from_tensors(spec: str, images: torch.Tensor, labels: np.ndarray, ids
         if not len(part):
             raise UserError(f"the {split_name} split of {spec} is empty; the dataset has too few images per class")
     size = input_size or images.shape[-1]
-    images = resize_images(images, size)
-    train_idx = parts[0]
-    mean = images[train_idx].mean(dim=(0, 2, 3)).tolist()
-    std = images[train_idx].std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    splits = [ImageSplit(labels[p], [ids[i] for i in p], mean, std, images=images[p]) for p in parts]
+    lazy = images.dtype == torch.uint8  # kept as uint8, converted and resized one item at a time
+    if lazy:
+        mean, std = channel_statistics(images, parts[0], size)
+    else:
+        images = resize_images(images, size)
+        mean = images[parts[0]].mean(dim=(0, 2, 3)).tolist()
+        std = images[parts[0]].std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    splits = [ImageSplit(labels[p], [ids[i] for i in p], mean, std, images=images[p], size=size if lazy else None)
+              for p in parts]
     return DataBundle(spec, class_names, images.shape[1], size, mean, std, splits[0], splits[1], splits[2],
                       masks=masks or {})

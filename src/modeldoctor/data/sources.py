@@ -111,7 +111,7 @@ def load_torchvision(name: str, arg: str, input_size: int | None) -> DataBundle:
         elif data.shape[-1] in (1, 3):
             data = data.permute(0, 3, 1, 2)
         labels = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)), dtype=np.int64)
-        return data.float() / 255.0, labels
+        return data.to(torch.uint8), labels  # kept as uint8: converted per item, never as a whole
 
     xtr, ytr = arrays(raw_train)
     xte, yte = arrays(raw_test)

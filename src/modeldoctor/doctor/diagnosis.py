@@ -23,9 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from modeldoctor.core import distributed
+from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerRef, conv_layer_names, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.replay import NoiseReplay
+from modeldoctor.data.bundle import batch_loader
 from modeldoctor.doctor.relevance import DEFAULT_METHOD, DEFAULT_PARAMS, relevant_kernels
 from modeldoctor.doctor.selection import (
     SampleScores,
@@ -233,32 +236,43 @@ def _empty(model: nn.Module, layers: list[str], scores: SampleScores, opts: Diag
 
 def _accumulate(replay: NoiseReplay, dataset: Dataset, scores: SampleScores, chosen: dict[int, torch.Tensor],
                 diagnosis: Diagnosis, batch_size: int, timings: dict[str, float], progress: bool) -> None:
-    """The correlation pass: one forward per batch, one tail replay per layer, sums added per class."""
+    """The correlation pass: one forward per batch, one tail replay per layer, sums added per class.
+
+    Under torchrun each rank runs every ``world``-th batch of the (global) chosen samples, with the same batch
+    boundaries as one process, and the float64 sums, counts and profiles are all-reduced at the end."""
     opts = diagnosis.options
     confidence = ranking_confidence(scores, opts.target)
     order = [(c, row, rank) for c, rows in chosen.items() for rank, row in enumerate(rows.tolist())]
     ids = sample_ids(dataset, [int(scores.position[row]) for _, row, _ in order])
     for step in ("load", "forward", "reduce", *(f"replay:{n}" for n in replay.layers)):
         timings.setdefault(step, 0.0)
-    batches = range(0, len(order), batch_size)
-    for start in batches:
+    starts = list(range(0, len(order), batch_size))
+    for start in starts:  # which samples keep a profile: known on every rank without computing
+        for k, (c, row, rank) in enumerate(order[start:start + batch_size]):
+            if rank < opts.profiles_per_class:
+                diagnosis.profile_index[c, rank] = scores.index[row]
+                diagnosis.profile_confidence[c, rank] = confidence[row]
+                diagnosis.profile_ids[c][rank] = ids[start + k]
+    mine = distributed.shard(starts)
+    positions = [[int(scores.position[row]) for _, row, _ in order[s:s + batch_size]] for s in mine]
+    device = model_device(replay.model)
+    t0 = time.perf_counter()
+    for start, batch in zip(mine, batch_loader(dataset, positions)):
         part = order[start:start + batch_size]
-        t0 = time.perf_counter()
         rows = torch.tensor([row for _, row, _ in part])
-        x = torch.stack([dataset[int(p)][0] for p in scores.position[rows]])
         cls = torch.tensor([c for c, _, _ in part])
         index = scores.index[rows]
         t1 = time.perf_counter()
         with torch.no_grad():
-            state = replay.forward(x)
+            state = replay.forward(batch[0].to(device))
         timings["load"] += t1 - t0
         timings["forward"] += time.perf_counter() - t1
         for name, layer in diagnosis.layers.items():
             t2 = time.perf_counter()
-            result = replay.gradients(state, name, [cls], noise_draws=opts.noise_draws, delta=layer.delta,
+            result = replay.gradients(state, name, [cls.to(device)], noise_draws=opts.noise_draws, delta=layer.delta,
                                       output=opts.output, sample_seeds=sample_seeds(index, opts.seed, name))
             t3 = time.perf_counter()
-            per_sample = correlation_index(result.grads[0], opts.reduce)
+            per_sample = correlation_index(result.grads[0], opts.reduce).cpu()
             layer.sums.index_add_(0, cls, per_sample.double())
             layer.counts += torch.bincount(cls, minlength=diagnosis.num_classes)
             for k, (c, _, rank) in enumerate(part):
@@ -266,13 +280,21 @@ def _accumulate(replay: NoiseReplay, dataset: Dataset, scores: SampleScores, cho
                     layer.profiles[c, rank] = per_sample[k]
             timings[f"replay:{name}"] += t3 - t2
             timings["reduce"] += time.perf_counter() - t3
-        for k, (c, row, rank) in enumerate(part):
-            if rank < opts.profiles_per_class:
-                diagnosis.profile_index[c, rank] = scores.index[row]
-                diagnosis.profile_confidence[c, rank] = confidence[row]
-                diagnosis.profile_ids[c][rank] = ids[start + k]
         if progress:
             logger.info("%d/%d samples diagnosed", min(start + batch_size, len(order)), len(order))
+        t0 = time.perf_counter()
+    if distributed.active():
+        _all_reduce(diagnosis)
+
+
+def _all_reduce(diagnosis: Diagnosis) -> None:
+    """Sum every rank's share: sums and counts (float64 / int64), and the profiles each rank filled (exact)."""
+    kept = diagnosis.profile_index.unsqueeze(2) >= 0
+    for layer in diagnosis.layers.values():
+        layer.sums = distributed.all_reduce(layer.sums)
+        layer.counts = distributed.all_reduce(layer.counts)
+        filled = distributed.all_reduce(torch.nan_to_num(layer.profiles, nan=0.0))
+        layer.profiles = torch.where(kept, filled, torch.full_like(filled, float("nan")))
 
 
 def _differences(a: Diagnosis, b: Diagnosis) -> list[str]:

@@ -7,6 +7,7 @@ every sample), so a noise range relative to that scale does not depend on the ba
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,9 +15,11 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
+from modeldoctor.core import distributed
+from modeldoctor.core.device import autocast, model_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.replay import NoiseReplay
-from modeldoctor.data.bundle import make_loader, unpack_batch
+from modeldoctor.data.bundle import batch_loader, unpack_batch
 
 Target = Literal["predicted", "label"]
 
@@ -64,45 +67,53 @@ def score_samples(replay: NoiseReplay, data: Dataset | DataLoader, batch_size: i
     """One eval-mode pass: predictions and confidences for every sample, and the RMS of each replay layer.
 
     RMS_r = sqrt(Σ m_r² / number of elements), summed over the whole data, so it is batch-size independent.
+    Under torchrun each rank scores every ``world``-th batch; the scores are gathered (disjoint fills, exact) and
+    the per-batch sums of squares are added in batch order, so every rank gets what one process computes.
     """
     dataset, batch_size = as_dataset(data, batch_size)
-    loader = data if isinstance(data, DataLoader) else make_loader(dataset, batch_size)
-    if getattr(loader, "drop_last", False):
+    if getattr(data, "drop_last", False):
         raise UserError("pass a DataLoader with drop_last=False: every sample must be scored")
-    squares = {name: torch.zeros((), dtype=torch.float64) for name in replay.layers}
-    elements = dict.fromkeys(replay.layers, 0)
-    shapes: dict[str, tuple[int, ...]] = {}
-    keys = ("position", "index", "label", "predicted", "confidence", "label_conf")
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    seen = 0
-    for batch in loader:
-        x, y, index = unpack_batch(batch)
-        position = torch.arange(seen, seen + len(x))
-        index = position if index is None else torch.as_tensor(index)
-        seen += len(x)
-        state = replay.forward(x)
-        for name, feature in state.features.items():
-            require_spatial(name, feature)
-            squares[name] += feature.double().square().sum()
-            elements[name] += feature.numel()
-            shapes[name] = tuple(feature.shape[1:])
-        prob = state.logits.float().softmax(1)
-        conf, pred = prob.max(1)
-        y = torch.as_tensor(y)
-        parts["position"].append(position)
-        parts["index"].append(index.long())
-        parts["label"].append(y.long())
-        parts["predicted"].append(pred)
-        parts["confidence"].append(conf)
-        parts["label_conf"].append(prob.gather(1, y.long().view(-1, 1)).squeeze(1))
-        num_classes = prob.shape[1]
-    if not seen:
+    n = len(dataset)  # type: ignore[arg-type]
+    if not n:
         raise UserError("the data is empty; pass a split with at least one sample per class")
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    rms = {name: float((squares[name] / max(elements[name], 1)).sqrt()) for name in replay.layers}
-    return SampleScores(cat["position"], cat["index"], cat["label"], cat["predicted"], cat["confidence"],
-                        cat["label_conf"],
-                        rms, shapes, num_classes, tuple(x.shape[1:]))
+    batches = [range(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    mine = distributed.shard(list(enumerate(batches)))
+    own = isinstance(data, DataLoader) and not distributed.active()
+    loader: DataLoader = data if isinstance(data, DataLoader) and own else batch_loader(dataset, [r for _, r in mine])
+    device = model_device(replay.model)
+    squares = torch.zeros(len(batches), len(replay.layers), dtype=torch.float64)
+    keys = ("index", "label", "predicted", "confidence", "label_conf")
+    columns = {k: torch.zeros(n, dtype=torch.float32 if "conf" in k else torch.long) for k in keys}
+    meta: dict[str, Any] = {}
+    for (b, rows), batch in zip(mine, loader):
+        x, y, index = unpack_batch(batch)
+        position = torch.as_tensor(rows)
+        with autocast(device):
+            state = replay.forward(x.to(device))
+        for j, (name, feature) in enumerate(state.features.items()):
+            require_spatial(name, feature)
+            squares[b, j] = feature.double().square().sum().cpu()
+            meta.setdefault("shapes", {})[name] = tuple(feature.shape[1:])
+        prob = state.logits.float().softmax(1).cpu()
+        conf, pred = prob.max(1)
+        y = torch.as_tensor(y).long()
+        columns["index"][position] = position if index is None else torch.as_tensor(index).long()
+        columns["label"][position] = y
+        columns["predicted"][position] = pred
+        columns["confidence"][position] = conf
+        columns["label_conf"][position] = prob.gather(1, y.view(-1, 1)).squeeze(1)
+        meta.update(num_classes=prob.shape[1], input_shape=tuple(x.shape[1:]))
+    meta = distributed.broadcast_object(meta)  # rank 0 scored batch 0
+    cat = {k: distributed.all_reduce(v) for k, v in columns.items()}
+    squares = distributed.all_reduce(squares)
+    rms = {}
+    for j, name in enumerate(replay.layers):
+        total = torch.zeros((), dtype=torch.float64)
+        for b in range(len(batches)):
+            total += squares[b, j]
+        rms[name] = float((total / max(n * math.prod(meta["shapes"][name]), 1)).sqrt())
+    return SampleScores(torch.arange(n), cat["index"], cat["label"], cat["predicted"], cat["confidence"],
+                        cat["label_conf"], rms, meta["shapes"], meta["num_classes"], meta["input_shape"])
 
 
 def require_spatial(layer: str, feature: torch.Tensor) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from modeldoctor.core.device import place
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.masks import load_boxes, load_coco, load_masks, resize_mask
@@ -30,9 +31,10 @@ def data_for(meta: CheckpointMeta, spec: str | None) -> DataBundle:
 
 def load_model_and_data(checkpoint: str | Path, data_spec: str | None = None,
                         trust: bool = False) -> tuple[nn.Module, CheckpointMeta, DataBundle]:
-    """The model of ``checkpoint`` and its data (``data_spec`` or the checkpoint's own)."""
+    """The model of ``checkpoint`` (read onto the CPU, then moved to the current device) and its data
+    (``data_spec`` or the checkpoint's own)."""
     model, meta = load_checkpoint(checkpoint, trust=trust)
-    return model, meta, data_for(meta, data_spec)
+    return place(model), meta, data_for(meta, data_spec)
 
 
 def data_for_model(spec: str, model: str, input_size: int | None = None) -> DataBundle:

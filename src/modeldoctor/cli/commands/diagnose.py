@@ -16,6 +16,7 @@ from typing import Any
 from modeldoctor import api
 from modeldoctor.cli.checks import check_out
 from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list
+from modeldoctor.core import distributed
 from modeldoctor.doctor.diagnosis import DiagnosisOptions
 from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import save_diagnosis
@@ -63,8 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = api.diagnose_model(model, bundle, layers, options, split=args.split, lowest=args.lowest,
                                 batch_size=args.batch_size, class_names=meta.class_names, model_spec=meta.model,
                                 progress=True)
-    save_diagnosis(result.diagnosis, out)
     files = {"diagnosis": str(out)}
-    if result.annotation is not None:
-        files["annotate"] = str(ANNOTATION_LIST.write(out, result.annotation))
+    if distributed.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+        save_diagnosis(result.diagnosis, out)
+        if result.annotation is not None:
+            files["annotate"] = str(ANNOTATION_LIST.write(out, result.annotation))
     return {**files, **result.to_dict()}

@@ -10,6 +10,7 @@ from typing import Any
 
 from modeldoctor import api
 from modeldoctor.cli.commands.common import out_dir
+from modeldoctor.core import distributed
 from modeldoctor.io import names
 from modeldoctor.io.checkpoints import write_model
 from modeldoctor.io.loading import data_for_model
@@ -55,5 +56,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     focused_dropout = parse_focused_dropout(args.focused_dropout) if args.focused_dropout else None
     bundle = data_for_model(args.data, args.model, args.input_size)
     result = api.train(args.model, bundle, cfg, focused_dropout=focused_dropout, input_grad_reg=args.input_grad_reg)
-    path = write_model(out, result.model, result.meta)
+    path = write_model(out, result.model, result.meta) if distributed.is_main() else out / names.MODEL
     return {"checkpoint": str(path), **result.to_dict()}

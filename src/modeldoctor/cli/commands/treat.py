@@ -16,6 +16,7 @@ from typing import Any
 
 from modeldoctor import api
 from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list, out_dir
+from modeldoctor.core import distributed
 from modeldoctor.core.errors import UserError
 from modeldoctor.doctor.treatment import CONSTRAINTS, TreatConfig
 from modeldoctor.io import names
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     masks = read_object_masks(bundle, args.masks, boxes=args.boxes) if needs_masks else {}
 
     def save(result: api.TreatmentResult) -> None:
-        for arm in result.arms():
+        for arm in result.arms() if distributed.is_main() else ():  # under torchrun rank 0 writes
             write_arm(out, arm.name, result.train_config.seed, arm.model, meta, args.checkpoint, arm.recipe, arm.metrics)
 
     results = api.treat_seeds(
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size, train_config=TrainConfig.from_dict(meta.train_config), relevance=args.relevance,
         control=not args.no_control, state_dir=out, resume=args.resume, **_options(args))
     document = api.treatment_document(results, str(args.checkpoint))
-    TREATMENT.write(out, document)
+    if distributed.is_main():
+        TREATMENT.write(out, document)
     return document
 
 

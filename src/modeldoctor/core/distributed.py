@@ -1,0 +1,137 @@
+"""Several processes under ``torchrun``: one process group, sharded work, exact reductions, rank-0 output.
+
+``torchrun --nproc_per_node N -m modeldoctor COMMAND ...`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
+rendezvous address; :func:`init_from_env` joins the group (``nccl`` for CUDA, ``gloo`` otherwise) with a timeout,
+so a rank that fails ends the run instead of leaving the others waiting.  Without those variables every helper
+here is the one-process identity, so the library runs unchanged in a single process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+# What a rank sees when a peer died or a collective timed out; the CLI prints it as one line.
+PeerFailure = dist.DistBackendError if dist.is_available() else RuntimeError
+DEFAULT_TIMEOUT_S = 600.0  # a collective waiting longer than this fails the rank (MODELDOCTOR_DIST_TIMEOUT)
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or another launcher) as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    """Only rank 0 writes files and prints results."""
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes (no-op in a single process); returns this rank's device.
+
+    A bare ``cuda`` becomes ``cuda:LOCAL_RANK``; the backend is ``nccl`` on CUDA, ``gloo`` on CPU (and MPS)."""
+    if not launched() or active():
+        return device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    timeout = datetime.timedelta(seconds=float(os.environ.get("MODELDOCTOR_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **kwargs)
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``tensor`` summed (``op="sum"``), or its minimum / maximum, over every rank; a new tensor on its device.
+
+    Sums of disjoint fills (each entry non-zero on one rank only) are exact: ``x + 0 = x``."""
+    if not active():
+        return tensor.clone()
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    buffer = tensor.detach().to(_comm_device(), copy=True).contiguous()
+    dist.all_reduce(buffer, op=ops[op])
+    return buffer.to(tensor.device)
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank (every rank must call this)."""
+    return bool(all_reduce(torch.tensor([int(flag)]), "min").item()) if active() else flag
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s ``obj`` on every rank (picklable objects only)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_comm_device())
+    return box[0]
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items``: every ``world_size``-th one, starting at ``rank``."""
+    return list(items[rank()::world_size()])
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def average_gradients(params: Sequence[torch.Tensor]) -> None:
+    """Data parallelism's one collective per step: every parameter's gradient replaced by its mean over the ranks
+    (one flat buffer per dtype, summed in float32 or wider); parameters without a gradient count as zero."""
+    if not active():
+        return
+    world = world_size()
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        groups.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        total = all_reduce(flat) / world
+        offset = 0
+        for g in grads:
+            g.copy_(total[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Every parameter and buffer of ``module`` set to rank ``src``'s values (start of training, and buffers such
+    as BatchNorm running statistics before each evaluation)."""
+    if not active():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        buffer = tensor.detach().to(_comm_device(), copy=True)
+        dist.broadcast(buffer, src=src)
+        with torch.no_grad():
+            tensor.copy_(buffer.to(tensor.device))
