@@ -68,7 +68,8 @@ def test_every_computing_command_runs_with_device_cpu(workspace: Path, capsys: p
 
 MINIMAL_ARGS = {"train": ["--model", "simple-cnn", "--out", "x"], "layers": ["--model", "simple-cnn"],
                 "explain": ["--checkpoint", "x", "--diagnosis", "x", "--sample", "x"], "treat": ["--checkpoint", "x",
-                "--out", "x"], "report": ["x"], "demo": []}
+                "--out", "x"], "report": ["x"], "demo": [], "annotate": [],
+                "import": ["--model", "x", "--weights", "x", "--data", "x", "--out", "x"]}
 
 
 @pytest.mark.parametrize("command", command_names())

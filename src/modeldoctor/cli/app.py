@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import keyword
 import logging
 import os
 import pkgutil
@@ -28,19 +29,20 @@ from modeldoctor.data.bundle import loader_workers
 from modeldoctor.io.diagnosis_files import finite
 
 # Shown first in --help, in workflow order; any other module in modeldoctor.cli.commands follows.
-ORDER = ["demo", "train", "import_", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
+ORDER = ["demo", "train", "import", "evaluate", "layers", "diagnose", "explain", "treat", "report"]
 # Commands whose forward passes may run in bf16 (--amp): attribution gradients and the treatment stay fp32.
 AMP_COMMANDS = {"train", "evaluate", "diagnose"}
 
 
 def command_names() -> list[str]:
-    found = {m.name for m in pkgutil.iter_modules(commands.__path__) if m.name != "common" and not m.name.startswith("_")}
+    found = {m.name.removesuffix("_") for m in pkgutil.iter_modules(commands.__path__)
+             if m.name != "common" and not m.name.startswith("_")}
     return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
 
-def command_of(module_name: str) -> str:
-    """``import_`` → ``import``: a module cannot be named after a Python keyword, the command can."""
-    return module_name.removesuffix("_")
+def module_of(command: str) -> str:
+    """The module of a command: ``import`` lives in ``import_`` (a module cannot be named after a keyword)."""
+    return f"modeldoctor.cli.commands.{command}{'_' if keyword.iskeyword(command) else ''}"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -54,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="modeldoctor", description="Diagnose and treat trained CNN classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     for name in command_names():
-        module = importlib.import_module(f"modeldoctor.cli.commands.{name}")
+        module = importlib.import_module(module_of(name))
         doc = module.__doc__ or name
-        p = sub.add_parser(command_of(name), help=doc.strip().splitlines()[0], description=doc)
+        p = sub.add_parser(name, help=doc.strip().splitlines()[0], description=doc)
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")

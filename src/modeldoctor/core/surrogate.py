@@ -14,7 +14,7 @@ whose value is bit-identical to ``relu(x)`` (the bracket is exactly 0.0) while i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,27 +43,54 @@ class SurrogateReLU(nn.Module):
         return f"beta={self.beta}"
 
 
-@contextlib.contextmanager
-def surrogate_relus(model: nn.Module, beta: float) -> Iterator[list[SurrogateReLU]]:
-    """Swap every ``nn.ReLU`` submodule of ``model`` for a :class:`SurrogateReLU` (inactive) until exit.
+class ClampHardsigmoid(nn.Module):
+    """hardsigmoid(x) = clamp(x + 3, 0, 6) / 6 from ops with a double backward (PyTorch's fused kernel has none)."""
 
-    Build anything that records the model's modules (e.g. a :class:`~modeldoctor.core.replay.NoiseReplay`)
-    inside the block.  The original modules are put back on exit, even after an exception.
-    """
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 3).clamp(0, 6) / 6
+
+
+class ClampHardswish(nn.Module):
+    """hardswish(x) = x · clamp(x + 3, 0, 6) / 6, twice differentiable like :class:`ClampHardsigmoid`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (x + 3).clamp(0, 6) / 6
+
+
+@contextlib.contextmanager
+def swapped_modules(model: nn.Module, kind: type[nn.Module], make: Callable[[], nn.Module]) -> Iterator[list[nn.Module]]:
+    """Replace every submodule of exactly type ``kind`` by ``make()`` until exit (originals back even after an
+    exception); yields the replacements.  Build anything that records the model's modules (e.g. a
+    :class:`~modeldoctor.core.replay.NoiseReplay`) inside the block."""
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
-    surrogates: list[SurrogateReLU] = []
+    replacements: list[nn.Module] = []
     try:
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
-                if type(child) is nn.ReLU:
-                    surrogate = SurrogateReLU(beta)
-                    setattr(parent, name, surrogate)
+                if type(child) is kind:
+                    replacement = make()
+                    setattr(parent, name, replacement)
                     swapped.append((parent, name, child))
-                    surrogates.append(surrogate)
-        yield surrogates
+                    replacements.append(replacement)
+        yield replacements
     finally:
         for parent, name, child in reversed(swapped):
             setattr(parent, name, child)
+
+
+@contextlib.contextmanager
+def surrogate_relus(model: nn.Module, beta: float) -> Iterator[list[SurrogateReLU]]:
+    """Swap every ``nn.ReLU`` submodule of ``model`` for a :class:`SurrogateReLU` (inactive) until exit."""
+    with swapped_modules(model, nn.ReLU, lambda: SurrogateReLU(beta)) as surrogates:
+        yield surrogates  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def twice_differentiable(model: nn.Module) -> Iterator[None]:
+    """Swap ``nn.Hardsigmoid`` / ``nn.Hardswish`` (MobileNet-V3, EfficientNet-style SE blocks) for the same formula
+    in clamp ops until exit, so Eq. 5–6's gradient-of-gradient can pass through them."""
+    with swapped_modules(model, nn.Hardsigmoid, ClampHardsigmoid), swapped_modules(model, nn.Hardswish, ClampHardswish):
+        yield
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ from modeldoctor.core.layers import conv_layer_names, default_layer, train_mode
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.receptive import receptive_field, receptive_fields
 from modeldoctor.core.replay import ForwardState, NoiseReplay
-from modeldoctor.core.surrogate import smooth_backward, surrogate_relus
+from modeldoctor.core.surrogate import smooth_backward, surrogate_relus, twice_differentiable
 from modeldoctor.data.masks import background_mask, expand_mask, receptive_background
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.constraints import channel_constraint, competitor_classes, first_classes, spatial_constraint
@@ -141,6 +141,7 @@ class TreatmentLoss:
                                ("input-gradient", cfg.lam_input_gradient)) if key in cfg.constraints}
         self.log: dict[str, float] = {}
         self._exit = contextlib.ExitStack()
+        self._exit.enter_context(twice_differentiable(model))
         self.surrogates = self._exit.enter_context(surrogate_relus(model, cfg.smooth_beta)) if cfg.smooth_beta else []
         wanted = set(self.space_layers) | set(self.channel_layers)
         order = conv_layer_names(model)
@@ -149,7 +150,7 @@ class TreatmentLoss:
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Put the model's own ReLUs back (when ``smooth_beta`` swapped them)."""
+        """Put the model's own activation modules back (ReLUs swapped by ``smooth_beta``, hard sigmoid / swish)."""
         self._exit.close()
 
     def __enter__(self) -> TreatmentLoss:

@@ -107,8 +107,12 @@ def torchvision_names() -> list[str]:
 @functools.cache
 def min_input_size(spec: str, in_channels: int = 3) -> int:
     """The smallest square input ``spec`` takes, probed (:mod:`modeldoctor.models.probe`) and cached."""
-    return remembered(cache_key(spec, in_channels), lambda: probe_min_input(_construct(spec, 2, in_channels),
-                                                                            in_channels))
+    def probe() -> int:
+        model = _construct(spec, 2, in_channels)
+        require_cnn(model, spec)
+        return probe_min_input(model, in_channels)
+
+    return remembered(cache_key(spec, in_channels), probe)
 
 
 def build_model(spec: str, num_classes: int, in_channels: int = 3, input_size: int | None = None) -> nn.Module:

@@ -1,0 +1,102 @@
+"""``check_architecture``: does a model spec go through the whole pipeline (train → diagnose → treat)?
+
+One optimiser step of training, a diagnosis of the default layer and one step of the treatment (space-wise at its
+default layer and channel-wise at the default layer) on a few generated images with object masks, at the
+architecture's probed minimum input size (at least ``floor`` pixels).  Used by the slow architecture test and by
+``benchmarks/architectures.py``, which writes the README's table.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from modeldoctor.api.treatment import treat
+from modeldoctor.core.errors import UserError
+from modeldoctor.core.layers import default_layer
+from modeldoctor.data.bundle import DataBundle, bundle_from_tensors
+from modeldoctor.doctor.diagnosis import diagnose
+from modeldoctor.models.zoo import build_model, min_input_size
+from modeldoctor.training import TrainConfig, fit
+
+
+@dataclass
+class ArchitectureCheck:
+    """What happened to one spec; a stage is ``"pass"``, ``"refused"``, ``"fail: …"`` or ``"-"`` (not reached)."""
+
+    spec: str
+    min_input: int | None = None
+    input_size: int | None = None
+    default_layer: str | None = None
+    train: str = "-"
+    diagnose: str = "-"
+    treat: str = "-"
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.train == self.diagnose == self.treat == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = 3) -> DataBundle:
+    """``classes`` × ``per_class`` images per split: a bright square at a class-specific place on noise, with its
+    exact object mask (seeded, generated)."""
+    g = torch.Generator().manual_seed(0)
+    n = 3 * classes * per_class
+    images = torch.rand(n, channels, size, size, generator=g) * 0.4
+    labels = np.arange(n) % classes
+    side = max(1, size // 3)
+    masks: dict[str, torch.Tensor] = {}
+    ids = [f"sq-{i:03d}" for i in range(n)]
+    for i, c in enumerate(labels):
+        top = int(c) * (size - side) // max(1, classes - 1)
+        images[i, :, top:top + side, top:top + side] = 1.0
+        masks[ids[i]] = torch.zeros(size, size, dtype=torch.bool)
+        masks[ids[i]][top:top + side, top:top + side] = True
+    parts = [np.arange(k * classes * per_class, (k + 1) * classes * per_class) for k in range(3)]
+    return bundle_from_tensors("squares", images, labels, ids, [str(c) for c in range(classes)], parts, None, masks)
+
+
+def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> ArchitectureCheck:
+    """Run ``spec`` through train (1 step) → diagnose (default layer, T = 1, J = 2) → treat (1 step, space +
+    channel, no control); every failure is recorded, not raised.  A transformer is ``"refused"`` at build."""
+    check = ArchitectureCheck(spec)
+    started = time.perf_counter()
+    stage = "train"
+    try:
+        try:
+            check.min_input = min_input_size(spec, in_channels)
+            check.input_size = max(check.min_input, floor)
+            data = squares(check.input_size, in_channels)
+            torch.manual_seed(0)
+            model = build_model(spec, data.num_classes, in_channels, check.input_size)
+        except UserError as exc:
+            check.train = check.diagnose = check.treat = "refused"
+            check.note = str(exc)
+            return check
+        check.default_layer = default_layer(model, data.input_shape)
+        cfg = TrainConfig(epochs=1, batch_size=len(data.train), lr=1e-3, optimizer="adam", seed=0)
+        fit(model, data.train, data.val, data.num_classes, cfg)
+        check.train, stage = "pass", "diagnose"
+        diagnosis = diagnose(model, data.train, check.default_layer, noise_draws=2, samples_per_class=1,
+                             require_correct=False, batch_size=len(data.train))
+        check.diagnose, stage = "pass", "treat"
+        treat(model, diagnosis, data, constraints=("space", "channel"), epochs=1, batch_size=len(data.train),
+              control=False, annotate_per_class=None, train_config=cfg, noise_draws=2, mix_annotated=0,
+              holdout_annotated=0.0, select="last")
+        check.treat = "pass"
+    except Exception as exc:  # noqa: BLE001 — the point is to record any architecture's failure
+        setattr(check, stage, f"fail: {type(exc).__name__}")
+        check.note = f"{exc}".splitlines()[0][:200] if str(exc) else traceback.format_exc(limit=1)
+    finally:
+        check.seconds = round(time.perf_counter() - started, 2)
+    return check
