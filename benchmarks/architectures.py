@@ -1,0 +1,76 @@
+"""Every torchvision classification builder and a few timm families through train (1 step) → diagnose → treat
+(1 step), each in its own process (one architecture's crash or memory cannot take down the rest).
+
+Writes benchmarks/results/architectures.json and architectures.md (the README's table); the last stdout line is
+one JSON object: how many passed, were refused (transformers) and failed.
+
+    python benchmarks/architectures.py [--only resnet18,timm:convnext_nano] [--timeout 900]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TIMM = ["timm:convnext_nano", "timm:regnety_002", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",
+        "timm:resnet18", "timm:vit_tiny_patch16_224"]
+RESULTS = Path(__file__).parent / "results"
+CHILD = ("import json, sys; from modeldoctor.api.architectures import check_architecture; "
+         "print(json.dumps(check_architecture(sys.argv[1]).to_dict()))")
+
+
+def specs() -> list[str]:
+    from torchvision import models
+
+    return sorted(models.list_models(module=models)) + TIMM
+
+
+def run_one(spec: str, timeout: float) -> dict:
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"spec": spec, "train": f"fail: over {timeout:.0f} s", "diagnose": "-", "treat": "-"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"spec": spec, "train": f"fail: exit {done.returncode}", "diagnose": "-", "treat": "-", "note": tail}
+    return json.loads(lines[-1])
+
+
+def table(rows: list[dict]) -> str:
+    head = "| model | min input (px) | run at (px) | default layer | train | diagnose | treat |\n" \
+           "| --- | ---: | ---: | --- | --- | --- | --- |\n"
+    return head + "".join(
+        f"| {r['spec']} | {r.get('min_input') or '–'} | {r.get('input_size') or '–'} | "
+        f"{'`' + r['default_layer'] + '`' if r.get('default_layer') else '–'} | {r['train']} | {r['diagnose']} | "
+        f"{r['treat']} |\n" for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help="comma list of specs (default: all)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per architecture")
+    args = parser.parse_args()
+    chosen = args.only.split(",") if args.only else specs()
+    rows = []
+    started = time.perf_counter()
+    for spec in chosen:
+        row = run_one(spec, args.timeout)
+        rows.append(row)
+        print(f"{spec}: train {row['train']}, diagnose {row['diagnose']}, treat {row['treat']} "
+              f"({row.get('seconds', '?')} s)", file=sys.stderr, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "architectures.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / "architectures.md").write_text(table(rows))
+    passed = sum(r["train"] == r["diagnose"] == r["treat"] == "pass" for r in rows)
+    refused = sum(r["train"] == "refused" for r in rows)
+    print(json.dumps({"architectures": len(rows), "passed": passed, "refused": refused,
+                      "failed": len(rows) - passed - refused, "seconds": round(time.perf_counter() - started)}))
+
+
+if __name__ == "__main__":
+    main()
