@@ -241,6 +241,7 @@ def decomposition(summary: Mapping) -> Figure:
                                                        ("full retrained\n(control)", "accuracy_control", "#55a868"))
             if summary.get(k) is not None]
     left.bar([b[0] for b in bars], [100 * b[1] for b in bars], color=[b[2] for b in bars])
+    left.tick_params(axis="x", labelsize=8)
     left.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"r_A = A_d / A_f = {summary['r_A']:.3f}")
     ess = summary.get("essentiality") or {}
     if ess:
