@@ -109,6 +109,7 @@ class RetrainProtocol:
             raise UserError(f"--retrain-epochs must be ≥ 0, got {self.epochs}")
 
     def train_config(self, seed: int) -> TrainConfig:
+        """The same settings as a :class:`~modeldoctor.training.TrainConfig` for ``fit`` (parameters="all")."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="sgd", lr=self.lr,
                            momentum=self.momentum, weight_decay=self.weight_decay, schedule="cosine", seed=seed)
 
