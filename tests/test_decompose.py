@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -19,9 +20,17 @@ from modeldoctor.analyses.decompose import (
     mask_overlap,
     multiply_adds,
     parse_count,
-    retrain_decomposed,
+)
+from modeldoctor.analyses.decompose_protocol import (
+    K_GRID,
+    RetrainProtocol,
+    choose_k,
+    decompose_model,
+    retrain,
+    retrain_layer,
 )
 from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from modeldoctor.models.zoo import build_model
@@ -100,10 +109,83 @@ def test_retraining_keeps_masked_weights_zero():
     mask = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
     layer = DecomposedLinear(nn.Linear(6, 2), mask)
     before = (layer.weight.detach() * layer.mask).clone()
-    info = retrain_decomposed(layer, data, data, epochs=3, lr=0.1, seed=0)
+    info = retrain_layer(layer, data, data, RetrainProtocol("layer", epochs=3, lr=0.1), seed=0)
     assert torch.all(layer.weight.detach()[~mask] == 0)
     assert not torch.equal(layer.weight.detach(), before)
     assert 1 <= info["best_epoch"] <= 3 and len(info["history"]) == 3
+
+
+def test_algorithm_with_every_feature_is_the_full_layer_exactly():
+    torch.manual_seed(0)
+    linear, x = nn.Linear(8, 3), torch.randn(40, 8).abs()
+    mask, _ = find_influential(x, torch.arange(40) % 3, 3, k1=8, k2=8)
+    assert mask.all()
+    assert torch.equal(DecomposedLinear(linear, mask)(x), linear(x))
+
+
+def _curve(rows):
+    return [{"k1": k1, "k2": k2, "val_accuracy": acc, "val_r_A": acc / 0.9} for k1, k2, acc in rows]
+
+
+def test_choose_k_rules():
+    curve = _curve([(1, 2, 0.70), (2, 2, 0.80), (1, 5, 0.86), (2, 5, 0.86), (5, 5, 0.84), (1, 8, 0.89), (5, 8, 0.88)])
+    # k2 given: the k1 with the best validation accuracy, ties to the smaller k1
+    assert choose_k(curve, None, 5, 0.95)["k1"] == 1
+    # k2 free: the smallest k2 whose best k1 reaches r_A 0.95 (0.86 / 0.9 = 0.956)
+    chosen = choose_k(curve, None, None, 0.95)
+    assert (chosen["k1"], chosen["k2"]) == (1, 5) and chosen["val_r_A"] == pytest.approx(0.86 / 0.9)
+    # nothing reaches the target: the best r_A
+    assert (choose_k(curve, None, None, 0.999)["k2"]) == 8
+    assert choose_k(curve, 2, None, 0.95)["k2"] == 5
+    assert choose_k(curve, 5, 8, 0.95)["rule"] == "given"
+    with pytest.raises(UserError):
+        choose_k(curve, 3, None, 0.95)
+
+
+def _small_bundle(mnist5k, n: int = 300):
+    def pick(split):
+        return split.subset([int(i * len(split) / n) for i in range(n)])
+
+    return dataclasses.replace(mnist5k, train=pick(mnist5k.train), val=pick(mnist5k.val), test=pick(mnist5k.test))
+
+
+def test_k_is_chosen_from_the_grid_on_validation_only(mnist5k, one_thread):
+    model, bundle = tiny_model(), _small_bundle(mnist5k)
+    none = RetrainProtocol(epochs=0)
+    first = decompose_model(model, bundle, k2=5, protocol=none, noise_repeats=1).summary
+    assert first["k1"] in K_GRID and first["k2"] == 5 and first["selection"]["split"] == "val"
+    # other test labels (all 0) change the test numbers but not the choice nor the curve
+    t = bundle.test
+    relabelled = ImageSplit([0] * len(t), t.ids, t.mean.flatten().tolist(), t.std.flatten().tolist(), images=t.images)
+    second = decompose_model(model, dataclasses.replace(bundle, test=relabelled), k2=5, protocol=none,
+                             noise_repeats=1).summary
+    assert second["selection"] == first["selection"] and second["accuracy_full"] != first["accuracy_full"]
+    free = decompose_model(model, bundle, protocol=none, noise_repeats=1).summary
+    assert free["k1"] in K_GRID and free["k2"] in K_GRID
+    curve = {(r["k1"], r["k2"]): r for r in free["selection"]["curve"]}
+    assert curve[(free["k1"], free["k2"])]["val_r_A"] == pytest.approx(free["val"]["r_A"])
+    assert decompose_model(model, bundle, k1=3, k2=3, protocol=none, noise_repeats=1).summary["k1"] == 3
+
+
+@pytest.mark.parametrize("parameters", ["layer", "all"])
+def test_retraining_changes_only_the_parameters_it_says(mnist5k, one_thread, parameters):
+    model, bundle = tiny_model(), _small_bundle(mnist5k, 128)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    name, linear = final_linear(model)
+    feats = {s: final_features(model, bundle.split(s)) for s in ("train", "val")}
+    mask, _ = find_influential(feats["train"].features, feats["train"].labels, 10, 3, 3)
+    net, info = retrain(model, mask, bundle, RetrainProtocol(parameters, epochs=1, lr=0.05), feats)
+    assert info["best_epoch"] == 1
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # the input model is untouched
+    after = net.state_dict()
+    head = {f"{name}.weight", f"{name}.bias", f"{name}.mask"}
+    changed = {k for k, v in original.items() if k not in head and not torch.equal(after[k], v)}
+    layer = net.get_submodule(name)
+    assert torch.all(layer.weight.detach()[~mask] == 0) and not torch.equal(layer.weight.detach(), linear.weight * mask)
+    if parameters == "layer":
+        assert changed == set()  # weights and BatchNorm statistics below the layer exactly as they were
+    else:
+        assert any(k.endswith("weight") for k in changed)
 
 
 def test_essentiality_replaces_only_chosen_features():
@@ -148,12 +230,14 @@ def _checkpoint(tmp_path, mnist5k):
 def test_cli_decompose(tmp_path, mnist5k, capsys):
     ckpt = _checkpoint(tmp_path, mnist5k)
     out = tmp_path / "dec"
-    code = cli.main(["decompose", "--checkpoint", str(ckpt), "--k", "3", "--retrain-epochs", "1",
+    code = cli.main(["decompose", "--checkpoint", str(ckpt), "--k", "3", "--retrain", "layer", "--control",
                      "--noise-repeats", "1", "--out", str(out), "--json"])
     assert code == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("accuracy_full", "accuracy_decomposed", "r_A", "accuracy_retrained"):
+    for key in ("accuracy_full", "accuracy_decomposed", "r_A", "agreement", "accuracy_retrained"):
         assert isinstance(res[key], float)
+    assert res["k2"] == 3 and res["k1"] in K_GRID and isinstance(res["accuracy_control"], float)
+    assert res["protocol"]["parameters"] == "layer" and res["protocol"]["epochs"] == 1
     assert res["r_A"] == pytest.approx(res["accuracy_decomposed"] / res["accuracy_full"])
     assert res["multiply_adds"]["decomposed"] <= 30
     saved = json.loads((out / "influential.json").read_text())

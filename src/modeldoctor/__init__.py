@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from modeldoctor.analyses.ablation import unit_deletion
-from modeldoctor.analyses.decompose import decompose_model
+from modeldoctor.analyses.decompose_protocol import decompose_model
 from modeldoctor.analyses.stability import discovery2
 from modeldoctor.api import (
     AblationReport,

@@ -7,22 +7,22 @@ its weight for ``n`` classes.
 * Algorithm 1, line 8: ``HIST`` counts, per class, how often each index is among its instances' top-k₁;
   the class's influential set ``J_c`` is the top-k₂ most frequent indices.
 * §5.2.4, decomposed softmax: ``logit_c = Σ_{j ∈ J_c} W_cj x_j + b_c`` (weight masked per class).
-* §5.2.1: ``r_A = A_d / A_f`` (decomposed over full accuracy).
+* §5.2.1: ``r_A = A_d / A_f`` (decomposed over full accuracy); §4.2's aim, the share of samples whose decomposed
+  prediction equals the full one, is reported beside it as ``agreement``.
 * §5.2.3: final-layer multiply-adds ``n·m`` (full) vs ``Σ_c |J_c|`` (decomposed).
 * §5.2.6, Table 8: essentiality, the full layer's accuracy when a sample's class-influential features (or as
   many random non-influential ones) are replaced by Gaussian noise with the training set's per-feature mean/std.
 
 k₁ and k₂ are integers, or fractions in (0, 1): the smallest count whose (ℓ₁ / histogram) mass reaches it.
+Choosing k on validation and retraining the decomposed network: :mod:`modeldoctor.analyses.decompose_protocol`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -146,17 +146,23 @@ class DecomposedLinear(nn.Module):
         return out
 
 
-@contextlib.contextmanager
-def swapped_module(model: nn.Module, name: str, replacement: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put ``replacement`` at dotted ``name`` in ``model``; the original is back on exit."""
+def replace_module(model: nn.Module, name: str, replacement: nn.Module) -> nn.Module:
+    """Put ``replacement`` at dotted ``name`` in ``model``; returns the module that was there."""
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     original = getattr(parent, child)
     setattr(parent, child, replacement)
+    return original
+
+
+@contextlib.contextmanager
+def swapped_module(model: nn.Module, name: str, replacement: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put ``replacement`` at dotted ``name`` in ``model``; the original is back on exit."""
+    original = replace_module(model, name, replacement)
     try:
         yield replacement
     finally:
-        setattr(parent, child, original)
+        replace_module(model, name, original)
 
 
 @contextlib.contextmanager
@@ -169,7 +175,13 @@ def decomposed(model: nn.Module, mask: torch.Tensor) -> Iterator[DecomposedLinea
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose arg-max logit is the label."""
     return (logits.argmax(1) == labels).float().mean().item() if len(labels) else 0.0
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:
+    """§4.2: share of samples with ``argmax logits = argmax reference`` (decomposed vs full prediction)."""
+    return (logits.argmax(1) == reference.argmax(1)).float().mean().item() if len(logits) else 0.0
 
 
 def relative_accuracy(decomposed_accuracy: float, full_accuracy: float) -> float:
@@ -184,40 +196,9 @@ def multiply_adds(mask: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _layer_logits(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def layer_logits(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A (full or decomposed) final layer applied to cached features, as float logits."""
     return layer(features.to(next(layer.parameters()).dtype)).float()
-
-
-def retrain_decomposed(layer: DecomposedLinear, train: FinalFeatures, val: FinalFeatures, epochs: int,
-                       lr: float = 0.01, momentum: float = 0.9, batch_size: int = 128,
-                       seed: int = 0) -> dict:
-    """Retrain only the decomposed layer on cached training features (the network below is frozen, so its
-    features are fixed); cross-entropy, SGD with momentum; keeps the epoch with the best validation accuracy.
-    """
-    if epochs < 0:
-        raise UserError(f"--retrain-epochs must be ≥ 0, got {epochs}")
-    opt = torch.optim.SGD([p for p in layer.parameters()], lr=lr, momentum=momentum)
-    generator = torch.Generator().manual_seed(seed)
-    best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0, "state": copy.deepcopy(layer.state_dict())}
-    history = []
-    layer.train()
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(train.labels), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            loss = F.cross_entropy(layer(train.features[idx]), train.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        val_acc = accuracy(_layer_logits(layer, val.features), val.labels)
-        history.append({"epoch": epoch, "train_loss": total / max(len(order), 1), "val_accuracy": val_acc})
-        if val_acc > best["val_accuracy"]:
-            best = {"epoch": epoch, "val_accuracy": val_acc, "state": copy.deepcopy(layer.state_dict())}
-    layer.load_state_dict(best["state"])
-    layer.eval()
-    return {"best_epoch": best["epoch"], "history": history}
 
 
 @torch.no_grad()
@@ -240,8 +221,8 @@ def essentiality(linear: nn.Module, data: FinalFeatures, mask: torch.Tensor, mea
         for chosen, out in ((influential, acc_inf), (non_influential, acc_non)):
             noise = mean + std * torch.randn(influential.shape, generator=generator)
             replaced = torch.where(chosen, noise, data.features)
-            out.append(accuracy(_layer_logits(linear, replaced), data.labels))
-    return {"original": accuracy(_layer_logits(linear, data.features), data.labels),
+            out.append(accuracy(layer_logits(linear, replaced), data.labels))
+    return {"original": accuracy(layer_logits(linear, data.features), data.labels),
             "influential_replaced": sum(acc_inf) / repeats, "non_influential_replaced": sum(acc_non) / repeats,
             "features_replaced_per_sample": float(counts.float().mean())}
 
@@ -293,42 +274,3 @@ def parse_count(text: str) -> Count:
     if 0 < value < 1 and math.isfinite(value):
         return value
     raise UserError(f"k must be a positive integer or a fraction in (0, 1), got {text!r}")
-
-
-@dataclass
-class Decomposition:
-    """Everything ``decompose_model`` found: the summary, the masks and the (retrained) decomposed layer."""
-
-    summary: dict
-    mask: torch.Tensor  # (n, m) bool, J_c per class
-    histogram: torch.Tensor  # (n, m) counts
-    layer: DecomposedLinear
-
-
-def decompose_model(model: nn.Module, bundle, k1: Count = 5, k2: Count = 5, retrain_epochs: int = 1,
-                    lr: float = 0.01, seed: int = 0, noise_repeats: int = 5) -> Decomposition:
-    """Algorithm 1 on the training split, then A_f, A_d, r_A (val and test), optional retraining of the
-    decomposed layer (epoch chosen on val), Table 8 essentiality on test, and the final-layer cost.
-    ``bundle`` is a :class:`~modeldoctor.data.bundle.DataBundle`; the model is left unchanged.
-    """
-    name, linear = final_linear(model)
-    feats = {s: final_features(model, bundle.split(s)) for s in ("train", "val", "test")}
-    mask, hist = find_influential(feats["train"].features, feats["train"].labels, bundle.num_classes, k1, k2)
-    layer = DecomposedLinear(linear, mask)
-    splits = {}
-    for s in ("val", "test"):
-        full = accuracy(feats[s].logits, feats[s].labels)
-        dec = accuracy(_layer_logits(layer, feats[s].features), feats[s].labels)
-        splits[s] = {"accuracy_full": full, "accuracy_decomposed": dec, "r_A": relative_accuracy(dec, full),
-                     "accuracy_retrained": None}
-    retrain = None
-    if retrain_epochs > 0:
-        retrain = retrain_decomposed(layer, feats["train"], feats["val"], retrain_epochs, lr=lr, seed=seed)
-        for s in ("val", "test"):
-            splits[s]["accuracy_retrained"] = accuracy(_layer_logits(layer, feats[s].features), feats[s].labels)
-    train_f = feats["train"].features
-    noise = essentiality(linear, feats["test"], mask, train_f.mean(0), train_f.std(0), noise_repeats, seed)
-    summary = {"layer": name, "k1": k1, "k2": k2, "features": int(mask.shape[1]), "classes": int(mask.shape[0]),
-               **splits["test"], "val": splits["val"], "retrain": retrain, "essentiality": noise,
-               "multiply_adds": multiply_adds(mask), "influential": per_class_indices(mask)}
-    return Decomposition(summary, mask, hist, layer)

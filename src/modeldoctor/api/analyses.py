@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from modeldoctor.analyses.ablation import UnitDeletion, intervention_table, rank_units, unit_deletion
-from modeldoctor.analyses.decompose import Count, Decomposition, compare_with_diagnosis, decompose_model
+from modeldoctor.analyses.decompose import Count, compare_with_diagnosis
+from modeldoctor.analyses.decompose_protocol import Decomposition, RetrainProtocol, decompose_model
 from modeldoctor.analyses.detectors import RELATIVE_DELTAS, compare_detectors
 from modeldoctor.analyses.dissect import (
     DEFAULT_MIN_IOU,
@@ -128,17 +129,23 @@ class DecompositionReport:
                 "influential": s["influential"], "histogram": self.decomposition.histogram.tolist()}
 
 
-def decompose(model: nn.Module, data: DataBundle, k1: Count = 5, k2: Count = 5, retrain_epochs: int = 1,
-              lr: float = 0.01, seed: int = 0, noise_repeats: int = 5,
+def decompose(model: nn.Module, data: DataBundle, k1: Count | None = None, k2: Count | None = None,
+              retrain_epochs: int = 1, lr: float = 0.01, retrain: str = "all", control: bool = False,
+              min_r_a: float = 0.95, seed: int = 0, noise_repeats: int = 5,
               diagnosis: Diagnosis | None = None) -> DecompositionReport:
-    """:func:`~modeldoctor.analyses.decompose.decompose_model`, plus with ``diagnosis`` the overlap of each class's
+    """:func:`~modeldoctor.analyses.decompose_protocol.decompose_model` (k₁ / k₂ not given are chosen on val; the
+    decomposed network retrained by :class:`RetrainProtocol` with ``retrain`` = ``"all"`` or ``"layer"``; with
+    ``control`` the full network retrained the same way), plus with ``diagnosis`` the overlap of each class's
     influential features with its relevant kernels of the last conv layer (whose channels are the features)."""
-    result = decompose_model(model, data, k1, k2, retrain_epochs, lr=lr, seed=seed, noise_repeats=noise_repeats)
+    protocol = RetrainProtocol(parameters=retrain, epochs=retrain_epochs, lr=lr)
+    result = decompose_model(model, data, k1, k2, protocol, control=control, min_r_a=min_r_a, seed=seed,
+                             noise_repeats=noise_repeats)
     overlap = (compare_with_diagnosis(result.mask, diagnosis, default_layer(model, data.input_shape))
                if diagnosis is not None else None)
     s = result.summary
-    logger.info("A_f %.4f  A_d %.4f  r_A %.4f  retrained %s", s["accuracy_full"], s["accuracy_decomposed"], s["r_A"],
-                s["accuracy_retrained"])
+    logger.info("k1 %s k2 %s (%s): A_f %.4f  A_d %.4f  r_A %.4f  retrained %s  control %s", s["k1"], s["k2"],
+                s["selection"]["rule"], s["accuracy_full"], s["accuracy_decomposed"], s["r_A"],
+                s["accuracy_retrained"], s["accuracy_control"])
     return DecompositionReport(result, list(data.class_names), overlap)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from modeldoctor.analyses.decompose import Decomposition, final_linear, swapped_module
+from modeldoctor.analyses.decompose import DecomposedLinear, final_linear, swapped_module
+from modeldoctor.analyses.decompose_protocol import Decomposition
 from modeldoctor.io import names
 from modeldoctor.models.checkpoint import CheckpointMeta, save_checkpoint
 
@@ -30,11 +31,14 @@ def write_arm(directory: str | Path, arm: str, seed: int, model: nn.Module, pare
 
 def write_decomposed(directory: str | Path, model: nn.Module, parent: CheckpointMeta, parent_path: str | Path,
                      decomposition: Decomposition) -> Path:
-    """``decomposed.pt``: ``model`` with its final layer's weights zero outside each class's influential features
-    (the retrained ones when there was retraining); ``model`` itself is left as it was."""
+    """``decomposed.pt``: the decomposed network (retrained when there was retraining) as an ordinary checkpoint of
+    ``model``'s architecture, its final layer's weights zero outside each class's influential features."""
     summary = decomposition.summary
     accuracy = summary["accuracy_retrained"] or summary["accuracy_decomposed"]
     meta = dataclasses.replace(parent, parent=str(parent_path), metrics={"test": {"accuracy": accuracy}})
     name, _ = final_linear(model)
-    with swapped_module(model, name, decomposition.layer.to_linear()):
-        return save_checkpoint(Path(directory) / names.DECOMPOSED, model, meta, protect=(parent_path,))
+    net = decomposition.model
+    layer = net.get_submodule(name)
+    assert isinstance(layer, DecomposedLinear)
+    with swapped_module(net, name, layer.to_linear()):
+        return save_checkpoint(Path(directory) / names.DECOMPOSED, net, meta, protect=(parent_path,))

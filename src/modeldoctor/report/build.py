@@ -224,6 +224,12 @@ def decomposition_section(summary: dict) -> Section:
                       f"Final layer {summary['layer']}: {summary['features']} features, {summary['classes']} classes; "
                       f"k₁ = {summary['k1']}, k₂ = {summary['k2']}.")
     section.figures.append(figures.decomposition(summary))
+    if summary.get("selection"):
+        section.figures.append(figures.decomposition_k_curve(summary))
+    if summary.get("protocol"):
+        p = summary["protocol"]
+        section.notes.append(f"Retraining: {p['parameters']} parameters, {p['epochs']} epoch(s), SGD lr {p['lr']:g}, "
+                             f"{p['schedule']}, {p['checkpoint']}; from the paper: {'; '.join(p['from_paper'])}.")
     mac = summary.get("multiply_adds")
     if mac:
         section.notes.append("Final-layer multiply-adds: " + ", ".join(f"{k} {v:g}" for k, v in mac.items()))

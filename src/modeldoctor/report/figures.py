@@ -232,11 +232,16 @@ def thumbnails(name: str, title: str, caption: str, rows: Mapping[str, Sequence[
 
 
 def decomposition(summary: Mapping) -> Figure:
-    """Decomposing the Deep: full vs decomposed (vs retrained) test accuracy, and Table 8 essentiality."""
+    """Decomposing the Deep: full vs decomposed (vs retrained, vs the retrained control) test accuracy, and
+    Table 8 essentiality."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    names = ["full", "decomposed"] + (["retrained"] if summary.get("accuracy_retrained") is not None else [])
-    values = [summary["accuracy_full"], summary["accuracy_decomposed"], summary.get("accuracy_retrained")][:len(names)]
-    left.bar(names, [100 * v for v in values], color=["#7f7f7f", "#4c72b0", "#dd8452"][:len(names)])
+    bars = [(n, float(summary[k]), c) for n, k, c in (("full", "accuracy_full", "#7f7f7f"),
+                                                       ("decomposed", "accuracy_decomposed", "#4c72b0"),
+                                                       ("retrained", "accuracy_retrained", "#dd8452"),
+                                                       ("full retrained\n(control)", "accuracy_control", "#55a868"))
+            if summary.get(k) is not None]
+    left.bar([b[0] for b in bars], [100 * b[1] for b in bars], color=[b[2] for b in bars])
+    left.tick_params(axis="x", labelsize=8)
     left.set(ylabel="test accuracy (%)", ylim=(0, 100), title=f"r_A = A_d / A_f = {summary['r_A']:.3f}")
     ess = summary.get("essentiality") or {}
     if ess:
@@ -257,6 +262,34 @@ def decomposition(summary: Mapping) -> Figure:
                     f"{100 * (ess['original'] - ess['non_influential_replaced']):.1f}"
                     + (" — the influential ones matter more." if gap > 0.005 else "."))
     return _render(fig, "decomposition", title, caption)
+
+
+def decomposition_k_curve(summary: Mapping) -> Figure:
+    """Decomposing the Deep, Fig. 3 on validation: r_A = A_d / A_f and A_d against k₂ (features kept per class),
+    for k₁ = k₂ (the paper's setting) and for the k₁ with the best validation accuracy; the chosen k marked."""
+    sel = summary["selection"]
+    rows = [r for r in sel["curve"] if isinstance(r["k1"], int) and isinstance(r["k2"], int)]
+    k2s = sorted({r["k2"] for r in rows})
+    diagonal = {r["k2"]: r for r in rows if r["k1"] == r["k2"]}
+    best = {k: max((r for r in rows if r["k2"] == k), key=lambda r: r["val_accuracy"]) for k in k2s}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, key, label in ((axes[0], "val_r_A", "validation r_A"), (axes[1], "val_accuracy", "validation A_d (%)")):
+        scale = 100 if key == "val_accuracy" else 1
+        ks = [k for k in k2s if k in diagonal]
+        ax.plot(ks, [scale * diagonal[k][key] for k in ks], "o-", color="#4c72b0", label="k₁ = k₂")
+        ax.plot(k2s, [scale * best[k][key] for k in k2s], "s--", color="#dd8452", label="best k₁ on val")
+        ax.plot([sel["k2"]], [scale * sel[key]], "*", ms=14, color="#c44e52", label="chosen")
+        ax.set(xscale="log", xlabel="k₂ (features per class)", ylabel=label)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xticks(k2s)
+    axes[0].axhline(sel["min_r_a"], color="#7f7f7f", lw=0.8, ls=":")
+    axes[1].axhline(100 * summary["val"]["accuracy_full"], color="#7f7f7f", lw=0.8, ls=":", label="full layer")
+    axes[1].legend(fontsize=8)
+    title = (f"On validation, k₁ = {sel['k1']}, k₂ = {sel['k2']} keeps r_A = {sel['val_r_A']:.3f} "
+             f"with {sel['k2']} of {summary['features']} features per class")
+    caption = (f"Algorithm 1 on the training split for every (k₁, k₂) of the grid, measured on validation; "
+               f"choice: {sel['rule']}. Dotted: the r_A target {sel['min_r_a']} and the full layer's accuracy.")
+    return _render(fig, "decomposition-k", title, caption)
 
 
 def ablation_ranking(units: Sequence[Mapping], layer: str, label: int = 4) -> Figure:
