@@ -16,17 +16,11 @@ import sys
 import time
 from pathlib import Path
 
-TIMM = ["timm:convnext_nano", "timm:regnety_002", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",
-        "timm:resnet18", "timm:vit_tiny_patch16_224"]
+from modeldoctor.api.architectures import architecture_specs
+
 RESULTS = Path(__file__).parent / "results"
 CHILD = ("import json, sys; from modeldoctor.api.architectures import check_architecture; "
          "print(json.dumps(check_architecture(sys.argv[1]).to_dict()))")
-
-
-def specs() -> list[str]:
-    from torchvision import models
-
-    return sorted(models.list_models(module=models)) + TIMM
 
 
 def run_one(spec: str, timeout: float) -> dict:
@@ -55,7 +49,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma list of specs (default: all)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per architecture")
     args = parser.parse_args()
-    chosen = args.only.split(",") if args.only else specs()
+    chosen = args.only.split(",") if args.only else architecture_specs()
     rows = []
     started = time.perf_counter()
     for spec in chosen:

@@ -1,9 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Probed minimum input sizes are cached on disk; tests probe afresh into a cache of their own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="modeldoctor-test-cache-")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""Every listed architecture builds for 1 and 3 input channels and trains at its smallest supported input.
-
-The smallest size comes from models.MIN_INPUT_SIZE; one pixel less must fail, so the table is exact.
+"""Minimum input sizes are probed (and cached), default layers are spatial and on the main path, transformers are
+refused; every listed architecture builds for 1 and 3 input channels and trains at its probed minimum (one pixel
+less must fail, so the probe is exact); and (slow) every torchvision classification builder and a few timm
+families go through train → diagnose → treat.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modeldoctor.api.architectures import TRANSFORMER_PREFIXES, architecture_specs, check_architecture
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.outputs import select_logits
+from modeldoctor.models import probe
 from modeldoctor.models.zoo import build_model, min_input_size
 
 ARCHITECTURES = ["resnet18", "resnet34", "resnet50", "vgg16", "alexnet", "wide_resnet50_2", "resnext50_32x4d",
@@ -47,3 +50,66 @@ def test_builds_and_trains_at_its_minimum_input(name: str) -> None:
     if size > 1:
         with pytest.raises(UserError, match=f"at least {size} px"):
             build_model(name, num_classes=7, in_channels=3, input_size=size - 1)
+
+
+
+
+class NeedsNine(torch.nn.Module):
+    """Two unpadded 5×5 convs: 9 px is the smallest input; BatchNorm in train mode needs a batch of two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = torch.nn.Conv2d(1, 2, 5), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 3, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.bn(self.a(x))).mean((2, 3))
+
+
+def test_probe_finds_the_smallest_input_without_touching_the_model() -> None:
+    model = NeedsNine().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert probe.probe_min_input(model, 1) == 9
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_min_input_is_cached_on_disk_per_library_version(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(probe, "probe_min_input", lambda model, c: calls.append(c) or 17)
+    key = probe.cache_key("squeezenet1_1", 3)
+    assert probe.remembered(key, lambda: probe.probe_min_input(None, 3)) == 17
+    assert probe.remembered(key, lambda: probe.probe_min_input(None, 3)) == 17 and calls == [3]
+    assert "torchvision" in key and probe.cache_key("pkg.mod:factory", 3) is None
+    (tmp_path / "modeldoctor" / "min_input.json").write_text("{ damaged")
+    assert probe.remembered(key, lambda: 5) == 5  # a damaged cache is probed again and rewritten
+
+
+def test_transformers_are_refused_in_one_line() -> None:
+    for spec in ("vit_b_16", "swin_t", "timm:vit_tiny_patch16_224"):
+        with pytest.raises(UserError, match=f"{spec} is a transformer .* choose a CNN"):
+            build_model(spec, 3, 3)
+
+
+def test_layers_json_names_a_spatial_main_path_default(capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from modeldoctor import cli
+
+    assert cli.main(["layers", "--model", "regnet_y_400mf", "--input-size", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    default = next(layer for layer in out["layers"] if layer["default"])
+    assert out["default"] == default["name"] and default["spatial"] and default["main_path"]
+    assert ".se." not in out["default"]
+    se = [layer for layer in out["layers"] if ".se." in layer["name"]]
+    assert se and not any(layer["spatial"] for layer in se)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", architecture_specs())
+def test_every_builder_goes_through_train_diagnose_treat(spec: str) -> None:
+    check = check_architecture(spec)
+    if spec.removeprefix("timm:").startswith(TRANSFORMER_PREFIXES):
+        assert check.train == "refused" and "is a transformer" in check.note, check
+    else:
+        assert check.passed, check

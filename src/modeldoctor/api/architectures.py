@@ -24,6 +24,18 @@ from modeldoctor.doctor.diagnosis import diagnose
 from modeldoctor.models.zoo import build_model, min_input_size
 from modeldoctor.training import TrainConfig, fit
 
+# timm families checked besides every torchvision classification builder; ViT must be refused.
+TIMM_FAMILIES = ["timm:convnext_nano", "timm:regnety_002", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",
+                 "timm:resnet18", "timm:vit_tiny_patch16_224"]
+TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
+
+
+def architecture_specs() -> list[str]:
+    """Every torchvision classification builder, then :data:`TIMM_FAMILIES`."""
+    from torchvision import models
+
+    return sorted(models.list_models(module=models)) + TIMM_FAMILIES
+
 
 @dataclass
 class ArchitectureCheck:
