@@ -67,3 +67,43 @@ def test_check_masks_warns_and_refuses():
         check_masks({"ok": torch.ones(5, 5, dtype=torch.bool)}, 4)
     with pytest.raises(UserError, match="no usable mask"):
         check_masks({"e": torch.zeros(4, 4, dtype=torch.bool)}, 4)
+
+
+def test_coco_polygons_and_rle_compressed_or_not(tmp_path):
+    import json
+
+    from pycocotools import mask as coco_mask
+
+    from modeldoctor.data.masks import load_coco
+
+    full = np.zeros((20, 20), dtype=np.uint8)
+    full[5:15, 2:8] = 1
+    compressed = coco_mask.encode(np.asfortranarray(full))
+    compressed["counts"] = compressed["counts"].decode()
+    column_major = full.flatten(order="F")
+    runs, value, count = [], 0, 0
+    for pixel in column_major:
+        if pixel != value:
+            runs.append(count)
+            value, count = pixel, 0
+        count += 1
+    runs.append(count)
+    doc = {"images": [{"id": 1, "file_name": "train/a.jpg", "height": 20, "width": 20},
+                      {"id": 2, "file_name": "b.png", "height": 20, "width": 20},
+                      {"id": 3, "file_name": "c.png", "height": 20, "width": 20}],
+           "annotations": [{"image_id": 1, "segmentation": [[0, 0, 10, 0, 10, 10, 0, 10]]},
+                           {"image_id": 1, "segmentation": [[12, 12, 19, 12, 19, 19]]},
+                           {"image_id": 2, "segmentation": compressed},
+                           {"image_id": 3, "segmentation": {"counts": runs, "size": [20, 20]}}]}
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(doc))
+    masks = load_coco(path, ["a", "b", "c", "nope"], 20)
+    assert set(masks) == {"a", "b", "c"}
+    assert masks["a"][0:10, 0:10].all() and masks["a"][15, 18] and not masks["a"][15, 5]  # two polygons, one union
+    assert torch.equal(masks["b"], torch.from_numpy(full.astype(bool)))
+    assert torch.equal(masks["c"], masks["b"])
+    small = load_coco(path, ["b"], 10)["b"]  # resized to the model's input like every other mask source
+    assert small.shape == (10, 10) and small[5, 2] and not small[0, 0]
+    path.write_text(json.dumps({"images": []}))
+    with pytest.raises(UserError, match="not a COCO instances file"):
+        load_coco(path, ["a"], 20)
