@@ -92,7 +92,7 @@ def from_model(model: nn.Module, data: DataBundle, spec: str | None = None, clas
     chance = chance_accuracy(data.val, data.num_classes)
     notes = []
     if metrics["val"]["accuracy"] <= chance + 0.02:
-        notes.append(f"{name} scores {metrics['val']['accuracy']:.1%} on validation, within 2 points of chance "
+        notes.append(f"{name} scores {metrics['val']['accuracy']:.1%} on validation, not 2 points above chance "
                      f"({chance:.1%}); check --mean/--std (the normalisation it was trained with), the order of "
                      "--classes, and --input-size")
     for line in notes:
