@@ -6,6 +6,8 @@ families go through train → diagnose → treat.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -106,7 +108,13 @@ def test_layers_json_names_a_spatial_main_path_default(capsys: pytest.CaptureFix
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", architecture_specs())
+def test_family_representatives_are_torchvision_builders() -> None:
+    assert set(architecture_specs(representatives=True)) <= set(architecture_specs())
+
+
+# Every builder takes over an hour on two cores (benchmarks/architectures.py writes that table); CI runs the
+# smallest of each family unless MODELDOCTOR_ALL_ARCHITECTURES=1.
+@pytest.mark.parametrize("spec", architecture_specs(representatives=not os.environ.get("MODELDOCTOR_ALL_ARCHITECTURES")))
 def test_every_builder_goes_through_train_diagnose_treat(spec: str) -> None:
     check = check_architecture(spec)
     if spec.removeprefix("timm:").startswith(TRANSFORMER_PREFIXES):
