@@ -107,13 +107,13 @@ def test_layers_json_names_a_spatial_main_path_default(capsys: pytest.CaptureFix
     assert se and not any(layer["spatial"] for layer in se)
 
 
-@pytest.mark.slow
 def test_family_representatives_are_torchvision_builders() -> None:
     assert set(architecture_specs(representatives=True)) <= set(architecture_specs())
 
 
 # Every builder takes over an hour on two cores (benchmarks/architectures.py writes that table); CI runs the
 # smallest of each family unless MODELDOCTOR_ALL_ARCHITECTURES=1.
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", architecture_specs(representatives=not os.environ.get("MODELDOCTOR_ALL_ARCHITECTURES")))
 def test_every_builder_goes_through_train_diagnose_treat(spec: str) -> None:
     check = check_architecture(spec)
