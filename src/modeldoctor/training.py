@@ -4,8 +4,9 @@
 treatment's constraints plug in without a second loop.  The best epoch is chosen on validation only.
 Everything runs on the model's own device.  Under torchrun, ``fit`` is data-parallel: a distributed sampler
 gives each rank ``batch_size / world`` samples of every global batch and gradients are averaged over the ranks
-after each backward (what DistributedDataParallel does; done explicitly because Eq. 7's constraint terms run
-the unwrapped model's noise replays and a double backward); ``predict`` shards batches and gathers the logits.
+after each backward — by :class:`~torch.nn.parallel.DistributedDataParallel` for plain cross-entropy training,
+explicitly (:func:`~modeldoctor.core.distributed.average_gradients`) for any other loss; ``predict`` shards
+batches and gathers the logits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -164,13 +166,15 @@ def chance_accuracy(split: ImageSplit, num_classes: int) -> float:
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
     """One update: loss, zero_grad, backward, optimiser and schedule step; ``None`` (no update) on a non-finite loss
-    (on any rank: every rank skips together).  Under torchrun gradients are averaged over the ranks."""
+    (on any rank: every rank skips together).  Under torchrun gradients are averaged over the ranks: by the
+    backward itself when ``model`` is a :class:`DistributedDataParallel`, else explicitly."""
     loss, _ = loss_fn(model, x, y, index)
     if not distributed.all_true(bool(torch.isfinite(loss))):
         return None
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    distributed.average_gradients([p for p in model.parameters() if p.requires_grad])
+    if not isinstance(model, DistributedDataParallel):
+        distributed.average_gradients([p for p in model.parameters() if p.requires_grad])
     opt.step()
     sched.step()
     return loss.detach()
@@ -207,6 +211,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
         start = saved["epoch"] + 1
         torch.set_rng_state(saved["rng"].cpu())
     stopped = None
+    stepped = data_parallel(model, loss_fn)
     for epoch in range(start, cfg.epochs):
         model.train()
         total, seen = 0.0, 0
@@ -215,7 +220,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
                    disable=None if distributed.is_main() else True)
         for batch in bar:
             x, y, idx = to_device(device, *unpack_batch(batch))
-            loss = train_step(model, opt, sched, loss_fn, x, y, idx)
+            loss = train_step(stepped, opt, sched, loss_fn, x, y, idx)
             if loss is None:
                 stopped = f"non-finite loss at epoch {epoch + 1}; kept the best weights so far"
                 break
@@ -239,6 +244,19 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
     model.eval()
     return {"best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "history": history,
             "stopped": stopped}
+
+
+def data_parallel(model: nn.Module, loss_fn: LossFn) -> nn.Module:
+    """What ``fit`` steps: under torchrun, plain cross-entropy training goes through
+    :class:`DistributedDataParallel` (gradients all-reduced in buckets during the backward, BatchNorm buffers
+    broadcast from rank 0 before each forward); anything else — the treatment's Eq. 7 loss, double backpropagation
+    — steps the model itself and :func:`train_step` averages the gradients after the backward, because those
+    losses run the unwrapped model's noise replays and ``autograd.grad(create_graph=True)``, which DDP's reducer
+    does not support (its hooks would fire inside the inner gradient)."""
+    if not distributed.active() or loss_fn is not cross_entropy_loss:
+        return model
+    device = model_device(model)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
 def epoch_loader(train: ImageSplit, batch_size: int, seed: int) -> DataLoader:

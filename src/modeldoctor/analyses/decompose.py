@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, train_mode
 from modeldoctor.core.outputs import select_logits
@@ -62,20 +63,21 @@ def final_features(model: nn.Module, split: ImageSplit, batch_size: int = 256) -
     """
     name, linear = final_linear(model)
     feats, labels, logits = [], [], []
+    device = model_device(model)
     with train_mode(model, False):
         for batch in make_loader(split, batch_size):
             x, y, _ = unpack_batch(batch)
             with FeatureCapture(model, [name], source="input") as cap:
-                out = select_logits(model(x)).float()
+                out = select_logits(model(x.to(device))).float()
             f = cap.captured[name]
             if f.dim() != 2:
                 raise UserError(f"the input of {name!r} has shape {tuple(f.shape)}; decompose needs (batch, features)")
             if not torch.allclose(linear(f).float(), out, rtol=1e-4, atol=1e-4):
                 raise UserError(f"the output of {name!r} is not the model's logits; decompose needs the last "
                                 "linear layer to produce the logits directly")
-            feats.append(f.float())
+            feats.append(f.float().cpu())
             labels.append(y)
-            logits.append(out)
+            logits.append(out.cpu())
     return FinalFeatures(torch.cat(feats), torch.cat(labels), torch.cat(logits))
 
 

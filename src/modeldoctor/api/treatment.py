@@ -99,7 +99,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
         method = {"method": relevance} if relevance else {}
         relevant = {name: diagnosis.relevant(name, **method) for name in cfg.channel_layers or []}
     bank = None
-    given = check_masks(dict(masks if masks is not None else data.masks), data.input_size) if (
+    given = check_masks(masks if masks is not None else data.masks, data.input_size) if (
         masks or data.masks) else {}
     candidates = [sid for sid in data.train.ids if sid in given]
     if {"space", "input-gradient"} & set(cfg.constraints) and not candidates:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
 
 LayerRef = str | nn.Module
@@ -158,7 +159,7 @@ def layer_table(model: nn.Module, input_shape: tuple[int, int, int]) -> list[Lay
     ``feature_info``; ``order`` is the position in the forward pass."""
     names = conv_layer_names(model)
     with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
-        model(torch.zeros(1, *input_shape))
+        model(torch.zeros(1, *input_shape, device=model_device(model)))
     ran = list(cap.captured)  # insertion order = the order the hooks fired
     return [LayerInfo(n, type(model.get_submodule(n)).__name__, i, tuple(cap.captured[n].shape[1:]), ran.index(n))
             for i, n in enumerate(names) if n in cap.captured]

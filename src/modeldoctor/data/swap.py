@@ -9,7 +9,7 @@ composites is therefore a shortcut meter that uses only the user's masks, never 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +40,12 @@ def erase_object(image: torch.Tensor, mask: torch.Tensor, grow: int = 2) -> torc
     return torch.where(hole.unsqueeze(0), filled, image)
 
 
-def background_swap(split: ImageSplit, masks: torch.Tensor, objects: Sequence[int], donors: Sequence[int],
-                    per_object: int = 3, seed: int = 0, grow: int = 1) -> ImageSplit:
+def background_swap(split: ImageSplit, masks: torch.Tensor | Mapping[int, torch.Tensor], objects: Sequence[int],
+                    donors: Sequence[int], per_object: int = 3, seed: int = 0, grow: int = 1) -> ImageSplit:
     """Composites of each ``objects`` image (split indices) on ``per_object`` donors of other classes.
 
-    ``masks``: (len(split), H, W) bool object masks, valid at ``objects`` and ``donors``.  Returns an
+    ``masks``: bool (H, W) object masks by split index (a (len(split), H, W) tensor or a mapping), needed at
+    ``objects`` and ``donors``.  Returns an
     :class:`ImageSplit` (labels = the object's class, ids ``"<object id>@<donor id>"``, the split's
     normalisation), so it can be evaluated or used to choose a checkpoint like any split.
     """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -16,30 +16,43 @@ from modeldoctor.training import predict
 
 @dataclass
 class MaskBank:
-    """Object masks of the annotated training images, addressed by split index."""
+    """Object masks of the annotated training images, addressed by split index.
 
-    masks: torch.Tensor  # (N, H, W) bool, all-False where not annotated
-    annotated: torch.Tensor  # (N,) bool
-    pool: list[int] = field(default_factory=list)  # indices of annotated images
+    Only the masks of the pool are held (one (H, W) bool each), never one per training image."""
+
+    masks: torch.Tensor  # (len(pool), H, W) bool: the mask of pool[i] at row i
+    annotated: torch.Tensor  # (N,) bool, N = the split's length
+    pool: list[int] = field(default_factory=list)  # indices of annotated images, ascending
+
+    def __post_init__(self) -> None:
+        self._row = torch.full((len(self.annotated),), -1, dtype=torch.long)
+        self._row[self.pool] = torch.arange(len(self.pool))
 
     @classmethod
-    def build(cls, split: ImageSplit, masks: dict[str, torch.Tensor], chosen: Sequence[int], size: int) -> MaskBank:
-        ids = [split.ids[i] for i in chosen]
-        stacked, has = stack_masks(masks, ids, size)
-        full = torch.zeros(len(split), size, size, dtype=torch.bool)
+    def build(cls, split: ImageSplit, masks: Mapping[str, torch.Tensor], chosen: Sequence[int], size: int) -> MaskBank:
+        """The chosen split indices that have a mask in ``masks`` (each read once)."""
+        pool = sorted(i for i in chosen if split.ids[i] in masks)
+        stacked, _ = stack_masks(masks, [split.ids[i] for i in pool], size)
         annotated = torch.zeros(len(split), dtype=torch.bool)
-        full[list(chosen)] = stacked
-        annotated[list(chosen)] = has
-        return cls(full, annotated, [int(i) for i in torch.nonzero(annotated).flatten()])
+        annotated[pool] = True
+        return cls(stacked, annotated, pool)
 
     def lookup(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.masks[index], self.annotated[index]
+        """(B, H, W) masks (all False where not annotated) and the (B,) annotated flags of split indices."""
+        row = self._row[index]
+        found = self.masks[row.clamp_min(0)] & (row >= 0).view(-1, 1, 1)
+        return found, self.annotated[index]
+
+    def by_index(self) -> dict[int, torch.Tensor]:
+        """``{split index: mask}`` over the pool."""
+        return {i: self.masks[r] for r, i in enumerate(self.pool)}
 
     def restricted(self, keep: Sequence[int]) -> MaskBank:
         """The same masks with only ``keep`` (split indices) marked as annotated."""
+        pool = sorted({int(i) for i in keep} & set(self.pool))
         annotated = torch.zeros_like(self.annotated)
-        annotated[list(keep)] = self.annotated[list(keep)]
-        return MaskBank(self.masks, annotated, [int(i) for i in torch.nonzero(annotated).flatten()])
+        annotated[pool] = True
+        return MaskBank(self.masks[self._row[pool]], annotated, pool)
 
 
 def holdout_split(pool: Sequence[int], labels: torch.Tensor, fraction: float, seed: int) -> tuple[list[int], list[int]]:

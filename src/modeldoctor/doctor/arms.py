@@ -51,7 +51,7 @@ def weight_change(model: nn.Module, start: nn.Module) -> dict[str, float]:
 def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int) -> ImageSplit | None:
     if not held:
         return None
-    return background_swap(data.train, bank.masks, held, bank.pool, seed=seed)
+    return background_swap(data.train, bank.by_index(), held, bank.pool, seed=seed)
 
 
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
@@ -85,7 +85,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             if train_bank is not None and train_bank.pool:
                 pool = train_bank.pool[:64]
                 x = torch.stack([data.train[i][0] for i in pool])
-                loss_fn.calibrate(x, data.train.labels[pool], train_bank.masks[pool])
+                loss_fn.calibrate(x, data.train.labels[pool], train_bank.lookup(torch.tensor(pool))[0])
             state = None if state_dir is None else Path(state_dir) / f".state-{arm}{suffix}.pt"
             fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, state_path=state,
                 resume=resume, desc=f"{arm} seed {train_cfg.seed}", keep="last" if select == "last" else "best")

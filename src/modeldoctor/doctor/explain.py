@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modeldoctor.analyses.gradcam import derivative_map
+from modeldoctor.core.device import model_device
 from modeldoctor.core.files import atomic_path
 from modeldoctor.core.layers import train_mode
 from modeldoctor.core.replay import NoiseReplay
@@ -72,26 +73,29 @@ def explain_image(model: nn.Module, image: torch.Tensor, diagnosis: Diagnosis, l
     layer = layer or max(diagnosis.layers, key=lambda n: diagnosis.layers[n].depth)
     info = diagnosis.layer(layer)
     opts = diagnosis.options
+    device = model_device(model)
     with train_mode(model, False):
         replay = NoiseReplay(model, [layer])
         with torch.no_grad():
-            state = replay.forward(image.unsqueeze(0))
-        prob = state.logits.float().softmax(1)[0]
+            state = replay.forward(image.unsqueeze(0).to(device))
+        prob = state.logits.float().softmax(1)[0].cpu()
         top2 = prob.topk(min(2, len(prob)))
         pred = int(top2.indices[0])
         true = pred if label is None else int(label)
-        result = replay.gradients(state, layer, [torch.tensor([pred]), torch.tensor([true])], opts.noise_draws,
+        result = replay.gradients(state, layer, [torch.tensor([pred], device=device),
+                                                 torch.tensor([true], device=device)], opts.noise_draws,
                                   info.delta, opts.output,
                                   sample_seeds=sample_seeds(torch.tensor([seed_index]), opts.seed, layer))
     corr = info.correlation
     size = (image.shape[-2], image.shape[-1])
-    dmap = derivative_map(result.grads[0], size)[0]
+    grads = [g.cpu() for g in result.grads]
+    dmap = derivative_map(grads[0], size)[0]
     mask = resize_mask(object_mask, size) if object_mask is not None else None
     runner = int(top2.indices[1]) if len(top2.indices) > 1 else pred
     return Explanation(
         layer, pred, float(prob[pred]), runner, float(prob[runner]), label,
-        deviating_kernels(correlation_index(result.grads[0], opts.reduce)[0], corr[pred], top),
-        deviating_kernels(correlation_index(result.grads[1], opts.reduce)[0], corr[true], top),
+        deviating_kernels(correlation_index(grads[0], opts.reduce)[0], corr[pred], top),
+        deviating_kernels(correlation_index(grads[1], opts.reduce)[0], corr[true], top),
         dmap, background_share(dmap, mask) if mask is not None else None,
         float(mask.float().mean()) if mask is not None else None)
 

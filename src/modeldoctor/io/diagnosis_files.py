@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import read_json, write_bytes, write_json
 from modeldoctor.core.layers import FeatureCapture, resolve_layers, train_mode
@@ -125,7 +126,7 @@ def check_matches(diagnosis: Diagnosis, model: nn.Module, require_same_weights: 
                         "diagnose this model again")
     names = resolve_layers(model, list(diagnosis.layers))
     with train_mode(model, False), FeatureCapture(model, names) as cap, torch.no_grad():
-        classes = select_logits(model(torch.zeros(1, *diagnosis.input_shape))).shape[1]
+        classes = select_logits(model(torch.zeros(1, *diagnosis.input_shape, device=model_device(model)))).shape[1]
     problems = [f"{n}: {ln.channels} channels in the diagnosis, {cap.captured[n].shape[1]} in the model"
                 for n, ln in diagnosis.layers.items() if cap.captured[n].shape[1] != ln.channels]
     if classes != diagnosis.num_classes:

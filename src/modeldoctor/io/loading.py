@@ -3,6 +3,7 @@ data for a new model, object masks and single image files."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch import nn
 from modeldoctor.core.device import place
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
-from modeldoctor.data.masks import load_boxes, load_coco, load_masks, resize_mask
+from modeldoctor.data.masks import LazyMasks, load_boxes, load_coco, load_masks, resize_mask
 from modeldoctor.data.sources import _load_image_file, load_data
 from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint
 from modeldoctor.models.zoo import min_input_size
@@ -47,10 +48,11 @@ def data_for_model(spec: str, model: str, input_size: int | None = None) -> Data
 
 
 def read_object_masks(bundle: DataBundle, source: str | None, split: str = "train",
-                      boxes: str | None = None) -> dict[str, torch.Tensor]:
+                      boxes: str | None = None) -> Mapping[str, torch.Tensor]:
     """Object masks ``{sample id of split: bool (size, size)}`` from a box file (CSV or JSON: id, x0, y0, x1, y1),
     ``source="builtin"`` (the data's own masks), a COCO instances ``.json`` file, or a folder of PNG / labelme
-    files named after the sample ids.
+    files named after the sample ids.  Files, boxes and COCO segments are read when an id is looked up
+    (:class:`~modeldoctor.data.masks.LazyMasks`), never all at once.
 
     Returned as found: whoever uses them decides what an empty or full mask means (the treatment drops them)."""
     size, ids = bundle.input_size, bundle.split(split).ids
@@ -59,7 +61,7 @@ def read_object_masks(bundle: DataBundle, source: str | None, split: str = "trai
     elif source == "builtin":
         if not bundle.masks:
             raise UserError(f"{bundle.spec} has no built-in masks; pass --masks DIR (one PNG per sample id)")
-        masks = {sid: bundle.masks[sid] for sid in ids if sid in bundle.masks}
+        masks = LazyMasks([sid for sid in ids if sid in bundle.masks], bundle.masks.__getitem__)
     elif source and Path(source).suffix.lower() == ".json":
         masks = load_coco(source, ids, size)
     elif source:
