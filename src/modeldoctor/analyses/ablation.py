@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modeldoctor.core.device import model_device, to_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerRef, default_layer, replace_output, resolve_layer, sample_shape, train_mode
 from modeldoctor.core.outputs import select_logits
@@ -83,7 +84,7 @@ def unit_deletion(model: nn.Module, split: ImageSplit, num_classes: int, layer: 
     totals = _Totals(num_classes)
     with torch.no_grad(), train_mode(model, False):
         for batch in make_loader(split, batch_size):
-            x, y, _ = unpack_batch(batch)
+            x, y, _ = to_device(model_device(model), *unpack_batch(batch))
             state = replay.forward(x)
             feature = state.features[name]
             chosen = _check_units(units, feature.shape[1], name)
@@ -266,7 +267,8 @@ class _Totals:
         self.seen = 0
 
     def start(self, n_units: int, y: torch.Tensor, logits: torch.Tensor) -> None:
-        """Begin a batch: add the unablated model's results for it."""
+        """Begin a batch: add the unablated model's results for it (totals are kept on the CPU)."""
+        y, logits = y.cpu(), select_logits(logits).cpu()
         if not len(self.correct):
             self.correct, self.loss = torch.zeros(n_units, self.K), torch.zeros(n_units)
         onehot = F.one_hot(y, self.K).float()
@@ -278,6 +280,7 @@ class _Totals:
 
     def add(self, offset: int, logits: torch.Tensor, y: torch.Tensor) -> None:
         """``logits`` (n, B, K) for units ``offset .. offset+n`` of the current batch."""
+        logits, y = logits.cpu(), y.cpu()
         n = logits.shape[0]
         onehot = F.one_hot(y, self.K).float()
         self.correct[offset:offset + n] += (logits.argmax(2) == y).float() @ onehot

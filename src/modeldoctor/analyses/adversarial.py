@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from modeldoctor.analyses.input_gradients import cross_entropy_input_gradient
+from modeldoctor.core.device import model_device, to_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import train_mode
 from modeldoctor.core.outputs import select_logits
@@ -30,8 +31,9 @@ def fgsm_step(x: torch.Tensor, grad: torch.Tensor, eps: float,
     if not 0.0 <= eps <= 1.0:
         raise UserError(f"FGSM ε must be in [0, 1] (raw pixel units), got {eps}; e.g. --fgsm 0.05,0.1")
     shape = (x.shape[1], 1, 1)
-    mean_t = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype).reshape(-1, 1, 1).expand(shape)
-    std_t = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype).reshape(-1, 1, 1).expand(shape)
+    mean_t = torch.as_tensor(0.0 if mean is None else mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(1.0 if std is None else std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1)
+    mean_t, std_t = mean_t.expand(shape), std_t.expand(shape)
     raw = x.detach() * std_t + mean_t
     return ((raw + eps * grad.sign()).clamp(0.0, 1.0) - mean_t) / std_t
 
@@ -51,7 +53,7 @@ def fgsm_accuracy(model: nn.Module, split: ImageSplit, eps_values: Sequence[floa
     total = 0
     with train_mode(model, False):
         for batch in make_loader(split, batch_size):
-            x, y, _ = unpack_batch(batch)
+            x, y, _ = to_device(model_device(model), *unpack_batch(batch))
             total += len(y)
             grad, _ = cross_entropy_input_gradient(model, x, y, create_graph=False)
             for eps in eps_values:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset
 
+from modeldoctor.core.device import model_device, to_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, LayerRef, resolve_layers, sample_shape, train_mode
 from modeldoctor.data.bundle import ImageSplit, make_loader, unpack_batch
@@ -97,7 +98,7 @@ def dissect(model: nn.Module, split: ImageSplit, concept_masks: ConceptMasks,
         counts = {n: (torch.zeros(len(t), len(concepts)), torch.zeros(len(t))) for n, t in thresholds.items()}
         concept_area = torch.zeros(len(concepts))
         for batch in loader:
-            x, _, index = unpack_batch(batch)
+            x, _, index = to_device(model_device(model), *unpack_batch(batch))
             assert index is not None  # ImageSplit items carry their index
             cap.reset()
             model(x)
@@ -154,7 +155,7 @@ def _top_activations(model: nn.Module, cap: FeatureCapture, loader, n: int, quan
     """Each unit's k+1 largest activations over all samples and positions, k = ⌈q·n·h·w⌉ (streamed)."""
     tops: dict[str, torch.Tensor] = {}
     for batch in loader:
-        x, _, _ = unpack_batch(batch)
+        x, _, _ = to_device(model_device(model), *unpack_batch(batch))
         cap.reset()
         model(x)
         for name, feat in cap.captured.items():
@@ -185,11 +186,12 @@ def _unit_counts(feat: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tens
     Samples are taken a few at a time so the upsampled maps stay under ``max_elements`` values.
     """
     step = max(1, max_elements // (feat.shape[1] * size[0] * size[1]))
-    inter = torch.zeros(feat.shape[1], masks.shape[1])
-    area = torch.zeros(feat.shape[1])
+    inter = torch.zeros(feat.shape[1], masks.shape[1], device=feat.device)
+    area = torch.zeros(feat.shape[1], device=feat.device)
+    masks, thresholds = masks.to(feat.device), thresholds.to(feat.device)
     for j in range(0, feat.shape[0], step):
         up = F.interpolate(feat[j:j + step].float(), size=size, mode="bilinear", align_corners=False)
         active = (up > thresholds.view(1, -1, 1, 1)).flatten(2).float()
         inter += torch.einsum("bup,bkp->uk", active, masks[j:j + step])
         area += active.sum((0, 2))
-    return inter, area
+    return inter.cpu(), area.cpu()

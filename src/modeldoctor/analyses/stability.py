@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from modeldoctor.analyses.adversarial import fgsm, pgd
+from modeldoctor.core.device import model_device, to_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.outputs import select_logits
@@ -64,7 +65,7 @@ def successful_adversarials(model: nn.Module, split: ImageSplit, eps: float, max
         for batch in make_loader(split, batch_size):
             if max_samples is not None and seen >= max_samples:
                 break
-            x, y, _ = unpack_batch(batch)
+            x, y, _ = to_device(model_device(model), *unpack_batch(batch))
             if max_samples is not None:
                 x, y = x[:max_samples - seen], y[:max_samples - seen]
             seen += len(y)
