@@ -30,14 +30,19 @@ def main() -> None:
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--arms", default="sgd_default,family_recipe", help="of sgd_default, family_recipe, adamw")
+    parser.add_argument("--input-size", type=int, default=None, help="default: the data's, enlarged to the minimum")
+    parser.add_argument("--out", default="recipes.json", help="file name under benchmarks/results/")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
     for spec in args.models.split(","):
-        data = data_for_model("mnist5k", spec)
+        data = data_for_model("mnist5k", spec, args.input_size)
         arms = {"sgd_default": {"optimizer": "sgd", "lr": DEFAULT_LR["sgd"], "weight_decay": 5e-4},
-                "family_recipe": recipe_for(spec)}
-        for arm, recipe in arms.items():
+                "family_recipe": recipe_for(spec),
+                "adamw": {"optimizer": "adam", "lr": DEFAULT_LR["adam"], "weight_decay": 0.05}}
+        for arm in args.arms.split(","):
+            recipe = arms[arm]
             for seed in range(args.seeds):
                 started = time.perf_counter()
                 with warnings.catch_warnings(record=True):
@@ -50,9 +55,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recipes.json").write_text(json.dumps({"epochs": args.epochs, "rows": rows}, indent=2) + "\n")
-    summary = {f"{r['model']}/{r['arm']}": round(r["test"], 4) for r in rows if r["seed"] == 0}
-    print(json.dumps({"epochs": args.epochs, "test_accuracy": summary,
+    (RESULTS / args.out).write_text(json.dumps({"epochs": args.epochs, "rows": rows}, indent=2) + "\n")
+    summary = {f"{r['model']}/{r['arm']}": round(r["val"], 4) for r in rows if r["seed"] == 0}
+    print(json.dumps({"epochs": args.epochs, "val_accuracy": summary,
                       "warnings": sum(r["chance_warning"] for r in rows)}))
 
 
