@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from modeldoctor import cli
+from modeldoctor.analyses import detectors
 from modeldoctor.analyses.stability import (
     activation_std,
     auroc,
@@ -125,3 +126,23 @@ def test_cli_stability(trained, tmp_path, capsys):
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--calibration-split", "test", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--deltas", "a,b", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--layer", "nope", "--json"]) == 2
+
+
+def test_combiner_is_fit_on_calibration_adversarials_only(trained, mnist5k, monkeypatch):
+    model, _ = trained
+    seen = []
+    real = detectors.fit_combiner
+
+    def spy(normal, adversarial, source, **kwargs):
+        seen.append((normal.shape, adversarial.shape))
+        return real(normal, adversarial, source, **kwargs)
+
+    monkeypatch.setattr(detectors, "fit_combiner", spy)
+    settings = {"eps": 0.2, "deltas": (0.0, 1.0), "draws": 2, "max_samples": 60}
+    on_test = detectors.compare_detectors(model, mnist5k.val, mnist5k.test, **settings)
+    on_train = detectors.compare_detectors(model, mnist5k.val, mnist5k.train, **settings)
+    calibration = successful_adversarials(model, mnist5k.val, 0.2, 60)
+    features = len(on_test["layers"]) * len(detectors.INSTABILITY)
+    assert seen == [((len(calibration.labels), features), (len(calibration.source), features))] * 2
+    assert on_test["combined_fit"] == on_train["combined_fit"]  # the judged split never reaches the fit
+    assert 0.0 <= on_test["auroc_noise_combined"] <= 1.0
