@@ -88,7 +88,7 @@ class Combiner:
 
 
 def fit_combiner(normal: np.ndarray, adversarial: np.ndarray, source: np.ndarray, folds: int = 5,
-                 grid: Sequence[float] = tuple(10.0 ** k for k in np.arange(-3, 2.5, 0.5))) -> Combiner:
+                 grid: Sequence[float] = tuple(np.logspace(-3, 2, 11).tolist())) -> Combiner:
     """Logistic regression on standardised φ, adversarial (1) against clean (0), fit on these rows only; the L2
     weight C (``grid``) by cross-validated AUROC, folds grouped by image (clean image i and its adversarials,
     ``source`` → i, share a fold; ties: the smaller C)."""
@@ -190,8 +190,9 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
         return max(keys, key=lambda key: (tables["calibration"][key], -key[2]))
 
     best, flip = chosen(SCORES), chosen(("flip",))
-    phi = {split: tuple(instability_matrix(part, deltas) for part in pair) for split, pair in scores.items()}
-    combiner = fit_combiner(*phi["calibration"], sets["calibration"].source.numpy())
+    phi = {split: (instability_matrix(pair[0], deltas), instability_matrix(pair[1], deltas))
+           for split, pair in scores.items()}
+    combiner = fit_combiner(phi["calibration"][0], phi["calibration"][1], sets["calibration"].source.numpy())
     combined = {split: auroc(combiner.score(pair[1]), combiner.score(pair[0])) for split, pair in phi.items()}
     squeeze_tables: dict[str, dict[tuple[int, int], float]] = {}
     for split, s in sets.items():
