@@ -63,6 +63,8 @@ def test_combiner_fit_uses_only_its_rows_and_is_calibrated() -> None:
     # calibrated: mean predicted probability on its own rows ≈ the adversarial share
     own = combiner.score(np.concatenate([normal, adversarial]))
     assert own.mean() == pytest.approx(30 / 90, abs=0.05)
+    lone = fit_combiner(normal, adversarial[:1], source[:1])  # one adversarial: nothing to cross-validate
+    assert lone.C == 1.0 and np.isnan(lone.auroc_cv) and ((lone.score(normal) >= 0) & (lone.score(normal) <= 1)).all()
 
 
 def test_seeded_toy_boundary_images_are_unstable() -> None:

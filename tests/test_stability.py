@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from torch import nn
 
 from modeldoctor import cli
 from modeldoctor.analyses import detectors
+from modeldoctor.analyses.detectors import SCORES
 from modeldoctor.analyses.stability import (
     activation_std,
     auroc,
@@ -122,7 +124,11 @@ def test_cli_stability(trained, tmp_path, capsys):
     assert json.loads((out / "stability.json").read_text())["auroc"] == res["auroc"]
     detectors = res["detectors"]
     assert detectors["attack"] == "fgsm" and 0.0 <= detectors["auroc_noise"] <= 1.0
-    assert 0.0 <= detectors["auroc_feature_squeezing"] <= 1.0 and detectors["noise_choice"]["score"] in ("flip", "margin")
+    assert 0.0 <= detectors["auroc_feature_squeezing"] <= 1.0 and detectors["noise_choice"]["score"] in SCORES
+    assert 0.0 <= detectors["auroc_noise_combined"] <= 1.0 and detectors["combined_fit"]["relative_deltas"] == [0.5, 1.0, 2.0, 3.0]
+    assert cli.main(["report", str(out), "--no-images", "--json"]) == 0
+    page = Path(json.loads(capsys.readouterr().out)["html"]).read_text()
+    assert "feature noise (Discovery 2), combined" in page and "feature squeezing (Xu et al. 2018)" in page
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--calibration-split", "test", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--deltas", "a,b", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--layer", "nope", "--json"]) == 2

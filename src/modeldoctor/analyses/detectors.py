@@ -91,14 +91,18 @@ def fit_combiner(normal: np.ndarray, adversarial: np.ndarray, source: np.ndarray
                  grid: Sequence[float] = tuple(np.logspace(-3, 2, 11).tolist())) -> Combiner:
     """Logistic regression on standardised φ, adversarial (1) against clean (0), fit on these rows only; the L2
     weight C (``grid``) by cross-validated AUROC, folds grouped by image (clean image i and its adversarials,
-    ``source`` → i, share a fold; ties: the smaller C)."""
+    ``source`` → i, share a fold; folds missing a class are skipped; ties: the smaller C).  C = 1 without any
+    usable fold."""
+    def pipeline(c: float) -> Pipeline:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
     x = np.concatenate([normal, adversarial])
     y = np.concatenate([np.zeros(len(normal)), np.ones(len(adversarial))])
     groups = np.concatenate([np.arange(len(normal)), source])
-    splits = list(GroupKFold(n_splits=max(2, min(folds, len(adversarial)))).split(x, y, groups))
-
-    def pipeline(c: float) -> Pipeline:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+    splits = [(fit, held) for fit, held in GroupKFold(n_splits=max(2, min(folds, len(adversarial)))).split(x, y, groups)
+              if len(np.unique(y[fit])) == 2 and len(np.unique(y[held])) == 2]
+    if not splits:  # too few adversarials to cross-validate: scikit-learn's default C = 1
+        return Combiner(pipeline(1.0).fit(x, y), 1.0, float("nan"))
 
     def cv_auroc(c: float) -> float:
         scores = [auroc(*(pipeline(c).fit(x[fit], y[fit]).predict_proba(x[held])[:, 1][y[held] == k] for k in (1, 0)))
