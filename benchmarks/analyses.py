@@ -27,7 +27,8 @@ Run: ``python benchmarks/analyses.py [--epochs 3] [--seeds 0,1,2] [--max-samples
 thread).  Writes benchmarks/results/analyses.json after every seed; the last stdout line is a JSON summary.
 ``--only decompose`` retrains each seed's model and reruns only the decomposition, replacing the ``decompose``
 entry of that seed's run in the existing results file (the detector and ablation entries are kept as they were);
-``--only detectors`` likewise reruns only the stability, detector and ablation entries (decompose kept).
+``--only detectors`` likewise reruns only the stability, detector and ablation entries (decompose kept);
+``--only detectors --draws 20`` adds a ``detectors_draws20`` entry beside them (J = 20, a sensitivity check).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "analyses.json"
+DRAWS = 10  # noise draws J of the detectors; other values (--draws) are stored beside, as a sensitivity check
 LONGER_EPOCHS = 3  # beyond the paper's one epoch: up to 3, the epoch chosen on val (the base model trains 3 epochs)
 
 
@@ -95,14 +97,14 @@ def decompose_part(model, bundle, seed: int) -> dict:
     return decompose
 
 
-def detector_part(model, bundle, seed: int, max_samples: int) -> dict:
+def detector_part(model, bundle, seed: int, max_samples: int, draws: int = DRAWS) -> dict:
     last = default_layer(model, bundle.input_shape)
     paper, paper_s = timed(discovery2, model, bundle.test, eps=0.1, layers=last, deltas=DEFAULT_DELTAS,
                            max_samples=max_samples, seed=seed)
     detectors = {}
     for attack in ("fgsm", "pgd"):
         detectors[attack], det_s = timed(compare_detectors, model, bundle.val, bundle.test, eps=0.1, attack=attack,
-                                         max_samples=max_samples, seed=seed)
+                                         max_samples=max_samples, seed=seed, draws=draws)
         detectors[attack]["seconds"] = det_s
         log(f"seed {seed}: {attack} (success {detectors[attack]['success_rate']['test']:.3f}) noise AUROC combined "
             f"{detectors[attack]['auroc_noise_combined']:.3f}, single {detectors[attack]['auroc_noise']:.3f} "
@@ -137,6 +139,15 @@ def summarise(runs: list[dict]) -> dict:
         return mean_std([next(row["delta"]["test"] for row in run["ablation"]["table"] if row["intervention"] == label)
                          for run in runs])
 
+    def detector_summary(key: str, attack: str) -> dict:
+        found = {name: pick(f"{key}.{attack}.{path}") for name, path in (
+            ("success_rate_test", "success_rate.test"), ("adversarials_test", "adversarials.test"),
+            ("auroc_noise_flip", "auroc_noise_flip"), ("auroc_noise", "auroc_noise"),
+            ("auroc_noise_combined", "auroc_noise_combined"),
+            ("combined_auroc_calibration_cv", "combined_fit.auroc_calibration_cv"),
+            ("auroc_feature_squeezing", "auroc_feature_squeezing"))}
+        return {**found, **{name: [r[key][attack][name] for r in runs] for name in ("noise_choice", "squeezing_choice")}}
+
     dec = {k: pick(f"decompose.{k}") for k in ("accuracy_full", "accuracy_decomposed", "r_A", "agreement",
                                                 "accuracy_retrained", "accuracy_control", "k1")}
     dec.update({f"{k}_{LONGER_EPOCHS}_epochs": pick(f"decompose.longer.{k}")
@@ -160,17 +171,9 @@ def summarise(runs: list[dict]) -> dict:
                       "paper_auroc": pick("stability.paper.auroc"),
                       "paper_keep_false_at_best": pick("stability.paper.keep_false_at_best"),
                       },
-        "detectors": {attack: {"success_rate_test": pick(f"detectors.{attack}.success_rate.test"),
-                               "adversarials_test": pick(f"detectors.{attack}.adversarials.test"),
-                               "auroc_noise_flip": pick(f"detectors.{attack}.auroc_noise_flip"),
-                               "auroc_noise": pick(f"detectors.{attack}.auroc_noise"),
-                               "auroc_noise_combined": pick(f"detectors.{attack}.auroc_noise_combined"),
-                               "combined_auroc_calibration_cv":
-                                   pick(f"detectors.{attack}.combined_fit.auroc_calibration_cv"),
-                               "auroc_feature_squeezing": pick(f"detectors.{attack}.auroc_feature_squeezing"),
-                               "noise_choice": [r["detectors"][attack]["noise_choice"] for r in runs],
-                               "squeezing_choice": [r["detectors"][attack]["squeezing_choice"] for r in runs]}
-                      for attack in ("fgsm", "pgd")},
+        **{key: {attack: detector_summary(key, attack) for attack in ("fgsm", "pgd")}
+           for key in ["detectors", *sorted({k for r in runs for k in r if k.startswith("detectors_draws")})]
+           if all(key in r for r in runs)},
         "ablation_test_delta": {label: ablation_delta(label) for label in
                                 ("delete worst-k", "delete best-k")},
     }
@@ -190,6 +193,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-samples", type=int, default=200, help="test images used by the stability analysis")
+    parser.add_argument("--draws", type=int, default=DRAWS,
+                        help=f"detectors' noise draws J; with --only detectors, J ≠ {DRAWS} is stored beside the main "
+                             "entry as detectors_drawsJ")
     parser.add_argument("--only", choices=["decompose", "detectors"], default=None,
                         help="rerun only this part and merge it into the existing results file's runs")
     args = parser.parse_args()
@@ -211,12 +217,16 @@ def main() -> None:
             raise SystemExit(f"--only {args.only}: {RESULTS} has no run of seed {seed}; run the whole benchmark")
         if args.only == "decompose":
             runs[at] = {**runs[at], "decompose": decompose_part(model, bundle, seed), "decompose_model": trained}
-        else:  # a partial merge is written only at the end: it would mix old and new entries
+        elif args.draws == DRAWS:  # a partial merge is written only at the end: it would mix old and new entries
             runs[at] = {**runs[at], **detector_part(model, bundle, seed, args.max_samples), "detectors_model": trained}
+        else:
+            part = detector_part(model, bundle, seed, args.max_samples, args.draws)
+            runs[at] = {**runs[at], f"detectors_draws{args.draws}": part["detectors"]}
     summary = summarise(runs)
     if args.only:
-        write_json(RESULTS, {"protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
-                             "seconds": previous["seconds"], f"{args.only}_rerun_seconds": time.perf_counter() - started})
+        rerun = f"{args.only}_rerun_seconds" if args.draws == DRAWS else f"{args.only}_draws{args.draws}_rerun_seconds"
+        write_json(RESULTS, {**previous, "protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
+                             rerun: time.perf_counter() - started})
     fgsm = summary["detectors"]["fgsm"]
     headline = {"auroc_noise_flip": compact(fgsm["auroc_noise_flip"]), "auroc_noise": compact(fgsm["auroc_noise"]),
                 "auroc_noise_combined": compact(fgsm["auroc_noise_combined"]),
