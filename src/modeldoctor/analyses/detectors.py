@@ -17,8 +17,9 @@ statistics φ = (flip, margin_drop, kl, logit_std) at every layer and every δ >
 noise, so it measures instability, not confidence; its L2 weight C is chosen by 5-fold cross-validated AUROC within
 the calibration split (folds grouped by source image), and it is fit on the calibration split only.
 
-Feature squeezing scores an image by ``max_s ‖softmax f(x) − softmax f(s(x))‖₁`` over the squeezers s: bit-depth
-reduction to b bits and an s×s median filter (Xu et al. use 1 bit and 2×2 on MNIST).  Every free choice (score
+Feature squeezing scores an image by ``‖softmax f(x) − softmax f(s(x))‖₁`` for one squeezer s of :data:`SQUEEZERS`
+(bit-depth reduction to b bits, then an s×s median filter), chosen on the calibration split (Xu et al.'s joint
+detector takes the maximum of the score over 1-bit and 2×2-median squeezers on MNIST).  Every free choice (score
 kind, layer, δ; combiner weights; squeezer settings) is made on the calibration split's adversarials; the test
 AUROC is reported.
 """
