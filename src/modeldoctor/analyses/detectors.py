@@ -179,7 +179,8 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
                       attack: str = "fgsm", layers: Sequence[str] | None = None,
                       deltas: Sequence[float] = RELATIVE_DELTAS, draws: int = 10, max_samples: int | None = None,
                       seed: int = 0) -> dict[str, Any]:
-    """The noise detector and feature squeezing, each chosen on ``calibration`` adversarials, AUROC on ``test``."""
+    """The noise detectors (combined: :func:`fit_combiner`; best single score; best flip share) and feature
+    squeezing, each fit or chosen on ``calibration`` adversarials and their clean images, AUROC on ``test``."""
     if draws < 1 or not deltas or any(d < 0 for d in deltas):
         raise UserError("need draws ≥ 1 and relative δ ≥ 0; e.g. --deltas 0,0.5,1,2,3 --draws 10")
     names = list(layers) if layers else spaced_convs(model)
