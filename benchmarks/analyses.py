@@ -15,9 +15,10 @@ epoch on validation), one model per seed; every analysis runs on every seed's mo
 * stability (Model Doctor, Discovery 2): FGSM ε = 0.1 (raw pixels) on the first 200 test images, successful
   adversarials only.  "paper": the paper's absolute δ grid 0 … 0.3 at the last conv layer (Fig. 3).
 * detectors (analyses/detectors.py): FGSM and PGD (10 steps) at ε = 0.1 on the first 200 validation and 200 test
-  images; the noise detector (flip or margin score, one of four evenly spaced conv layers or their mean, δ in
-  units of the layer's activation std 0 … 3, J = 10) and feature squeezing (bit depth and median size) each
-  choose their settings on the validation adversarials; AUROC is reported on the test adversarials.
+  images; the noise detector — combined: logistic regression on the instability statistics (flip, margin drop,
+  KL, logit std) of four evenly spaced conv layers at δ ∈ {0.5, 1, 2, 3}·(the layer's activation std), J = 10,
+  fit on validation; single: the best one score at one layer or their mean — and feature squeezing (bit depth and
+  median size) each choose their settings on the validation adversarials; AUROC on the test adversarials.
 * ablation (Kim et al. §3.1, Table 1, via modeldoctor.analyses.ablation): units of the last conv layer ranked on val,
   deletion of the 5 worst / best units evaluated on test (the
   scaling rows are left to `modeldoctor ablate`: this machine is shared and the run must stay short).
@@ -25,7 +26,9 @@ epoch on validation), one model per seed; every analysis runs on every seed's mo
 Run: ``python benchmarks/analyses.py [--epochs 3] [--seeds 0,1,2] [--max-samples 200] [--only decompose]`` (one
 thread).  Writes benchmarks/results/analyses.json after every seed; the last stdout line is a JSON summary.
 ``--only decompose`` retrains each seed's model and reruns only the decomposition, replacing the ``decompose``
-entry of that seed's run in the existing results file (the detector and ablation entries are kept as they were).
+entry of that seed's run in the existing results file (the detector and ablation entries are kept as they were);
+``--only detectors`` likewise reruns only the stability, detector and ablation entries (decompose kept);
+``--only detectors --draws 20`` adds a ``detectors_draws20`` entry beside them (J = 20, a sensitivity check).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from modeldoctor.models.zoo import build_model
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 RESULTS = Path(__file__).parent / "results" / "analyses.json"
+DRAWS = 10  # noise draws J of the detectors; other values (--draws) are stored beside, as a sensitivity check
 LONGER_EPOCHS = 3  # beyond the paper's one epoch: up to 3, the epoch chosen on val (the base model trains 3 epochs)
 
 
@@ -93,16 +97,17 @@ def decompose_part(model, bundle, seed: int) -> dict:
     return decompose
 
 
-def detector_part(model, bundle, seed: int, max_samples: int) -> dict:
+def detector_part(model, bundle, seed: int, max_samples: int, draws: int = DRAWS) -> dict:
     last = default_layer(model, bundle.input_shape)
     paper, paper_s = timed(discovery2, model, bundle.test, eps=0.1, layers=last, deltas=DEFAULT_DELTAS,
                            max_samples=max_samples, seed=seed)
     detectors = {}
     for attack in ("fgsm", "pgd"):
         detectors[attack], det_s = timed(compare_detectors, model, bundle.val, bundle.test, eps=0.1, attack=attack,
-                                         max_samples=max_samples, seed=seed)
+                                         max_samples=max_samples, seed=seed, draws=draws)
         detectors[attack]["seconds"] = det_s
-        log(f"seed {seed}: {attack} noise AUROC {detectors[attack]['auroc_noise']:.3f} "
+        log(f"seed {seed}: {attack} (success {detectors[attack]['success_rate']['test']:.3f}) noise AUROC combined "
+            f"{detectors[attack]['auroc_noise_combined']:.3f}, single {detectors[attack]['auroc_noise']:.3f} "
             f"(flip {detectors[attack]['auroc_noise_flip']:.3f}), feature squeezing "
             f"{detectors[attack]['auroc_feature_squeezing']:.3f}")
 
@@ -134,6 +139,15 @@ def summarise(runs: list[dict]) -> dict:
         return mean_std([next(row["delta"]["test"] for row in run["ablation"]["table"] if row["intervention"] == label)
                          for run in runs])
 
+    def detector_summary(key: str, attack: str) -> dict:
+        found = {name: pick(f"{key}.{attack}.{path}") for name, path in (
+            ("success_rate_test", "success_rate.test"), ("adversarials_test", "adversarials.test"),
+            ("auroc_noise_flip", "auroc_noise_flip"), ("auroc_noise", "auroc_noise"),
+            ("auroc_noise_combined", "auroc_noise_combined"),
+            ("combined_auroc_calibration_cv", "combined_fit.auroc_calibration_cv"),
+            ("auroc_feature_squeezing", "auroc_feature_squeezing"))}
+        return {**found, **{name: [r[key][attack][name] for r in runs] for name in ("noise_choice", "squeezing_choice")}}
+
     dec = {k: pick(f"decompose.{k}") for k in ("accuracy_full", "accuracy_decomposed", "r_A", "agreement",
                                                 "accuracy_retrained", "accuracy_control", "k1")}
     dec.update({f"{k}_{LONGER_EPOCHS}_epochs": pick(f"decompose.longer.{k}")
@@ -157,14 +171,9 @@ def summarise(runs: list[dict]) -> dict:
                       "paper_auroc": pick("stability.paper.auroc"),
                       "paper_keep_false_at_best": pick("stability.paper.keep_false_at_best"),
                       },
-        "detectors": {attack: {"success_rate_test": pick(f"detectors.{attack}.success_rate.test"),
-                               "adversarials_test": pick(f"detectors.{attack}.adversarials.test"),
-                               "auroc_noise_flip": pick(f"detectors.{attack}.auroc_noise_flip"),
-                               "auroc_noise": pick(f"detectors.{attack}.auroc_noise"),
-                               "auroc_feature_squeezing": pick(f"detectors.{attack}.auroc_feature_squeezing"),
-                               "noise_choice": [r["detectors"][attack]["noise_choice"] for r in runs],
-                               "squeezing_choice": [r["detectors"][attack]["squeezing_choice"] for r in runs]}
-                      for attack in ("fgsm", "pgd")},
+        **{key: {attack: detector_summary(key, attack) for attack in ("fgsm", "pgd")}
+           for key in ["detectors", *sorted({k for r in runs for k in r if k.startswith("detectors_draws")})]
+           if all(key in r for r in runs)},
         "ablation_test_delta": {label: ablation_delta(label) for label in
                                 ("delete worst-k", "delete best-k")},
     }
@@ -184,7 +193,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--max-samples", type=int, default=200, help="test images used by the stability analysis")
-    parser.add_argument("--only", choices=["decompose"], default=None,
+    parser.add_argument("--draws", type=int, default=DRAWS,
+                        help=f"detectors' noise draws J; with --only detectors, J ≠ {DRAWS} is stored beside the main "
+                             "entry as detectors_drawsJ")
+    parser.add_argument("--only", choices=["decompose", "detectors"], default=None,
                         help="rerun only this part and merge it into the existing results file's runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -194,23 +206,30 @@ def main() -> None:
     started = time.perf_counter()
     for seed in (int(s) for s in args.seeds.split(",")):
         model, trained = train_model(seed, args.epochs, bundle)
-        decompose = decompose_part(model, bundle, seed)
-        if args.only:
-            at = next((i for i, r in enumerate(runs) if r["seed"] == seed), None)
-            if at is None:
-                raise SystemExit(f"--only {args.only}: {RESULTS} has no run of seed {seed}; run the whole benchmark")
-            runs[at] = {**runs[at], "decompose": decompose, "decompose_model": trained}
-        else:
-            runs.append({**trained, "decompose": decompose, **detector_part(model, bundle, seed, args.max_samples)})
-        if not args.only:  # a partial merge would mix old and new decompose entries
+        if args.only is None:
+            runs.append({**trained, "decompose": decompose_part(model, bundle, seed),
+                         **detector_part(model, bundle, seed, args.max_samples)})
             write_json(RESULTS, {"protocol": __doc__, "epochs": args.epochs, "summary": summarise(runs), "runs": runs,
                                  "seconds": time.perf_counter() - started})
+            continue
+        at = next((i for i, r in enumerate(runs) if r["seed"] == seed), None)
+        if at is None:
+            raise SystemExit(f"--only {args.only}: {RESULTS} has no run of seed {seed}; run the whole benchmark")
+        if args.only == "decompose":
+            runs[at] = {**runs[at], "decompose": decompose_part(model, bundle, seed), "decompose_model": trained}
+        elif args.draws == DRAWS:  # a partial merge is written only at the end: it would mix old and new entries
+            runs[at] = {**runs[at], **detector_part(model, bundle, seed, args.max_samples), "detectors_model": trained}
+        else:
+            part = detector_part(model, bundle, seed, args.max_samples, args.draws)
+            runs[at] = {**runs[at], f"detectors_draws{args.draws}": part["detectors"]}
     summary = summarise(runs)
     if args.only:
-        write_json(RESULTS, {"protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
-                             "seconds": previous["seconds"], f"{args.only}_rerun_seconds": time.perf_counter() - started})
+        rerun = f"{args.only}_rerun_seconds" if args.draws == DRAWS else f"{args.only}_draws{args.draws}_rerun_seconds"
+        write_json(RESULTS, {**previous, "protocol": __doc__, "epochs": args.epochs, "summary": summary, "runs": runs,
+                             rerun: time.perf_counter() - started})
     fgsm = summary["detectors"]["fgsm"]
     headline = {"auroc_noise_flip": compact(fgsm["auroc_noise_flip"]), "auroc_noise": compact(fgsm["auroc_noise"]),
+                "auroc_noise_combined": compact(fgsm["auroc_noise_combined"]),
                 "auroc_feature_squeezing": compact(fgsm["auroc_feature_squeezing"]),
                 "r_A": compact(summary["decompose"]["r_A"]),
                 "accuracy_full": compact(summary["decompose"]["accuracy_full"]),

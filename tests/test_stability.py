@@ -1,10 +1,13 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from modeldoctor import cli
+from modeldoctor.analyses import detectors
+from modeldoctor.analyses.detectors import SCORES
 from modeldoctor.analyses.stability import (
     activation_std,
     auroc,
@@ -121,7 +124,32 @@ def test_cli_stability(trained, tmp_path, capsys):
     assert json.loads((out / "stability.json").read_text())["auroc"] == res["auroc"]
     detectors = res["detectors"]
     assert detectors["attack"] == "fgsm" and 0.0 <= detectors["auroc_noise"] <= 1.0
-    assert 0.0 <= detectors["auroc_feature_squeezing"] <= 1.0 and detectors["noise_choice"]["score"] in ("flip", "margin")
+    assert 0.0 <= detectors["auroc_feature_squeezing"] <= 1.0 and detectors["noise_choice"]["score"] in SCORES
+    assert 0.0 <= detectors["auroc_noise_combined"] <= 1.0
+    assert detectors["combined_fit"]["relative_deltas"] == [0.5, 1.0, 2.0, 3.0]
+    assert cli.main(["report", str(out), "--no-images", "--json"]) == 0
+    page = Path(json.loads(capsys.readouterr().out)["html"]).read_text()
+    assert "feature noise (Discovery 2), combined" in page and "feature squeezing (Xu et al. 2018)" in page
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--calibration-split", "test", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--deltas", "a,b", "--json"]) == 2
     assert cli.main(["stability", "--checkpoint", str(ckpt), "--layer", "nope", "--json"]) == 2
+
+
+def test_combiner_is_fit_on_calibration_adversarials_only(trained, mnist5k, monkeypatch):
+    model, _ = trained
+    seen = []
+    real = detectors.fit_combiner
+
+    def spy(normal, adversarial, source, **kwargs):
+        seen.append((normal.shape, adversarial.shape))
+        return real(normal, adversarial, source, **kwargs)
+
+    monkeypatch.setattr(detectors, "fit_combiner", spy)
+    settings = {"eps": 0.2, "deltas": (0.0, 1.0), "draws": 2, "max_samples": 60}
+    on_test = detectors.compare_detectors(model, mnist5k.val, mnist5k.test, **settings)
+    on_train = detectors.compare_detectors(model, mnist5k.val, mnist5k.train, **settings)
+    calibration = successful_adversarials(model, mnist5k.val, 0.2, 60)
+    features = len(on_test["layers"]) * len(detectors.INSTABILITY)
+    assert seen == [((len(calibration.labels), features), (len(calibration.source), features))] * 2
+    assert on_test["combined_fit"] == on_train["combined_fit"]  # the judged split never reaches the fit
+    assert 0.0 <= on_test["auroc_noise_combined"] <= 1.0

@@ -1,25 +1,42 @@
 """Adversarial detectors side by side: Discovery 2's feature-noise scores and feature squeezing (Xu et al. 2018),
 each calibrated on adversarials of one split (validation) and judged on another (test).
 
-Noise scores at layer r, noise ``U(−δ·std(m^r), δ·std(m^r))``, J draws, p = the un-noised prediction:
+Noise statistics at layer r, noise ``σ^j ~ U(−δ·std(m^r), δ·std(m^r))``, j = 1 … J, p = the un-noised prediction,
+``g(z) = z_p − max_{c≠p} z_c`` the logit margin, z = f(x), z^j = f(x; m^r + σ^j):
 
-* ``flip``   = (1/J) Σ_j 1[argmax f(x; m^r + σ^j) ≠ p] — the share of noisy replays that leave class p;
-* ``margin`` = −(1/J) Σ_j (z_p − max_{c≠p} z_c)(x; m^r + σ^j) — how far the noisy replays sit from leaving p
-  (δ = 0 makes it the plain logit margin: a confidence baseline, reported as such when chosen).
+* ``flip``        = (1/J) Σ_j 1[argmax z^j ≠ p] — the share of noisy replays that leave class p;
+* ``margin``      = −(1/J) Σ_j g(z^j) — how far the noisy replays sit from leaving p (δ = 0 makes it the plain
+  logit margin: a confidence baseline, reported as such when chosen);
+* ``margin_drop`` = g(z) − (1/J) Σ_j g(z^j) — how much the noise erodes the margin;
+* ``kl``          = (1/J) Σ_j KL(softmax z ‖ softmax z^j);
+* ``logit_std``   = std_j z^j_p — the spread of the predicted class's logit over the replays.
 
-``layer="all"`` averages a score over the layers.  Feature squeezing scores an image by
-``max_s ‖softmax f(x) − softmax f(s(x))‖₁`` over the squeezers s: bit-depth reduction to b bits and an s×s
-median filter (Xu et al. use 1 bit and 2×2 on MNIST).  Every free choice (score kind, layer, δ; squeezer
-settings) is made by AUROC on the calibration split's adversarials; the test AUROC is reported.
+``layer="all"`` averages a single score over the layers.  The combined detector (:func:`fit_combiner`) is a
+logistic regression ``P(adversarial | x) = 1 / (1 + exp(−w·φ(x) − b))`` on the standardised instability
+statistics φ = (flip, margin_drop, kl, logit_std) at every layer and every δ > 0 — each statistic is 0 without
+noise, so it measures instability, not confidence; its L2 weight C is chosen by 5-fold cross-validated AUROC within
+the calibration split (folds grouped by source image), and it is fit on the calibration split only.
+
+Feature squeezing scores an image by ``‖softmax f(x) − softmax f(s(x))‖₁`` for one squeezer s of :data:`SQUEEZERS`
+(bit-depth reduction to b bits, then an s×s median filter), chosen on the calibration split (Xu et al.'s joint
+detector takes the maximum of the score over 1-bit and 2×2-median squeezers on MNIST).  Every free choice (score
+kind, layer, δ; combiner weights; squeezer settings) is made on the calibration split's adversarials; the test
+AUROC is reported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from modeldoctor.analyses.stability import AdversarialSet, activation_std, auroc, noisy_logits, successful_adversarials
@@ -29,16 +46,73 @@ from modeldoctor.core.outputs import select_logits
 from modeldoctor.data.bundle import ImageSplit
 
 RELATIVE_DELTAS = (0.0, 0.5, 1.0, 2.0, 3.0)
+SCORES = ("flip", "margin", "margin_drop", "kl", "logit_std")
+INSTABILITY = ("flip", "margin_drop", "kl", "logit_std")  # the combiner's statistics: all 0 at δ = 0
 SQUEEZERS = ({"bits": 1, "median": 2}, {"bits": 1, "median": 0}, {"bits": 0, "median": 2},
              {"bits": 4, "median": 2}, {"bits": 4, "median": 0})
 
 
 def noise_scores(clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{"flip", "margin"}`` scores (D, N) from clean logits (N, K) and noisy logits (D, J, N, K)."""
+    """The :data:`SCORES` (D, N) from clean logits (N, K) and noisy logits (D, J, N, K); formulas in the module doc."""
     pred = clean.argmax(1)
-    picked = noisy.gather(-1, pred.view(1, 1, -1, 1).expand(*noisy.shape[:3], 1)).squeeze(-1)
-    others = noisy.scatter(-1, pred.view(1, 1, -1, 1).expand(*noisy.shape[:3], 1), float("-inf")).amax(-1)
-    return {"flip": (noisy.argmax(-1) != pred).float().mean(1), "margin": -(picked - others).mean(1)}
+    index = pred.view(1, 1, -1, 1).expand(*noisy.shape[:3], 1)
+    picked = noisy.gather(-1, index).squeeze(-1)
+    noisy_margin = (picked - noisy.scatter(-1, index, float("-inf")).amax(-1)).mean(1)
+    clean_margin = clean.gather(1, pred[:, None]).squeeze(1) - clean.scatter(1, pred[:, None], float("-inf")).amax(1)
+    log_p, log_q = clean.log_softmax(1), noisy.log_softmax(-1)
+    return {"flip": (noisy.argmax(-1) != pred).float().mean(1), "margin": -noisy_margin,
+            "margin_drop": clean_margin - noisy_margin, "kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean(1),
+            "logit_std": picked.std(1, unbiased=False)}
+
+
+def instability_matrix(scores: dict[str, dict[str, torch.Tensor]], deltas: Sequence[float]) -> np.ndarray:
+    """φ (N, features): every :data:`INSTABILITY` statistic at every layer of ``scores`` (layer → :func:`noise_scores`)
+    and every δ > 0, in the order layer, statistic, δ."""
+    keep = [d for d, delta in enumerate(deltas) if delta > 0]
+    columns = [layer[kind][d] for layer in scores.values() for kind in INSTABILITY for d in keep]
+    if not columns:
+        raise UserError("the combined noise detector needs at least one δ > 0; e.g. --deltas 0,0.5,1,2,3")
+    return torch.stack(columns, 1).double().numpy()
+
+
+@dataclass
+class Combiner:
+    """A fitted combined noise detector: standardisation + logistic regression, and how its weight C was chosen."""
+
+    model: Pipeline
+    C: float
+    auroc_cv: float  # mean cross-validated AUROC of the chosen C within the fitting split
+
+    def score(self, phi: np.ndarray) -> np.ndarray:
+        """``P(adversarial | φ)`` in [0, 1] for the rows of φ (N, features)."""
+        return self.model.predict_proba(phi)[:, 1]
+
+
+def fit_combiner(normal: np.ndarray, adversarial: np.ndarray, source: np.ndarray, folds: int = 5,
+                 grid: Sequence[float] = tuple(np.logspace(-3, 2, 11).tolist())) -> Combiner:
+    """Logistic regression on standardised φ, adversarial (1) against clean (0), fit on these rows only; the L2
+    weight C (``grid``) by cross-validated AUROC, folds grouped by image (clean image i and its adversarials,
+    ``source`` → i, share a fold; folds missing a class are skipped; ties: the smaller C).  C = 1 without any
+    usable fold."""
+    def pipeline(c: float) -> Pipeline:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+    x = np.concatenate([normal, adversarial])
+    y = np.concatenate([np.zeros(len(normal)), np.ones(len(adversarial))])
+    groups = np.concatenate([np.arange(len(normal)), source])
+    splits = [(fit, held) for fit, held in GroupKFold(n_splits=max(2, min(folds, len(adversarial)))).split(x, y, groups)
+              if len(np.unique(y[fit])) == 2 and len(np.unique(y[held])) == 2]
+    if not splits:  # too few adversarials to cross-validate: scikit-learn's default C = 1
+        return Combiner(pipeline(1.0).fit(x, y), 1.0, float("nan"))
+
+    def cv_auroc(c: float) -> float:
+        scores = [auroc(*(pipeline(c).fit(x[fit], y[fit]).predict_proba(x[held])[:, 1][y[held] == k] for k in (1, 0)))
+                  for fit, held in splits]
+        return float(np.nanmean(scores))
+
+    table = {c: cv_auroc(c) for c in grid}
+    best = max(grid, key=lambda c: (table[c], -c))
+    return Combiner(pipeline(best).fit(x, y), float(best), table[best])
 
 
 def squeeze(raw: torch.Tensor, bits: int = 0, median: int = 0) -> torch.Tensor:
@@ -69,20 +143,27 @@ def squeezing_scores(model: nn.Module, images: torch.Tensor, mean: torch.Tensor,
     return torch.cat(scores)
 
 
-def _noise_candidates(model: nn.Module, data: AdversarialSet, layers: Sequence[str], deltas: Sequence[float],
-                      draws: int, scales: dict[str, float], seed: int) -> dict[tuple[str, str, float], float]:
-    """AUROC of every (score kind, layer or "all", δ) on ``data`` — adversarials against their clean images."""
+Scores = dict[str, dict[str, torch.Tensor]]  # layer → score kind → (D, N)
+
+
+def _split_scores(model: nn.Module, data: AdversarialSet, layers: Sequence[str], deltas: Sequence[float], draws: int,
+                  scales: dict[str, float], seed: int) -> tuple[Scores, Scores]:
+    """:func:`noise_scores` of the clean images and of the adversarials of ``data``, per layer."""
     clean_logits, clean_noisy = noisy_logits(model, data.clean, layers, deltas, draws, scales, seed=seed)
     adv_logits, adv_noisy = noisy_logits(model, data.adversarial, layers, deltas, draws, scales, seed=seed + 1)
-    per_layer = {name: (noise_scores(clean_logits, clean_noisy[name]), noise_scores(adv_logits, adv_noisy[name]))
-                 for name in layers}
+    return ({name: noise_scores(clean_logits, clean_noisy[name]) for name in layers},
+            {name: noise_scores(adv_logits, adv_noisy[name]) for name in layers})
+
+
+def _single_table(normal: Scores, adversarial: Scores, deltas: Sequence[float]) -> dict[tuple[str, str, float], float]:
+    """AUROC of every (score kind, layer or "all", δ): adversarials against their clean images."""
     table = {}
-    for kind in ("flip", "margin"):
+    for kind in SCORES:
         for d, delta in enumerate(deltas):
-            for name, (normal, adversarial) in per_layer.items():
-                table[(kind, name, delta)] = auroc(adversarial[kind][d], normal[kind][d])
-            mean_normal = torch.stack([per_layer[n][0][kind][d] for n in layers]).mean(0)
-            mean_adv = torch.stack([per_layer[n][1][kind][d] for n in layers]).mean(0)
+            for name in normal:
+                table[(kind, name, delta)] = auroc(adversarial[name][kind][d], normal[name][kind][d])
+            mean_normal = torch.stack([normal[n][kind][d] for n in normal]).mean(0)
+            mean_adv = torch.stack([adversarial[n][kind][d] for n in normal]).mean(0)
             table[(kind, "all", delta)] = auroc(mean_adv, mean_normal)
     return table
 
@@ -98,7 +179,8 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
                       attack: str = "fgsm", layers: Sequence[str] | None = None,
                       deltas: Sequence[float] = RELATIVE_DELTAS, draws: int = 10, max_samples: int | None = None,
                       seed: int = 0) -> dict[str, Any]:
-    """The noise detector and feature squeezing, each chosen on ``calibration`` adversarials, AUROC on ``test``."""
+    """The noise detectors (combined: :func:`fit_combiner`; best single score; best flip share) and feature
+    squeezing, each fit or chosen on ``calibration`` adversarials and their clean images, AUROC on ``test``."""
     if draws < 1 or not deltas or any(d < 0 for d in deltas):
         raise UserError("need draws ≥ 1 and relative δ ≥ 0; e.g. --deltas 0,0.5,1,2,3 --draws 10")
     names = list(layers) if layers else spaced_convs(model)
@@ -107,12 +189,17 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
     if any(len(s.source) == 0 for s in sets.values()):
         raise UserError(f"{attack} at ε={eps} fooled no correct image in one of the splits; raise --eps")
     scales = activation_std(model, sets["calibration"].clean, names)
-    tables = {split: _noise_candidates(model, s, names, deltas, draws, scales, seed) for split, s in sets.items()}
-    def chosen(kinds: tuple[str, ...]) -> tuple[str, str, float]:  # best calibration AUROC; ties: smaller δ
+    scores = {split: _split_scores(model, s, names, deltas, draws, scales, seed) for split, s in sets.items()}
+    tables = {split: _single_table(*pair, deltas) for split, pair in scores.items()}
+    def chosen(kinds: Sequence[str]) -> tuple[str, str, float]:  # best calibration AUROC; ties: smaller δ
         keys = [key for key in tables["calibration"] if key[0] in kinds]
         return max(keys, key=lambda key: (tables["calibration"][key], -key[2]))
 
-    best, flip = chosen(("flip", "margin")), chosen(("flip",))
+    best, flip = chosen(SCORES), chosen(("flip",))
+    phi = {split: (instability_matrix(pair[0], deltas), instability_matrix(pair[1], deltas))
+           for split, pair in scores.items()}
+    combiner = fit_combiner(phi["calibration"][0], phi["calibration"][1], sets["calibration"].source.numpy())
+    combined = {split: auroc(combiner.score(pair[1]), combiner.score(pair[0])) for split, pair in phi.items()}
     squeeze_tables: dict[str, dict[tuple[int, int], float]] = {}
     for split, s in sets.items():
         mean, std = calibration.mean.to(s.clean), calibration.std.to(s.clean)
@@ -129,6 +216,11 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
         "auroc_noise": tables["test"][best],
         "noise_choice": {"score": best[0], "layer": best[1], "relative_delta": best[2],
                          "auroc_calibration": tables["calibration"][best]},
+        "auroc_noise_combined": combined["test"],
+        "combined_fit": {"features": int(phi["calibration"][0].shape[1]), "statistics": list(INSTABILITY),
+                         "relative_deltas": [d for d in deltas if d > 0], "C": combiner.C,
+                         "auroc_calibration_cv": combiner.auroc_cv,
+                         "auroc_calibration_in_sample": combined["calibration"]},
         "auroc_noise_flip": tables["test"][flip],
         "flip_choice": {"layer": flip[1], "relative_delta": flip[2], "auroc_calibration": tables["calibration"][flip]},
         "auroc_feature_squeezing": squeeze_tables["test"][squeezer],

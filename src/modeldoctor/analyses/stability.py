@@ -111,8 +111,9 @@ def noisy_logits(model: nn.Module, images: torch.Tensor, layers: Sequence[str], 
     """``(clean logits (N, K), {layer: logits (len(deltas), draws, N, K)})`` with ``Uniform(−δ·s, δ·s)`` noise
     added to that layer's output only (``s`` = ``scales[layer]``, default 1).
 
-    One forward pass per batch, then the network after the layer is replayed ``draws`` times per δ
-    (:class:`modeldoctor.core.replay.NoiseReplay`); the whole pass runs in eval mode, restored afterwards.
+    One forward pass per batch, then the network after the layer is replayed ``draws`` times per δ > 0
+    (:class:`modeldoctor.core.replay.NoiseReplay`; δ = 0 repeats the clean logits); the whole pass runs in eval
+    mode, restored afterwards.
     """
     replay = NoiseReplay(model, list(layers))
     generator = torch.Generator().manual_seed(seed)
@@ -127,6 +128,9 @@ def noisy_logits(model: nn.Module, images: torch.Tensor, layers: Sequence[str], 
                 s = (scales or {}).get(name, 1.0)
                 per_delta = []
                 for d in deltas:
+                    if d == 0:  # no noise: every replay equals the clean pass
+                        per_delta.append(state.logits.float().expand(draws, *state.logits.shape))
+                        continue
                     flat = (feature.unsqueeze(0) + draw_noise(feature, draws, d * s, generator)).flatten(0, 1)
                     logits = select_logits(replay.replay_tail(state, name, flat, draws)).float()
                     per_delta.append(logits.view(draws, len(feature), -1))

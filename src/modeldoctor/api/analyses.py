@@ -206,9 +206,9 @@ def stability(model: nn.Module, split: ImageSplit, eps: float = 0.1, layers: str
     if calibration is not None:
         found = compare_detectors(model, calibration, split, eps=eps, attack=attack, draws=draws,
                                   max_samples=max_samples, seed=seed)
-        logger.info("%s detectors (settings chosen on calibration adversarials): noise AUROC %.3f (%s at %s), "
-                    "feature squeezing %.3f", attack, found["auroc_noise"], found["noise_choice"]["score"],
-                    found["noise_choice"]["layer"], found["auroc_feature_squeezing"])
+        logger.info("%s detectors (fit or chosen on calibration adversarials): noise AUROC combined %.3f, single %.3f "
+                    "(%s at %s), feature squeezing %.3f", attack, found["auroc_noise_combined"], found["auroc_noise"],
+                    found["noise_choice"]["score"], found["noise_choice"]["layer"], found["auroc_feature_squeezing"])
         result["detectors"] = found
     return result
 

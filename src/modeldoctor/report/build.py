@@ -196,12 +196,17 @@ def stability_section(result: dict) -> Section:
     found = result.get("detectors")
     if found:
         noise, squeezing = found["noise_choice"], found["squeezing_choice"]
-        rows = [["feature noise (Discovery 2)", f"{found['auroc_noise']:.3f}",
+        rows = [["feature noise (Discovery 2), best single score", f"{found['auroc_noise']:.3f}",
                  f"{noise['score']} score at {noise['layer']}, δ = {noise['relative_delta']:g}·std"],
                 ["feature noise, flip score only", f"{found['auroc_noise_flip']:.3f}",
                  f"{found['flip_choice']['layer']}, δ = {found['flip_choice']['relative_delta']:g}·std"],
                 ["feature squeezing (Xu et al. 2018)", f"{found['auroc_feature_squeezing']:.3f}",
                  f"{squeezing['bits']} bits, median {squeezing['median']}"]]
+        fit = found.get("combined_fit")  # absent from stability.json files written before the combiner
+        if fit:
+            rows.insert(0, ["feature noise (Discovery 2), combined", f"{found['auroc_noise_combined']:.3f}",
+                            f"logistic regression on {', '.join(fit['statistics'])} at {len(found['layers'])} layers, "
+                            f"δ ∈ {{{', '.join(f'{d:g}' for d in fit['relative_deltas'])}}}·std, C = {fit['C']:.3g}"])
         section.tables.append(table(
             ["detector", "test AUROC", "settings (chosen on validation adversarials)"], rows,
             f"{found['attack'].upper()} ε = {found['eps']:g}: {found['adversarials']['test']} successful test "

@@ -2,9 +2,11 @@
 
 For correctly classified test images and their successful FGSM adversarials (ε in raw [0, 1] pixels),
 Uniform(−δ, δ) noise is added to --layer's output J times per δ (δ in units of the layer's activation std;
---absolute: the paper's absolute δ).  Reports the Fig. 3 curves, and compares two adversarial detectors on the
-same adversarials (FGSM or --attack pgd): the feature-noise detector and feature squeezing (Xu et al. 2018),
-each with its settings chosen on --calibration-split (val) adversarials and its AUROC measured on --split.
+--absolute: the paper's absolute δ).  Reports the Fig. 3 curves, and compares adversarial detectors on the
+same adversarials (FGSM or --attack pgd): the feature-noise detector (a logistic regression on flip share, margin
+drop, KL and logit spread under noise at four layers and δ ∈ {0.5, 1, 2, 3}·std; and the best single score) and
+feature squeezing (Xu et al. 2018), each fit or chosen on --calibration-split (val) adversarials and its AUROC
+measured on --split.
 With --out: stability.json and stability.png.
 
 Example: modeldoctor stability --checkpoint runs/base/model.pt --data mnist5k --json
