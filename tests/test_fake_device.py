@@ -25,7 +25,7 @@ COMMANDS = {
     "explain": ["--diagnosis", "{diag}", "--sample", "c0/000.png", "--out", "{out}"],
     "ablate": ["--max-samples", "12", "--out", "{out}"],
     "decompose": ["--retrain-epochs", "0", "--noise-repeats", "1", "--out", "{out}"],
-    "stability": ["--no-detectors", "--eps", "0.9", "--max-samples", "18", "--draws", "2", "--out", "{out}"],
+    "stability": ["--eps", "0.9", "--max-samples", "18", "--draws", "2", "--out", "{out}"],
     "dissect": ["--masks", "{masks}", "--out", "{out}"],
 }
 
@@ -38,10 +38,9 @@ def diagnosis(workspace: Path) -> Path:  # noqa: F811
     return out
 
 
-# stability: its adversarial set stays on the model's device and meets CPU tensors downstream (not yet moved);
 # decompose: DecomposedLinear's nn.Parameter, built from a tensor on the pretend device, loses the pretend tag (a
-# limit of FakeDevice, not a known bug). Strict xfail, so fixing one makes this test say so.
-NOT_YET = {"decompose", "stability"}
+# limit of FakeDevice, not a known bug). Strict xfail, so a fix (or a better FakeDevice) makes this test say so.
+NOT_YET = {"decompose"}
 
 
 @pytest.mark.parametrize("command", [pytest.param(c, marks=pytest.mark.xfail(c in NOT_YET, strict=True,

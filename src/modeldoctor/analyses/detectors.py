@@ -60,9 +60,10 @@ def noise_scores(clean: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Te
     noisy_margin = (picked - noisy.scatter(-1, index, float("-inf")).amax(-1)).mean(1)
     clean_margin = clean.gather(1, pred[:, None]).squeeze(1) - clean.scatter(1, pred[:, None], float("-inf")).amax(1)
     log_p, log_q = clean.log_softmax(1), noisy.log_softmax(-1)
-    return {"flip": (noisy.argmax(-1) != pred).float().mean(1), "margin": -noisy_margin,
-            "margin_drop": clean_margin - noisy_margin, "kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean(1),
-            "logit_std": picked.std(1, unbiased=False)}
+    stats = {"flip": (noisy.argmax(-1) != pred).float().mean(1), "margin": -noisy_margin,
+             "margin_drop": clean_margin - noisy_margin, "kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean(1),
+             "logit_std": picked.std(1, unbiased=False)}
+    return {name: value.cpu() for name, value in stats.items()}  # per-image numbers: the rest runs on the CPU
 
 
 def instability_matrix(scores: dict[str, dict[str, torch.Tensor]], deltas: Sequence[float]) -> np.ndarray:
@@ -198,7 +199,7 @@ def compare_detectors(model: nn.Module, calibration: ImageSplit, test: ImageSpli
     best, flip = chosen(SCORES), chosen(("flip",))
     phi = {split: (instability_matrix(pair[0], deltas), instability_matrix(pair[1], deltas))
            for split, pair in scores.items()}
-    combiner = fit_combiner(phi["calibration"][0], phi["calibration"][1], sets["calibration"].source.numpy())
+    combiner = fit_combiner(phi["calibration"][0], phi["calibration"][1], sets["calibration"].source.cpu().numpy())
     combined = {split: auroc(combiner.score(pair[1]), combiner.score(pair[0])) for split, pair in phi.items()}
     squeeze_tables: dict[str, dict[tuple[int, int], float]] = {}
     for split, s in sets.items():

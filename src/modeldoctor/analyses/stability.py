@@ -101,7 +101,7 @@ def activation_std(model: nn.Module, images: torch.Tensor, layers: Sequence[str]
                 model(images[start:start + batch_size])
             for name in layers:
                 f = cap.captured[name].double()
-                sums[name] += torch.stack([f.new_tensor(f.numel()), f.sum(), f.pow(2).sum()])
+                sums[name] += torch.stack([f.new_tensor(f.numel()), f.sum(), f.pow(2).sum()]).cpu()
     return {name: float(((s[2] - s[1] ** 2 / s[0]) / (s[0] - 1)).clamp_min(0).sqrt()) for name, s in sums.items()}
 
 
