@@ -16,7 +16,7 @@ from modeldoctor.training import make_optimizer, recipe_for
 
 def _args(**given) -> argparse.Namespace:
     base = {"model": "resnet18", "optimizer": None, "lr": None, "weight_decay": None, "epochs": 1, "batch_size": 8,
-            "schedule": "cosine", "seed": 0}
+            "schedule": "cosine", "seed": 0, "precise_bn": "auto"}
     return argparse.Namespace(**{**base, **given})
 
 
@@ -42,3 +42,22 @@ def test_a_model_at_chance_ends_with_a_warning_naming_fixes() -> None:
     with pytest.warns(UserWarning, match="not 2 points above chance .*--input-size.*--lr.*--optimizer.*--epochs"):
         result = md.train("simple-cnn-narrow", data, md.TrainConfig(epochs=1, batch_size=30, lr=1e-6))
     assert len(result.warnings) == 1 and result.to_dict()["warnings"] == result.warnings
+
+
+def test_precise_batchnorm_averages_the_batches_and_restores_momentum() -> None:
+    from modeldoctor.training import recalibrate_batchnorm, wants_precise_bn
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(40, 1, 4, 4, generator=g) * 3 + 1
+    data = bundle_from_tensors("flat", images, np.arange(40) % 2, [f"f{i}" for i in range(40)], ["a", "b"],
+                               [np.arange(0, 20), np.arange(20, 30), np.arange(30, 40)], None)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1, momentum=0.01), torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    assert wants_precise_bn(model, "auto") and not wants_precise_bn(model, "off")
+    assert not wants_precise_bn(torch.nn.Sequential(torch.nn.BatchNorm2d(1)), "auto")
+    model.eval()
+    recalibrate_batchnorm(model, data.train, batch_size=5)
+    normalised = torch.stack([data.train[i][0] for i in range(20)])
+    batch_means = normalised.view(4, 5, -1).mean((1, 2))  # 4 batches of 5 (order does not change the average)
+    bn = model[0]
+    assert torch.allclose(bn.running_mean, batch_means.mean().view(1), atol=1e-6)
+    assert bn.momentum == 0.01 and not model.training and not bn.training

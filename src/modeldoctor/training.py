@@ -49,6 +49,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     seed: int = 0
+    precise_bn: str = "auto"  # on / off / auto = on when a BatchNorm layer's momentum is below 0.1 (see fit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,6 +229,8 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
             seen += len(y)
         if stopped:
             break
+        if wants_precise_bn(model, cfg.precise_bn):
+            recalibrate_batchnorm(model, train, batch_size, seed=cfg.seed * 100_003 + epoch)
         distributed.broadcast_module(model)  # BatchNorm statistics: rank 0's, as DDP keeps them
         total, seen = distributed.all_reduce(torch.tensor([total, float(seen)], dtype=torch.float64)).tolist()
         val_acc = evaluate(model, val, num_classes)["accuracy"]
@@ -257,6 +260,42 @@ def data_parallel(model: nn.Module, loss_fn: LossFn) -> nn.Module:
         return model
     device = model_device(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+PRECISE_BN_BATCHES = 64
+
+
+def wants_precise_bn(model: nn.Module, setting: str) -> bool:
+    """``"auto"``: a BatchNorm layer with momentum below 0.1 (MobileNet-V3 and EfficientNet use 0.01): after a short
+    training its running statistics still lean on their initial values and evaluation sits at chance."""
+    if setting not in ("auto", "on", "off"):
+        raise UserError(f"precise_bn must be auto, on or off, got {setting!r}")
+    slow = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum < 0.1
+               for m in model.modules())
+    return setting == "on" or (setting == "auto" and slow)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, split: ImageSplit, batch_size: int, seed: int = 0,
+                          batches: int = PRECISE_BN_BATCHES) -> None:
+    """Precise BatchNorm (Wu & Johnson 2021): each BatchNorm layer's running mean and variance become the plain
+    average over ``batches`` training batches at the current weights (train-mode forward, no gradient); the
+    layers' momenta and every module's mode are restored."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    device = model_device(model)
+    with train_mode(model, True):
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        try:
+            for i, batch in enumerate(make_loader(split, batch_size, shuffle=True, seed=seed)):
+                if i == batches:
+                    break
+                model(to_device(device, *unpack_batch(batch))[0])
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
 
 
 def epoch_loader(train: ImageSplit, batch_size: int, seed: int) -> DataLoader:

@@ -30,6 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="default: the recipe's (0.05 sgd, 1e-3 adam, 0.008 rmsprop)")
     p.add_argument("--weight-decay", type=float, default=None, help="default: the recipe's (5e-4 for sgd)")
     p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--precise-bn", choices=["auto", "on", "off"], default="auto",
+                   help="re-estimate BatchNorm statistics over 64 training batches after every epoch (auto: when a "
+                        "BatchNorm momentum is below 0.1, as in MobileNet-V3 and EfficientNet)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=None, help="resize images to this many pixels")
     p.add_argument("--focused-dropout", default=None, metavar="after=LAYER,par=0.1",
@@ -46,7 +49,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe = {"optimizer": args.optimizer, "lr": DEFAULT_LR[args.optimizer], "weight_decay": recipe["weight_decay"]}
     given = {"lr": args.lr, "weight_decay": args.weight_decay}
     recipe.update({k: v for k, v in given.items() if v is not None})
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed, **recipe)
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule, seed=args.seed,
+                       precise_bn=args.precise_bn, **recipe)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
