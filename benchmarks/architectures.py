@@ -5,6 +5,8 @@ Writes benchmarks/results/architectures.json and architectures.md (the README's 
 one JSON object: how many passed, were refused (transformers) and failed.
 
     python benchmarks/architectures.py [--only resnet18,timm:convnext_nano] [--timeout 900]
+
+``--only`` replaces those rows of an existing architectures.json and keeps the rest.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def main() -> None:
         print(f"{spec}: train {row['train']}, diagnose {row['diagnose']}, treat {row['treat']} "
               f"({row.get('seconds', '?')} s)", file=sys.stderr, flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "architectures.json").write_text(json.dumps(rows, indent=2) + "\n")
+    path = RESULTS / "architectures.json"
+    if args.only and path.is_file():  # a partial rerun replaces its rows and keeps the others
+        fresh = {r["spec"]: r for r in rows}
+        rows = [fresh.pop(r["spec"], r) for r in json.loads(path.read_text())] + list(fresh.values())
+    path.write_text(json.dumps(rows, indent=2) + "\n")
     (RESULTS / "architectures.md").write_text(table(rows))
     passed = sum(r["train"] == r["diagnose"] == r["treat"] == "pass" for r in rows)
     refused = sum(r["train"] == "refused" for r in rows)

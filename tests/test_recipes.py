@@ -22,8 +22,9 @@ def _args(**given) -> argparse.Namespace:
 
 def test_family_recipes_and_what_the_user_gives_wins() -> None:
     assert recipe_for("convnext_tiny") == {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.05}
-    assert recipe_for("timm:efficientnet_b0")["optimizer"] == recipe_for("mobilenet_v3_small")["optimizer"] == "rmsprop"
-    assert recipe_for("efficientnet_v2_s")["optimizer"] == recipe_for("resnet50")["optimizer"] == "sgd"
+    assert recipe_for("timm:mobilenetv3_small_100")["optimizer"] == "sgd"  # timm's name has no underscore
+    assert recipe_for("mobilenet_v3_small")["optimizer"] == "rmsprop"
+    assert recipe_for("efficientnet_b0")["optimizer"] == recipe_for("resnet50")["optimizer"] == "sgd"
     assert config_from_args(_args(model="convnext_tiny")).optimizer == "adam"
     chosen = config_from_args(_args(model="convnext_tiny", optimizer="sgd"))
     assert (chosen.optimizer, chosen.lr) == ("sgd", 0.05)  # another optimiser brings its own lr
