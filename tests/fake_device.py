@@ -61,6 +61,22 @@ def _target(func: Any, args: tuple, kwargs: dict) -> bool | None:
 
 
 class FakeDevice(TorchFunctionMode):
+    def __enter__(self) -> FakeDevice:
+        # nn.Parameter(t) makes its tensor outside any torch function: carry the tag over, as CUDA keeps the device.
+        self._parameter_new = nn.Parameter.__new__
+        original = self._parameter_new
+
+        def new(cls: type, data: torch.Tensor | None = None, requires_grad: bool = True) -> nn.Parameter:
+            parameter = original(cls, data, requires_grad)
+            return _tag(parameter, True) if tagged(data) else parameter
+
+        nn.Parameter.__new__ = staticmethod(new)  # type: ignore[assignment]
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        nn.Parameter.__new__ = self._parameter_new  # type: ignore[method-assign]
+        super().__exit__(*exc)
+
     def place(self, model: nn.Module) -> nn.Module:
         for t in [*model.parameters(), *model.buffers()]:
             _tag(t, True)
@@ -74,7 +90,7 @@ class FakeDevice(TorchFunctionMode):
             return FAKE if is_device and tagged(args[0]) else func(*args, **kwargs)
         if name == "numpy" and tagged(args[0]):
             raise DeviceMismatch("`.numpy()` of a tensor on the model's device: move it to the CPU first")
-        checked = args[:1] if name in ("__getitem__", "__setitem__") else args
+        checked = args[:1] if name in ("__getitem__", "__setitem__", "__deepcopy__") else args  # memo: not operands
         tensors = [t for t in tree_flatten((checked, kwargs))[0] if isinstance(t, torch.Tensor)]
         if name == "__setitem__" and tagged(args[0]) and isinstance(args[2], torch.Tensor):
             tensors.append(args[2])

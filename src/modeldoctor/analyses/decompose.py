@@ -199,8 +199,9 @@ def multiply_adds(mask: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def layer_logits(layer: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """A (full or decomposed) final layer applied to cached features, as float logits."""
-    return layer(features.to(next(layer.parameters()).dtype)).float()
+    """A (full or decomposed) final layer applied to cached features (kept on the CPU), as float CPU logits."""
+    weight = next(layer.parameters())
+    return layer(features.to(device=weight.device, dtype=weight.dtype)).float().cpu()
 
 
 @torch.no_grad()
