@@ -39,7 +39,7 @@ def diagnosis(workspace: Path) -> Path:  # noqa: F811
 
 
 # decompose runs without retraining: a deep-copied model's buffers lose FakeDevice's tag, so `fit` on the copy would
-# fail here for a reason CUDA does not have (fit itself is covered by the train / treat device tests).
+# fail here for a reason CUDA does not have (so fit, train and treat are not checked on the pretend device).
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_analyses_follow_the_model_device(command: str, workspace: Path, diagnosis: Path,  # noqa: F811
                                           capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
