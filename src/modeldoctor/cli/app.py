@@ -120,6 +120,18 @@ def _stderr_reporting(command: str, level: int = logging.INFO) -> Iterator[None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (0, 2 for bad input, 130 on Ctrl-C, 1 when a torchrun peer failed)."""
+    code = _command(argv)
+    if distributed.launched():
+        # A finished torchrun rank leaves without interpreter teardown: gloo's threads, torn down there, have aborted
+        # ranks whose work and files were complete ("terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"modeldoctor {args.command}" + (f" (rank {os.environ.get('RANK', '?')})" if distributed.launched() else "")
@@ -133,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _stderr_reporting(args.command, logging.WARNING if quiet else logging.INFO), \
                 device.using(chosen, getattr(args, "amp", "off")), loader_workers(args.workers):
             result = args.run(args)
+            distributed.barrier()  # every rank leaves together, after rank 0's files are written
     except UserError as exc:
         print(f"{prefix}: error: {exc}", file=sys.stderr)
         return 2
