@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from modeldoctor.cli.checks import check_out
+from modeldoctor.core.errors import UserError
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, data_required: bool = False) -> None:
@@ -28,6 +29,15 @@ def out_dir(args: argparse.Namespace, default: str | Path | None = None) -> Path
         return None
     check_out(value)
     return Path(value)
+
+
+def comma_floats(text: str | None, flag: str, example: str) -> list[float] | None:
+    """``"0.1, 0.2"`` → ``[0.1, 0.2]``; ``None`` when nothing is given; anything else is one line naming ``flag``."""
+    items = comma_list(text)
+    try:
+        return [float(v) for v in items] if items else None
+    except ValueError:
+        raise UserError(f"{flag} takes numbers separated by commas (e.g. {example}), got {text!r}") from None
 
 
 def comma_list(text: str | None) -> list[str] | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from modeldoctor import api
 from modeldoctor.cli.checks import check_out
-from modeldoctor.cli.commands.common import comma_list
+from modeldoctor.cli.commands.common import comma_floats, comma_list
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.sources import load_data
 from modeldoctor.io import names
@@ -39,14 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"checkpoint file (.pt) or directory (then DIR/{names.MODEL})")
 
 
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    items = comma_list(text)
-    try:
-        return [float(v) for v in items] if items else None
-    except ValueError:
-        raise UserError(f"{flag} takes numbers separated by commas (e.g. 0.485,0.456,0.406), got {text!r}") from None
-
-
 def target_path(value: str) -> Path:
     """``--out``: a ``.pt``/``.pth`` file, or a directory that gets ``model.pt``; checked before any work."""
     path = Path(value)
@@ -63,7 +55,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = target_path(args.target)
     if target.exists() and target.resolve() == Path(args.weights).resolve():
         raise UserError(f"refusing to overwrite the input file {target}; choose another --out")
-    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+    mean = comma_floats(args.mean, "--mean", "0.485,0.456,0.406")
+    std = comma_floats(args.std, "--std", "0.229,0.224,0.225")
     bundle = load_data(args.data, input_size=args.input_size)
     model = build_model(args.model, bundle.num_classes, bundle.in_channels, bundle.input_size)
     fitted = load_foreign_weights(model, args.weights, trust=args.trust_checkpoint)

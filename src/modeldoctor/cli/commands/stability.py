@@ -20,7 +20,7 @@ from typing import Any
 from modeldoctor import api
 from modeldoctor.analyses.detectors import RELATIVE_DELTAS
 from modeldoctor.analyses.stability import DEFAULT_DELTAS
-from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, comma_list, out_dir
+from modeldoctor.cli.commands.common import add_checkpoint_args, add_out_arg, comma_floats, comma_list, out_dir
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.files import write_bytes
 from modeldoctor.io import names
@@ -47,15 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--deltas must be comma-separated numbers, got {text!r}; e.g. 0,0.1,0.2,0.3") from None
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    deltas = _floats(args.deltas) if args.deltas else None
+    deltas = comma_floats(args.deltas, "--deltas", "0,0.1,0.2,0.3")
     if not args.no_detectors and args.calibration_split == args.split:
         raise UserError(f"--calibration-split and --split are both {args.split}; settings must be chosen on other "
                         "data than the AUROC is measured on (e.g. --calibration-split val --split test)")
