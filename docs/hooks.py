@@ -1,6 +1,7 @@
 """MkDocs hook: ``<!-- HELP:command -->`` on a page becomes that command's ``modeldoctor COMMAND --help``.
 
-The option reference of every command page is therefore the parser itself, never a copy that can drift.
+The option reference of every command page is therefore the parser itself, never a copy that can drift.  Sphinx
+roles left in docstrings (``:func:`~x.y```) are shown as plain code on the API page.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 MARK = re.compile(r"^<!-- HELP:([\w-]+) -->$", re.M)
+# Sphinx roles in docstrings (:func:`~a.b.c`) arrive in the HTML as ":func:<code>~a.b.c</code>".
+ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):<code>(~?)([\w.]+)</code>")
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 
@@ -26,6 +29,14 @@ def command_help(name: str) -> str:
     if name not in sub.choices:
         raise ValueError(f"<!-- HELP:{name} -->: modeldoctor has no command {name!r}")
     return sub.choices[name].format_help().rstrip()
+
+
+def role(m: re.Match[str]) -> str:
+    return f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>"
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    return ROLE.sub(role, html)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:

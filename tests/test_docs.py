@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import modeldoctor
 from modeldoctor.cli.app import build_parser, command_names
 
@@ -87,6 +89,7 @@ def test_relative_links_in_the_readme_resolve():
         assert (ROOT / target).exists(), f"README.md links to missing {target}"
 
 
+@pytest.mark.slow
 def test_site_builds_strict(tmp_path):
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
