@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def test_readme_and_docs_agree_with_the_results_json():
 def test_an_edited_number_is_caught_and_restored():
     readme = (ROOT / "README.md").read_text()
     body = block(readme, "at_a_glance")
-    edited = readme.replace(body, body.replace("94.7%", "97.4%", 1))
+    number = re.search(r"\d+\.\d+", body).group(0)
+    edited = readme.replace(body, body.replace(number, f"{float(number) + 1:.{len(number.split('.')[1])}f}", 1))
     assert edited != readme
+    assert gen.stale(ROOT) == {}  # the file itself is untouched
     assert gen.render(edited, gen.Results(RESULTS)) == readme
 
 
@@ -107,3 +110,19 @@ def test_every_table_appears_on_a_page():
     text = "\n".join(p.read_text() for p in gen.pages(ROOT))
     missing = [name for name in gen.TABLES if f"<!-- TABLE:{name} -->" not in text]
     assert not missing, f"tables generated but on no page: {missing}"
+
+
+def test_a_changed_result_makes_the_readme_stale(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
+    results = tmp_path / "benchmarks" / "results"
+    shutil.copytree(RESULTS, results)
+    doc = json.loads((results / "shortcut.json").read_text())
+    control = doc["families"]["shortcut-mnist"]["control"]["test"]
+    control["mean"] -= 0.05
+    (results / "shortcut.json").write_text(json.dumps(doc))
+    stale = gen.stale(tmp_path)
+    assert list(stale) == [tmp_path / "README.md"]
+    expected = f"control {100 * control['mean']:.1f} ± {100 * control['std']:.1f}"
+    assert expected in block(stale[tmp_path / "README.md"], "at_a_glance")
+    assert expected not in block((ROOT / "README.md").read_text(), "at_a_glance")
