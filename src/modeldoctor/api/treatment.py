@@ -56,6 +56,7 @@ class TreatmentResult:
     candidates: list[dict[str, Any]] = field(default_factory=list)  # each candidate's select-swap accuracy
     chosen: str = ""  # the candidate the treated arm ran
     verdict: dict[str, Any] = field(default_factory=dict)  # treated vs control on held-out swaps (doctor/search)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time: the control arm, the whole run
 
     def to_dict(self) -> dict[str, Any]:
         """The ``treat.json`` layout (less ``"checkpoint"``): ``{"original": M, "control": M, "treated": M, ...}``."""
@@ -63,7 +64,7 @@ class TreatmentResult:
                 "config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
                 "annotated": len(self.annotated), "held_out": len(self.held_out), "lambdas": self.lambdas,
                 "select": self.select, "weight_change": self.weight_change, "candidates": self.candidates,
-                "chosen": self.chosen, "verdict": self.verdict}
+                "chosen": self.chosen, "verdict": self.verdict, "seconds": self.seconds}
 
     summary = to_dict  # the name the README's Python example uses
 
@@ -130,7 +131,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     return TreatmentResult(arms["treated"][0], ctrl[0] if ctrl else None, arms["original"], arms["treated"][1],
                            ctrl[1] if ctrl else None, arms["config"], run_cfg, arms["annotated"], arms["held_out"],
                            arms["lambdas"], arms["weight_change"], arms["select"], arms["candidates"], arms["chosen"],
-                           arms["verdict"])
+                           arms["verdict"], arms["seconds"])
 
 
 def treat_seeds(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle, seeds: Sequence[int],

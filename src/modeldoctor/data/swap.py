@@ -1,10 +1,11 @@
 """Background swap: a shortcut test that needs no decorrelated data, only a few object masks.
 
-Each held-out annotated image's object (its mask grown by ``grow`` pixels) is pasted onto the background of
-an annotated image of *another* class, whose own object is first erased (filled with copies of that image's own
-background from beyond the object, so no trace of the donor's object is left and the fill keeps the background's
-texture).  A model that reads the object keeps its prediction; a model that reads the background follows the donor's class.  Accuracy on these
-composites is therefore a shortcut meter that uses only the user's masks, never test data.
+Each held-out annotated image's object (its mask, grown by ``grow`` pixels, 0 by default: a grown mask carries a
+ring of the object's own background, a cue that travels with it) is pasted onto the background of an annotated
+image of *another* class, whose own object is first erased (filled with copies of that image's own background from
+beyond the object, so no trace of the donor's object is left and the fill keeps the background's texture).  A model
+that reads the object keeps its prediction; a model that reads the background follows the donor's class.  Accuracy
+on these composites is therefore a shortcut meter that uses only the user's masks, never test data.
 """
 
 from __future__ import annotations

@@ -107,6 +107,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     out: dict[str, Any] = {"original": metrics(model), "select": select, "weight_change": {}, "lambdas": {},
                            "annotated": [data.train.ids[i] for i in (train_bank.pool if train_bank else [])],
                            "held_out": [data.train.ids[i] for i in held], "candidates": []}
+    started = time.time()
     try:
         if control:
             tuned = copy.deepcopy(model)
@@ -115,6 +116,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                     state_path=states / f".state-control{suffix}.pt", resume=resume, desc=f"control seed {train_cfg.seed}")
             out["control"] = (tuned, metrics(tuned))
             out["weight_change"]["control"] = weight_change(tuned, model)
+            out["seconds"] = {"control": time.time() - started}
         names = list(candidates) if candidates else [None]
         trial = trial_epochs if len(names) > 1 else None
         runs: dict[str | None, tuple[nn.Module, TreatConfig, TreatmentLoss | None]] = {}
@@ -141,16 +143,17 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
             best = max(runs, key=lambda n: next(c["select_swap"] for c in out["candidates"]
                                                 if c["name"] == (n or "+".join(cfg.constraints))))
-            tuned, arm_cfg, loss_fn = runs[best]
-            if loss_fn is not None and trial is not None and trial < train_cfg.epochs:
-                fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep,
+            tuned, arm_cfg, chosen_loss = runs[best]
+            if chosen_loss is not None and trial is not None and trial < train_cfg.epochs:
+                fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=chosen_loss, keep=keep,
                     state_path=states / f".state-{best}{suffix}.pt", resume=True, desc=f"{best} seed {train_cfg.seed}")
-            out["lambdas"] = dict(loss_fn.lambdas) if loss_fn is not None else {}
+            out["lambdas"] = dict(chosen_loss.lambdas) if chosen_loss is not None else {}
         out["treated"] = (tuned, metrics(tuned))
         out["weight_change"]["treated"] = weight_change(tuned, model)
         out["chosen"], out["config"] = best or "+".join(cfg.constraints), arm_cfg
         reference = out["control"][0] if control else model
         out["verdict"] = verdict(tuned, reference, meter, out["chosen"], "control" if control else "original")
+        out.setdefault("seconds", {})["total"] = time.time() - started
     finally:
         if scratch is not None:
             scratch.cleanup()

@@ -33,6 +33,7 @@ def classifier_head(model: nn.Module, num_classes: int) -> str:
 def head_inputs(model: nn.Module, head: str, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The (N, D) inputs of ``head`` for images ``x``, in eval mode."""
     module = model.get_submodule(head)
+    assert isinstance(module, nn.Linear)
     device = module.weight.device
     captured: list[torch.Tensor] = []
 
@@ -56,6 +57,7 @@ def refit_head(model: nn.Module, composer: Composer, num_classes: int, per_objec
     x, y = composer.dataset(per_object, seed)
     features = head_inputs(model, head, x)
     module = model.get_submodule(head)
+    assert isinstance(module, nn.Linear)
     w0, b0 = module.weight.detach().float().cpu(), (
         module.bias.detach().float().cpu() if module.bias is not None else torch.zeros(num_classes))
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
@@ -70,6 +72,7 @@ def refit_head(model: nn.Module, composer: Composer, num_classes: int, per_objec
     opt.step(closure)
     refit = copy.deepcopy(model)
     target = refit.get_submodule(head)
+    assert isinstance(target, nn.Linear)
     with torch.no_grad():
         target.weight.copy_(w.detach().to(target.weight))
         if target.bias is not None:
