@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import LazyMasks, expand_mask
 
 
@@ -88,6 +89,17 @@ def mask_tightness(images: torch.Tensor, masks: torch.Tensor, ring: int = 2, lev
         h_ring = torch.bincount(bins[i][around[i]], minlength=q ** channels).float() / n_ring
         out[i] = 1.0 - float(torch.minimum(h_in, h_ring).sum())
     return out
+
+
+def split_tightness(split: ImageSplit, masks: Mapping[str, torch.Tensor], limit: int = 1000) -> dict[str, float]:
+    """:func:`summarise_tightness` of the masks of up to ``limit`` of ``split``'s annotated images, spread
+    evenly over the split."""
+    ids = [sid for sid in split.ids if sid in masks]
+    ids = [ids[i * len(ids) // limit] for i in range(limit)] if len(ids) > limit else ids
+    if not ids:
+        return {"n": 0}
+    images = torch.stack([split.raw(split.index_of[sid]) for sid in ids])
+    return summarise_tightness(mask_tightness(images, torch.stack([masks[sid].bool() for sid in ids])))
 
 
 def summarise_tightness(values: torch.Tensor) -> dict[str, float]:
