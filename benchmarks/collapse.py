@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--family", default="shortcut-mnist")
     ap.add_argument("--only", default="")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     vanilla, data = baseline(args.family, args.arch, args.seed)
     chosen = lowest_confidence(vanilla, data.train, list(data.masks), 20, data.num_classes)
     bank = MaskBank.build(data.train, data.masks, chosen, data.input_size)

@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--methods", default="", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--out", default="treatment_matrix.json")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     out_path = RESULTS / args.out

@@ -10,7 +10,6 @@ validation, or is the last; the ``verdict`` half judges the treated arm against 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import tempfile
 import time
@@ -73,6 +72,17 @@ def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: 
     return loss_fn
 
 
+def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
+         relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, mixer: Any, chooser: ImageSplit, keep: str,
+         state: Path, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it and the λ it used."""
+    tuned = copy.deepcopy(model)
+    with _fine_tune(tuned, data, cfg, train_cfg, relevant, bank, mixer) as loss_fn:
+        fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep, state_path=state,
+            resume=resume, desc=f"{state.stem.removeprefix('.state-')}")
+        return tuned, dict(loss_fn.lambdas)
+
+
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
                       relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
                       state_dir: str | Path | None = None, resume: bool = False,
@@ -110,44 +120,41 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     started = time.time()
     try:
         if control:
-            tuned = copy.deepcopy(model)
-            with _fine_tune(tuned, data, control_config(cfg), train_cfg, relevant, train_bank, mixer) as loss_fn:
-                fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep,
-                    state_path=states / f".state-control{suffix}.pt", resume=resume, desc=f"control seed {train_cfg.seed}")
+            tuned, _ = _run(model, data, control_config(cfg), train_cfg, relevant, train_bank, mixer, chooser, keep,
+                            states / f".state-control{suffix}.pt", resume)
             out["control"] = (tuned, metrics(tuned))
             out["weight_change"]["control"] = weight_change(tuned, model)
             out["seconds"] = {"control": time.time() - started}
         names = list(candidates) if candidates else [None]
-        trial = trial_epochs if len(names) > 1 else None
-        runs: dict[str | None, tuple[nn.Module, TreatConfig, TreatmentLoss | None]] = {}
-        with contextlib.ExitStack() as stack:
-            for name in names:
-                arm_cfg = cfg if name is None else TreatConfig(**{**cfg.to_dict(), **CANDIDATES[name]})
-                started = time.time()
-                if name == "last-layer":
-                    if train_bank is None or not train_bank.pool:
-                        continue
-                    tuned = refit_head(model, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
-                    runs[name] = (tuned, arm_cfg, None)
-                else:
-                    tuned = copy.deepcopy(model)
-                    loss_fn = stack.enter_context(_fine_tune(tuned, data, arm_cfg, train_cfg, relevant, train_bank, mixer))
-                    fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep,
-                        state_path=states / f".state-{name or 'treated'}{suffix}.pt", resume=resume, stop_after=trial,
-                        desc=f"{name or 'treated'} seed {train_cfg.seed}")
-                    runs[name] = (tuned, arm_cfg, loss_fn)
-                score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
-                out["candidates"].append({"name": name or "+".join(cfg.constraints), "select_swap": score,
-                                          "seconds": time.time() - started})
-            if not runs:
-                raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
-            best = max(runs, key=lambda n: next(c["select_swap"] for c in out["candidates"]
-                                                if c["name"] == (n or "+".join(cfg.constraints))))
-            tuned, arm_cfg, chosen_loss = runs[best]
-            if chosen_loss is not None and trial is not None and trial < train_cfg.epochs:
-                fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=chosen_loss, keep=keep,
-                    state_path=states / f".state-{best}{suffix}.pt", resume=True, desc=f"{best} seed {train_cfg.seed}")
-            out["lambdas"] = dict(chosen_loss.lambdas) if chosen_loss is not None else {}
+        # More than two fine-tunes: each first runs a short trial (its own compressed schedule), the best reruns.
+        trial = trial_epochs if sum(n != "last-layer" for n in names) > 2 else None
+        runs: dict[str | None, tuple[nn.Module, TreatConfig, dict[str, Any]]] = {}
+        for name in names:
+            arm_cfg = cfg if name is None else TreatConfig(**{**cfg.to_dict(), **CANDIDATES[name]})
+            clock = time.time()
+            if name == "last-layer":
+                if train_bank is None or not train_bank.pool:
+                    continue
+                tuned = refit_head(model, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
+                lambdas: dict[str, Any] = {}
+            else:
+                run_cfg = train_cfg if trial is None else TrainConfig(**{**train_cfg.to_dict(), "epochs": trial})
+                tag = f"{name or 'treated'}{'-trial' if trial else ''}"
+                tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
+                                      states / f".state-{tag}{suffix}.pt", resume)
+            runs[name] = (tuned, arm_cfg, lambdas)
+            out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
+                                      "select_swap": evaluate(tuned, chooser, data.num_classes)["accuracy"],
+                                      "seconds": time.time() - clock})
+        if not runs:
+            raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
+        scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
+        best = max(runs, key=lambda n: scores[n])
+        tuned, arm_cfg, lambdas = runs[best]
+        if trial is not None and best != "last-layer":
+            tuned, lambdas = _run(model, data, arm_cfg, train_cfg, relevant, train_bank, mixer, chooser, keep,
+                                  states / f".state-{best}{suffix}.pt", resume)
+        out["lambdas"] = lambdas
         out["treated"] = (tuned, metrics(tuned))
         out["weight_change"]["treated"] = weight_change(tuned, model)
         out["chosen"], out["config"] = best or "+".join(cfg.constraints), arm_cfg

@@ -60,8 +60,8 @@ class TreatConfig:
     lam_channel: Lambda = "auto"
     lam_input_gradient: Lambda = "auto"
     lam_fraction: float = 10.0  # "auto": each term = this × the annotated images' cross-entropy at the start
-    lam_counterfactual: float = 1.0  # weight of the composites' cross-entropy (same scale as L_orig)
-    composites: int = 16  # counterfactual composites appended to every batch
+    lam_counterfactual: float = 3.0  # weight of the composites' cross-entropy (L_orig's is 1)
+    composites: int = 64  # counterfactual composites appended to every batch
     term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
