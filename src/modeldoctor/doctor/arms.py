@@ -159,7 +159,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         out["weight_change"]["treated"] = weight_change(tuned, model)
         out["chosen"], out["config"] = best or "+".join(cfg.constraints), arm_cfg
         reference = out["control"][0] if control else model
-        out["verdict"] = verdict(tuned, reference, meter, out["chosen"], "control" if control else "original")
+        out["verdict"] = verdict(tuned, reference, meter, out["chosen"], "control" if control else "original",
+                                 original=model if control else None)
         out.setdefault("seconds", {})["total"] = time.time() - started
     finally:
         if scratch is not None:

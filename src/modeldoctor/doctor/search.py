@@ -94,8 +94,10 @@ def paired_gain(treated: nn.Module, reference: nn.Module, split: ImageSplit) -> 
 
 
 def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: str,
-            reference_name: str = "control") -> dict[str, Any]:
-    """``{"winner", "candidate", "swap_gain", "swap_gain_se", "use_treated", "objects", "message", ...}``."""
+            reference_name: str = "control", original: nn.Module | None = None) -> dict[str, Any]:
+    """``{"winner", "candidate", "swap_gain", "swap_gain_se", "use_treated", "objects", "message", ...}``; with
+    ``original`` also the gain over the untreated model (a fine-tune can beat its control by undoing the control's
+    own damage while still not beating the model it started from)."""
     split = meter.report
     if split is None:
         return {"winner": None, "candidate": candidate, "use_treated": False, "swap_gain": None, "swap_gain_se": None,
@@ -111,9 +113,16 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
         message = (f"no candidate beat the {reference_name} on held-out background swaps by more than its noise "
                    f"(best: {candidate}, {100 * gain:+.1f} ± {100 * se:.1f} points): keep the "
                    f"{'control' if reference_name == 'control' else 'original model'}{shared}")
-    return {"winner": "treated" if use else reference_name, "candidate": candidate, "swap_gain": gain,
-            "swap_gain_se": se, "use_treated": use, "objects": objects, "composites": len(split),
-            "message": message}
+    result: dict[str, Any] = {"winner": "treated" if use else reference_name, "candidate": candidate, "swap_gain": gain,
+                              "swap_gain_se": se, "use_treated": use, "objects": objects,
+                              "composites": len(split), "message": message}
+    if original is not None:
+        gain0, se0, _ = paired_gain(treated, original, split)
+        result.update(swap_gain_vs_original=gain0, swap_gain_vs_original_se=se0)
+        if use and not gain0 > SIGNIFICANCE * se0:
+            result["message"] += (f"; but it is no better than your original model on them ({100 * gain0:+.1f} ± "
+                                  f"{100 * se0:.1f}): the model may not need this treatment")
+    return result
 
 
 __all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "check_candidates", "meter_splits", "paired_gain", "verdict"]
