@@ -4,9 +4,9 @@ command end to end (its masks are read back by the loaders `treat` uses)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from browser import REQUIRED, chromium, selenium_webdriver, skip_or_fail
 from modeldoctor import cli
 from modeldoctor.annotator.server import AnnotationServer, Item
 from modeldoctor.annotator.store import AnnotationStore
@@ -79,16 +80,13 @@ def test_routes_serve_state_images_and_refuse_bad_saves(tmp_path: Path) -> None:
 
 
 def _chrome():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    webdriver = selenium_webdriver()
+    binary = chromium()
     driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        missing = "chromium and chromedriver are not installed (Debian: chromium chromium-driver)"
-        if os.environ.get("MODELDOCTOR_REQUIRE_BROWSER"):  # set by .ci/run: there the browser test must run
-            pytest.fail(missing)
-        pytest.skip(missing)
+    if driver_path is None:
+        skip_or_fail("chromedriver is not installed (Debian: chromium-driver)")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1200,900"):
@@ -96,6 +94,19 @@ def _chrome():
     from selenium.webdriver.chrome.service import Service
 
     return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_browser_tests_fail_instead_of_skipping_where_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # no chromium, no chromedriver
+    monkeypatch.setenv(REQUIRED, "1")
+    with pytest.raises(pytest.fail.Exception, match=REQUIRED):
+        chromium()
+    monkeypatch.setitem(sys.modules, "selenium.webdriver", None)  # an import of it raises ImportError
+    with pytest.raises(pytest.fail.Exception, match="selenium"):
+        selenium_webdriver()
+    monkeypatch.delenv(REQUIRED)
+    with pytest.raises(pytest.skip.Exception):
+        chromium()
 
 
 def _wait(condition, timeout: float = 20.0):
