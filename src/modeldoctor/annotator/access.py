@@ -9,12 +9,18 @@ request must present it (``?token=`` or the ``X-ModelDoctor-Token`` header, whic
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 TOKEN_HEADER = "X-ModelDoctor-Token"
 LOCAL_NAMES = ("127.0.0.1", "localhost")
+
+
+class Headers(Protocol):
+    """Request headers looked up by name (``http.server``'s are case-insensitive)."""
+
+    def get(self, name: str) -> str | None: ...
 
 
 @dataclass
@@ -27,7 +33,7 @@ class SessionAccess:
     def hosts(self) -> set[str]:
         return {f"{name}:{self.port}" for name in LOCAL_NAMES}
 
-    def refusal(self, target: str, headers: Mapping[str, str]) -> str | None:
+    def refusal(self, target: str, headers: Headers) -> str | None:
         """Why a request for ``target`` (path and query) with ``headers`` is refused, or ``None`` to serve it."""
         if headers.get("Host") not in self.hosts():
             return f"foreign Host {headers.get('Host')!r}; open the address modeldoctor annotate printed"
