@@ -77,7 +77,8 @@ def test_data_parallel_train_and_treat_write_one_checkpoint_each(base: Path) -> 
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["control.pt", "treat.json",
                                                                                   "treated.pt"]
     for arm in ("treated", "control"):
-        assert treated[arm]["val"]["accuracy"] == pytest.approx(naive_accuracy(out / f"{arm}.pt", "val"), abs=1e-9)
+        expected = naive_accuracy(out / f"{arm}.pt", "val")
+        assert treated[arm]["val"]["accuracy"] == pytest.approx(expected, abs=1e-6)  # a float32 mean
 
 
 def treat_args(base: Path, out: Path) -> list[str]:
