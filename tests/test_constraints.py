@@ -224,6 +224,73 @@ def test_channel_constraint_matches_eq5_by_hand():
     assert torch.allclose(scaled, channel_constraint(g1, g2, irrelevant, form="share"))  # scale-free
 
 
+def test_activation_form_of_eq6_by_hand():
+    """One image, K = 2 kernels on a 1×2 map, J = 2 draws; the object is the left cell."""
+    m = torch.tensor([[[[1.0, 2.0]], [[3.0, -1.0]]]])  # (B, K, H, W)
+    g = torch.tensor([[[[[2.0, 1.0]], [[1.0, 4.0]]]],  # draw 1
+                      [[[[-1.0, 0.0]], [[2.0, 1.0]]]]])  # draw 2
+    # A = Σ_j |Σ_k m_k g_k|: left |1·2 + 3·1| + |1·(−1) + 3·2| = 5 + 5; right |2·1 − 1·4| + |2·0 − 1·1| = 2 + 1
+    background = torch.tensor([[[[0.0, 1.0]]]])
+    assert spatial_constraint(g, background, form="activation", features=m).item() == pytest.approx(3 / 13)
+    assert activation_map(g, m).tolist() == [[[10.0, 3.0]]]
+    with pytest.raises(UserError, match="needs the layer's features"):
+        spatial_constraint(g, background, form="activation")
+
+
+def naive_activation_share(g: torch.Tensor, m: torch.Tensor, background: torch.Tensor, annotated: list[bool]) -> float:
+    shares = []
+    for b in range(g.shape[1]):
+        if not annotated[b]:
+            continue
+        total = outside = 0.0
+        for h in range(g.shape[3]):
+            for w in range(g.shape[4]):
+                cell = sum(abs(sum(float(m[b, k, h, w] * g[j, b, k, h, w]) for k in range(g.shape[2])))
+                           for j in range(g.shape[0]))
+                total += cell
+                outside += cell * float(background[b, 0, h, w])
+        shares.append(outside / total)
+    return sum(shares) / len(shares)
+
+
+def test_activation_form_of_eq6_equals_a_naive_loop_over_annotated_images():
+    gen = torch.Generator().manual_seed(3)
+    g, m = torch.randn(3, 4, 2, 3, 3, generator=gen), torch.randn(4, 2, 3, 3, generator=gen)
+    background = (torch.rand(4, 1, 3, 3, generator=gen) > 0.5).float()
+    annotated = [True, False, True, True]
+    value = spatial_constraint(g, background, torch.tensor(annotated), form="activation", features=m)
+    assert value.item() == pytest.approx(naive_activation_share(g, m, background, annotated), rel=1e-5)
+
+
+def test_share_form_of_eq5_by_hand():
+    """One image, K = 3 kernels on a 1×1 map, J = 1; kernels 0 and 2 are irrelevant to its class."""
+    first = torch.tensor([1.0, -2.0, 3.0]).view(1, 1, 3, 1, 1)  # |g| = 1, 2, 3: mass 6
+    competitor = torch.tensor([0.5, -0.5, 1.0]).view(1, 1, 3, 1, 1)  # mass 2
+    irrelevant = torch.tensor([[True, False, True]])
+    # first term (1 + 3) / 6; second term: the competitor's mass over both classes' mass, 2 / (6 + 2)
+    assert channel_constraint(first, competitor, irrelevant, form="share").item() == pytest.approx(4 / 6 + 2 / 8)
+    only_kernel_1 = torch.tensor([[False, True, False]])
+    assert channel_constraint(first, competitor, irrelevant, competitor_kernels=only_kernel_1,
+                              form="share").item() == pytest.approx(4 / 6 + 0.5 / 8)
+    assert channel_constraint(first, competitor, irrelevant, competitor_weight=torch.zeros(1),
+                              form="share").item() == pytest.approx(4 / 6)
+
+
+def test_share_form_of_eq5_equals_a_naive_loop():
+    gen = torch.Generator().manual_seed(4)
+    g1, g2 = torch.randn(2, 3, 4, 2, 2, generator=gen), torch.randn(2, 3, 4, 2, 2, generator=gen)
+    irrelevant = torch.rand(3, 4, generator=gen) > 0.5
+    weight = torch.tensor([1.0, 0.0, 1.0])
+    expected = 0.0
+    for b in range(3):
+        mass1 = [float(g1[:, b, k].abs().sum()) for k in range(4)]
+        mass2 = [float(g2[:, b, k].abs().sum()) for k in range(4)]
+        expected += sum(v for v, off in zip(mass1, irrelevant[b].tolist()) if off) / sum(mass1)
+        expected += float(weight[b]) * sum(mass2) / (sum(mass1) + sum(mass2))
+    value = channel_constraint(g1, g2, irrelevant, competitor_weight=weight, form="share")
+    assert value.item() == pytest.approx(expected / 3, rel=1e-5)
+
+
 def test_competitor_choices():
     logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 5.0, 1.0]])
     y = torch.tensor([0, 2])
