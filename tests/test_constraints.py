@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -116,22 +117,48 @@ def test_head_frozen_plain_eq6_run_equals_the_control_exactly():
     assert loss.log == {}  # the control records no constraint term
 
 
-def test_auto_lambda_makes_each_term_a_fraction_of_the_cross_entropy():
-    torch.manual_seed(0)
-    model = ReluNet()
-    x, y, masks = batch()
-    bank = MaskBank(masks, torch.ones(len(x), dtype=torch.bool), list(range(len(x))))
-    cfg = TreatConfig(constraints=("space", "input-gradient"), space_layers=["conv1"], lam_fraction=0.5,
-                      noise_draws=2, expansion=0)
-    loss = TreatmentLoss(model, cfg, (1, 8, 8), bank=bank)
-    torch.manual_seed(1)  # the same noise draws σ^j for both evaluations
-    lambdas = loss.calibrate(x, y, masks)
-    torch.manual_seed(1)
-    terms = loss.masked_terms(x, y, masks)
-    ce = torch.nn.functional.cross_entropy(model.eval()(x), y)
-    for key in ("space", "input-gradient"):
-        assert lambdas[key] is not None
-        assert torch.allclose(lambdas[key] * terms[key].detach(), 0.5 * ce.detach(), rtol=1e-4)
+class LinearNet(nn.Module):
+    """An identity 1×1 conv (layer r: m^r = x) and a linear head on 2×2 images: every derivative is a weight."""
+
+    def __init__(self, weight: list[list[float]]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 1, bias=False)
+        self.fc = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.fill_(1.0)
+            self.fc.weight.copy_(torch.tensor(weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv1(x).flatten(1))
+
+
+def test_auto_lambda_by_hand_on_a_linear_model():
+    """λ = fraction × CE / term, with CE, the activation-share term (Eq. 6) and the input-gradient term written out."""
+    weight = [[1.0, -1.0, 2.0, 0.5], [0.0, 1.0, -1.0, 1.0]]
+    pixels, labels = [[0.25, 0.5, 0.75, 1.0], [1.0, 0.5, 0.5, 0.5]], [0, 1]
+    objects = [[True, False, False, False], [True, True, False, False]]  # row-major 2×2 object masks
+    logits = [[sum(w * p for w, p in zip(row, image)) for row in weight] for image in pixels]
+    ce = sum(math.log(sum(math.exp(z) for z in zs)) - zs[y] for zs, y in zip(logits, labels)) / 2
+    # Eq. 6, activation form: ∂ŷ_y/∂m = W_y at every draw, so A = J·|m ⊙ W_y| per pixel and J cancels in the share
+    space = sum(sum(abs(p * w) for p, w, o in zip(image, weight[y], obj) if not o) /
+                sum(abs(p * w) for p, w in zip(image, weight[y])) for image, y, obj in zip(pixels, labels, objects)) / 2
+    # input gradient of Σ_k log p_k: Σ_k W_k − 2 Σ_c p_c W_c, squared on the background, summed, over 2 images
+    ig = 0.0
+    for zs, obj in zip(logits, objects):
+        probs = [math.exp(z) / sum(math.exp(v) for v in zs) for z in zs]
+        for i in range(4):
+            grad = sum(row[i] for row in weight) - 2 * sum(p * row[i] for p, row in zip(probs, weight))
+            ig += 0.0 if obj[i] else grad ** 2 / 2
+
+    model = LinearNet(weight)
+    x = torch.tensor(pixels).view(2, 1, 2, 2)
+    masks = torch.tensor(objects).view(2, 2, 2)
+    bank = MaskBank(masks, torch.ones(2, dtype=torch.bool), [0, 1])
+    cfg = TreatConfig(constraints=("space", "input-gradient"), space_layers=["conv1"], form="activation",
+                      lam_fraction=0.5, noise_draws=3, expansion=0)
+    lambdas = TreatmentLoss(model, cfg, (1, 2, 2), bank=bank).calibrate(x, torch.tensor(labels), masks)
+    assert lambdas["space"] == pytest.approx(0.5 * ce / space, rel=1e-5)
+    assert lambdas["input-gradient"] == pytest.approx(0.5 * ce / ig, rel=1e-5)
 
 
 def test_activation_map_is_the_absolute_channel_sum_of_features_times_gradients():
