@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modeldoctor.cli.relaunch import reason, relaunch_command
 from scaling import cli, env, image_folder, last_json, naive_accuracy, rank_pids, torchrun, torchrun_command
 
 
@@ -135,6 +136,19 @@ def test_a_lost_rank_ends_every_survivor_in_one_line_with_the_resume_command(bas
     exit_codes = re.findall(r"rank\s*: 0 \(local_rank: 0\)\s*exitcode\s*: (-?\d+)", launcher)
     assert exit_codes == ["1"], launcher  # its own exit code, not the launcher's SIGTERM (-15)
     assert not (out / "treat.json").exists()
+
+
+def test_the_resume_line_names_the_launch_and_the_backend_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    argv = ["treat", "--checkpoint", "my model.pt", "--out", "o"]
+    assert relaunch_command(argv, resumable=True) == ("torchrun --nproc_per_node 2 --nnodes 2 -m modeldoctor treat "
+                                                      "--checkpoint 'my model.pt' --out o --resume")
+    assert relaunch_command([*argv, "--resume"], resumable=True).count("--resume") == 1
+    assert relaunch_command(["diagnose"], resumable=False).endswith("-m modeldoctor diagnose")
+    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:28874: "
+                        "Connection reset by peer. This is typically caused by a remote process exiting\nmore")
+    assert reason(gloo) == "Read error [127.0.0.1]:28874: Connection reset by peer"
 
 
 def test_a_failing_rank_ends_the_run_with_one_line(base: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
@@ -71,7 +72,8 @@ def init_from_env(device: torch.device) -> torch.device:
     kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **kwargs)
     _peers[:] = all_gather_object((socket.gethostname(), os.getpid()))
-    signal.signal(signal.SIGTERM, _stopped)
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set a handler
+        signal.signal(signal.SIGTERM, _stopped)
     return device
 
 
