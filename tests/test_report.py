@@ -159,9 +159,11 @@ def test_grad_cam_default_layer_is_the_pooling_input() -> None:
 
 
 def test_report_cli_lists_written_figures_and_quiet_silences_info(tmp_path: Path, capsys) -> None:
+    (tmp_path / "annotate.json").write_text(json.dumps(  # an output without figures (no images to show)
+        {"per_class": {"0": [{"id": "a", "confidence": 0.2, "label": 0, "predicted": 1}]}}))
     assert cli.main(["report", str(tmp_path), "--no-images", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"html": str(tmp_path / "report.html"), "figures": []}
-    assert captured.err.startswith("modeldoctor report: 0 sections, 0 figures")
+    assert captured.err.startswith("modeldoctor report: 1 sections, 0 figures")
     assert cli.main(["report", str(tmp_path), "--no-images", "--json", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
