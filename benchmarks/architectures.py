@@ -1,8 +1,8 @@
 """Every torchvision classification builder and a few timm families through train (1 step) → diagnose → treat
 (1 step), each in its own process (one architecture's crash or memory cannot take down the rest).
 
-Writes benchmarks/results/architectures.json and architectures.md (the README's table); the last stdout line is
-one JSON object: how many passed, were refused (transformers) and failed.
+Writes benchmarks/results/architectures.json (docs/architectures.md generates its table from it) and architectures.md;
+the last stdout line is one JSON object: how many passed, were refused (transformers) and failed.
 
     python benchmarks/architectures.py [--only resnet18,timm:convnext_nano] [--timeout 900]
 

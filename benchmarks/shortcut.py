@@ -1,6 +1,6 @@
 """Shortcut benchmark: does the treatment repair a background shortcut beyond plain fine-tuning?
 
-Two shortcut families, both built from the 5,000 mnist5k digits (README, section treat, has the protocol):
+Two shortcut families, both built from the 5,000 mnist5k digits (docs/protocols.md has the protocol):
 
 * ``shortcut-mnist``: digits over ten background textures; texture = class in 90% of training images,
   independent of the class in validation and test;

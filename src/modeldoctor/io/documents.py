@@ -11,7 +11,7 @@ without a control.
 
 ``ablate.json`` (:data:`ABLATION`), ``decompose.json`` (:data:`DECOMPOSITION`), ``influential.json``
 (:data:`INFLUENTIAL`), ``stability.json`` (:data:`STABILITY`), ``dissect.json`` (:data:`DISSECTION`): what the
-command of the same name prints with ``--json`` (the layouts are in the README, section of each command).
+command of the same name prints with ``--json`` (the layouts are on each command's page under docs/commands/).
 """
 
 from __future__ import annotations
