@@ -108,7 +108,7 @@ def test_a_killed_torchrun_treatment_resumes_to_the_uninterrupted_result(base: P
     done = torch.load(out / ".state-control.pt", weights_only=True)["epoch"]
     assert done < 3 and not (out / "treat.json").exists()
     resumed = last_json(torchrun([*args, "--resume"]))
-    assert torch.load(out / ".state-treated.pt", weights_only=True)["epoch"] == 3
+    assert (out / "treat.json").exists()
     whole = last_json(torchrun(treat_args(base, base / "whole")))
     for arm in ("control", "treated"):
         weights_a = torch.load(out / f"{arm}.pt", weights_only=True)["state_dict"]
