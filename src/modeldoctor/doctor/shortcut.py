@@ -218,3 +218,16 @@ def shortcut_check(model: nn.Module, split: ImageSplit, masks: Mapping[str, torc
     result = check_model(model, swaps, class_names, layer, margin)
     result["settings"] = {"per_class": per_class, "per_object": per_object, "seed": seed, "margin": margin}
     return result
+
+
+def prioritise(annotation: dict[str, Any], check: dict[str, Any]) -> dict[str, Any]:
+    """``annotate.json`` with its classes ordered by the check's pull (the share of composites on a class's
+    backgrounds that take that class: the backgrounds the model reads most), worst first, and the order recorded
+    under ``"priority"``; the lists themselves (lowest confidence first) are unchanged."""
+    per_class = annotation["per_class"]
+    pull = {name: (row.get("pull") if row.get("pull") is not None else -1.0)
+            for name, row in check["per_class"].items()}
+    order = sorted(per_class, key=lambda name: -pull.get(name, -1.0))
+    return {**annotation, "per_class": {name: per_class[name] for name in order},
+            "priority": {"order": order, "by": "pull: share of composites on the class's backgrounds predicted as it",
+                         "pull": {name: pull.get(name) for name in order}, "verdict": check["verdict"]["label"]}}
