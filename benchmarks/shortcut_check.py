@@ -34,45 +34,25 @@ torch.set_num_threads(1)
 
 from modeldoctor import api  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
-from modeldoctor.data.bundle import DataBundle  # noqa: E402
 from modeldoctor.data.masks import default_expansion  # noqa: E402
 from modeldoctor.data.sources import load_data  # noqa: E402
 from modeldoctor.doctor.annotation import MaskBank, lowest_confidence  # noqa: E402
 from modeldoctor.doctor.arms import split_metrics, treat_and_control  # noqa: E402
 from modeldoctor.doctor.diagnosis import DiagnosisOptions  # noqa: E402
 from modeldoctor.doctor.treatment import TreatConfig  # noqa: E402
-from modeldoctor.models.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint  # noqa: E402
 from modeldoctor.models.zoo import build_model  # noqa: E402
-from modeldoctor.training import TrainConfig, fit  # noqa: E402
+from modeldoctor.training import TrainConfig  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shortcut import CACHE, FINETUNE, MODEL, base_model  # noqa: E402  (the same models, recipe and cache)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CACHE = RESULTS / "cache" / "shortcut2"
-MODEL = "simple-cnn-s2"
-BASE = TrainConfig(epochs=10, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, schedule="cosine")
-FINETUNE = TrainConfig(**{**BASE.to_dict(), "epochs": 5})
 PER_CLASS = 20
 MEASURES = ("swap_accuracy", "follows_background", "activation_share", "gradcam_share", "probability_drop")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def base_model(spec: str, seed: int, bundle: DataBundle) -> tuple[torch.nn.Module, CheckpointMeta]:
-    """The cached model of benchmarks/shortcut.py, or the same recipe trained now and cached."""
-    path = CACHE / f"{spec.replace(':', '_')}-seed{seed}.pt"
-    if path.exists():
-        return load_checkpoint(path)
-    torch.manual_seed(seed)
-    model = build_model(MODEL, 10, bundle.in_channels, bundle.input_size)
-    cfg = TrainConfig(**{**BASE.to_dict(), "seed": seed})
-    started = time.time()
-    fit(model, bundle.train, bundle.val, 10, cfg)
-    meta = CheckpointMeta(MODEL, 10, bundle.in_channels, bundle.input_size, bundle.class_names, bundle.mean,
-                          bundle.std, bundle.spec, cfg.to_dict(), split_metrics(model, bundle.val, bundle.test, 10))
-    save_checkpoint(path, model, meta)
-    log(f"{spec} seed {seed}: test {meta.metrics['test']['accuracy']:.4f} ({time.time() - started:.0f}s)")
-    return model, meta
 
 
 def box_masks(masks: Any, ids: list[str]) -> dict[str, torch.Tensor]:
@@ -112,7 +92,7 @@ def family_checks(family: str, seeds: list[int]) -> dict[str, Any]:
     for seed in seeds:
         for kind, spec, own in (("vanilla", family, data), ("clean", f"{family}:clean", clean_data)):
             data.set_normalisation(*norms["vanilla"])  # the vanilla model trains on its own statistics
-            model, _ = base_model(spec, seed, own)
+            model = base_model(spec, seed, own)
             data.set_normalisation(*norms[kind])  # the shortcut family's images, as this model was trained
             for mask_kind, masks in (("exact", data.masks), ("box", boxes)):
                 check = api.shortcut_check(model, data, masks, "train", PER_CLASS, seed=seed)
@@ -134,7 +114,7 @@ def family_checks(family: str, seeds: list[int]) -> dict[str, Any]:
 
 def timing(seed: int = 0) -> dict[str, float]:
     data = load_data("shortcut-mnist")
-    model, _ = base_model("shortcut-mnist", seed, data)
+    model = base_model("shortcut-mnist", seed, data)
     options = DiagnosisOptions(seed=seed)
     times: dict[str, list[float]] = {"without": [], "with": []}
     for _ in range(2):
@@ -151,7 +131,7 @@ def treated_reliance(seeds: list[int]) -> dict[str, Any]:
     data = load_data("shortcut-mnist")
     rows: dict[str, Any] = {}
     for seed in seeds:
-        vanilla, _ = base_model("shortcut-mnist", seed, data)
+        vanilla = base_model("shortcut-mnist", seed, data)
         path = CACHE / f"arms-shortcut-mnist-seed{seed}.pt"
         arms: dict[str, torch.nn.Module] = {}
         if path.exists():
