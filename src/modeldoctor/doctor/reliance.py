@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from modeldoctor.analyses.gradcam import grad_cam, layer_gradient
+from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerRef
 from modeldoctor.data.masks import background_mask, default_expansion, expand_mask
@@ -65,14 +66,16 @@ def gradcam_share(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, masks
 
 def reliance_shares(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, layer: LayerRef,
                     expansion: int | None = None, batch_size: int = 128) -> dict[str, torch.Tensor]:
-    """``{"activation": (B,), "gradcam": (B,)}`` shares for normalised images ``x`` (B, C, H, W) with true
-    ``labels`` and bool object ``masks`` (B, H, W), in batches; the model is left as found."""
+    """``{"activation": (B,), "gradcam": (B,)}`` shares (on the CPU) for normalised images ``x`` (B, C, H, W) with
+    true ``labels`` and bool object ``masks`` (B, H, W), in batches on the model's device; the model is left as found."""
     if masks.shape[0] != x.shape[0] or masks.shape[-2:] != x.shape[-2:]:
         raise UserError(f"masks {tuple(masks.shape)} do not match images {tuple(x.shape)}; give one mask per image")
+    device = model_device(model)
     act, cam = [], []
     for xb, yb, mb in zip(x.split(batch_size), labels.split(batch_size), masks.split(batch_size)):
-        act.append(activation_share(model, xb, yb, mb, layer, expansion))
-        cam.append(gradcam_share(model, xb, yb, mb, layer, expansion))
+        xb, yb, mb = xb.to(device), yb.to(device), mb.to(device)
+        act.append(activation_share(model, xb, yb, mb, layer, expansion).cpu())
+        cam.append(gradcam_share(model, xb, yb, mb, layer, expansion).cpu())
     return {"activation": torch.cat(act), "gradcam": torch.cat(cam)}
 
 

@@ -199,15 +199,21 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+def _pc(value: float) -> str:
+    """A share as a percentage: one decimal below 10% (so a small share never reads as a flat 0%)."""
+    return f"{value:.1%}" if abs(value) < 0.1 else f"{value:.0%}"
+
+
 def _message(v: dict[str, Any]) -> str:
     """The one-line verdict with its uncertainty."""
     counts = f"{v['composites']} composites of {v['objects']} objects"
     if v["reads_background"]:
-        return (f"reads the background: {v['follow']:.0%} of {counts} take the background's class (95% CI "
-                f"{v['follow_ci'][0]:.0%}–{v['follow_ci'][1]:.0%}) against {v['own']:.0%} for the same objects on their "
-                f"own backgrounds; worst backgrounds: {', '.join(v['worst_classes'])}")
-    return (f"not detectably: {v['follow']:.0%} of {counts} take the background's class against {v['own']:.0%} on their "
-            f"own backgrounds (excess at most {max(v['excess_ci'][1], 0.0):.0%} at 95%, threshold {v['margin']:.0%})")
+        return (f"reads the background: {_pc(v['follow'])} of {counts} take the background's class (95% CI "
+                f"{_pc(v['follow_ci'][0])}–{_pc(v['follow_ci'][1])}) against {_pc(v['own'])} for the same objects on "
+                f"their own backgrounds; worst backgrounds: {', '.join(v['worst_classes'])}")
+    return (f"not detectably: {_pc(v['follow'])} of {counts} take the background's class against {_pc(v['own'])} on "
+            f"their own backgrounds (excess at most {_pc(max(v['excess_ci'][1], 0.0))} at 95%, threshold "
+            f"{_pc(v['margin'])})")
 
 
 def shortcut_check(model: nn.Module, split: ImageSplit, masks: Mapping[str, torch.Tensor], class_names: Sequence[str],
