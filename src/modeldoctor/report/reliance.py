@@ -10,7 +10,7 @@ Headlines are computed from these numbers and from treat.json's test and swap ac
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,6 +18,7 @@ import numpy as np
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import sample_shape
+from modeldoctor.data.masks import LazyMasks
 from modeldoctor.doctor.shortcut import build_swap_set, check_model
 from modeldoctor.doctor.treatment import default_layers
 from modeldoctor.report.figures import RUN_COLOURS, Figure, _render
@@ -68,15 +69,20 @@ def shortcut_section(check: Mapping[str, Any]) -> Section:
     return section
 
 
-def reliance_checks(models: ModelSet, per_class: int = PER_CLASS) -> dict[str, dict[str, Any]] | None:
-    """The shortcut check of original, control and treated on one set of composites of masked *test* images
-    (never trained on); ``None`` without arms or without the data's own masks."""
+def reliance_checks(models: ModelSet, exclude: Iterable[str] = (), per_class: int = PER_CLASS
+                    ) -> dict[str, dict[str, Any]] | None:
+    """The shortcut check of original, control and treated on one set of composites of masked *training* images
+    other than ``exclude`` (the treatment's annotated images); ``None`` without arms or without the data's own masks.
+
+    Training images, because only there do backgrounds carry their class (a shortcut family decorrelates them in
+    test, where "the background's class" means nothing); every model saw these images alike, none with a mask."""
     if models.original is None or models.bundle is None or not models.arms or not models.bundle.masks:
         return None
-    test = models.bundle.test
+    train, masks, skip = models.bundle.train, models.bundle.masks, set(exclude)
+    usable = LazyMasks([sid for sid in train.ids if sid in masks and sid not in skip], masks.__getitem__)
     try:
-        swaps = build_swap_set(test, models.bundle.masks, per_class)
-        layer = default_layers(models.original, sample_shape(test))[0][0]
+        swaps = build_swap_set(train, usable, per_class)
+        layer = default_layers(models.original, sample_shape(train))[0][0]
     except UserError as exc:
         logger.warning("skipping the reliance section (%s)", exc)
         return None
@@ -132,11 +138,11 @@ def reliance_section(checks: Mapping[str, Mapping[str, Any]], treat: Mapping[str
     claim = headline(checks, treat)
     section = Section("reliance", "Background reliance before and after treatment",
                       f"{claim}. Measured on {first['verdict']['composites']} composites of "
-                      f"{first['verdict']['objects']} masked test images (each object on other classes' erased "
-                      "backgrounds), the same for every model; the control and treated models are the seed-0 "
-                      f"checkpoints. Activation share at {first['layer']} (the quantity the treatment's space-wise "
-                      "constraint penalises); Grad-CAM on the last rectified maps; lower is less reliance on the "
-                      "background for every measure.")
+                      f"{first['verdict']['objects']} masked training images the treatment did not annotate (each "
+                      "object on other classes' erased backgrounds), the same for every model; the control and treated "
+                      f"models are the seed-0 checkpoints. Activation share at {first['layer']} (the quantity the "
+                      "treatment's space-wise constraint penalises); Grad-CAM on the last rectified maps; lower is "
+                      "less reliance on the background for every measure.")
     models = list(checks)
     rows = []
     for key, label in [("swap_accuracy", "accuracy on composites")] + [(k, lab) for k, lab, _ in MEASURES]:
