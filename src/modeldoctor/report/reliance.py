@@ -19,6 +19,7 @@ import numpy as np
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import sample_shape
 from modeldoctor.data.masks import LazyMasks
+from modeldoctor.doctor.annotation import lowest_confidence
 from modeldoctor.doctor.shortcut import build_swap_set, check_model
 from modeldoctor.doctor.treatment import default_layers
 from modeldoctor.report.figures import RUN_COLOURS, Figure, _render
@@ -28,7 +29,8 @@ from modeldoctor.report.images import ModelSet
 logger = logging.getLogger(__name__)
 
 CLEAR = 0.01  # a change smaller than one point is not called a change
-PER_CLASS = 20  # test images per class whose objects and backgrounds are swapped
+PER_CLASS = 20  # training images per class whose objects and backgrounds are swapped
+ANNOTATED = 20  # the treatment's default masks per class (api.treat, the demo), left out when treat.json has no ids
 # (key, label, lower is less background reliance)
 MEASURES = (("activation_share", "activation share outside the object", True),
             ("gradcam_share", "Grad-CAM share outside the object", True),
@@ -69,17 +71,26 @@ def shortcut_section(check: Mapping[str, Any]) -> Section:
     return section
 
 
-def reliance_checks(models: ModelSet, exclude: Iterable[str] = (), per_class: int = PER_CLASS
+def reliance_checks(models: ModelSet, annotated: Iterable[str] | int | None = None, per_class: int = PER_CLASS
                     ) -> dict[str, dict[str, Any]] | None:
     """The shortcut check of original, control and treated on one set of composites of masked *training* images
-    other than ``exclude`` (the treatment's annotated images); ``None`` without arms or without the data's own masks.
+    the treatment did not annotate; ``None`` without arms or without the data's own masks.
 
     Training images, because only there do backgrounds carry their class (a shortcut family decorrelates them in
-    test, where "the background's class" means nothing); every model saw these images alike, none with a mask."""
+    test, where "the background's class" means nothing); every model saw these images alike, none with a mask.
+    ``annotated``: the treatment's annotated ids; a count or nothing (treat.json records only how many) leaves out
+    the treatment's default pool instead, the original model's :data:`ANNOTATED` least confident masked images
+    per class."""
     if models.original is None or models.bundle is None or not models.arms or not models.bundle.masks:
         return None
-    train, masks, skip = models.bundle.train, models.bundle.masks, set(exclude)
-    usable = LazyMasks([sid for sid in train.ids if sid in masks and sid not in skip], masks.__getitem__)
+    train, masks = models.bundle.train, models.bundle.masks
+    candidates = [sid for sid in train.ids if sid in masks]
+    if isinstance(annotated, int) or annotated is None:
+        pool = lowest_confidence(models.original, train, candidates, ANNOTATED, models.bundle.num_classes)
+        skip = {train.ids[i] for i in pool}
+    else:
+        skip = set(annotated)
+    usable = LazyMasks([sid for sid in candidates if sid not in skip], masks.__getitem__)
     try:
         swaps = build_swap_set(train, usable, per_class)
         layer = default_layers(models.original, sample_shape(train))[0][0]
