@@ -25,7 +25,8 @@ from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.report import report
 from modeldoctor.report.figures import kernel_order
 
-SECTIONS = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
+SECTIONS = ["discovery", "attention", "annotate", "treatment", "reliance", "before-after", "stability", "decomposition",
+            "ablation"]
 
 
 def toy_bundle(arg: str, input_size: int | None):

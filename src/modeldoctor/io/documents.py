@@ -2,7 +2,8 @@
 reader) each, plus the one CSV table.
 
 ``annotate.json`` (:data:`ANNOTATION_LIST`): ``{"per_class": {class_name: [{"id", "confidence", "label",
-"predicted"}, ...]}}`` — per true class, the training images with the lowest probability of their true label.
+"predicted"}, ...]}}`` — per true class, the training images with the lowest probability of their true label;
+with ``diagnose --masks`` the classes come worst background first, as ``"priority"`` records (pull per class).
 
 ``treat.json`` (:data:`TREATMENT`): ``{"checkpoint", "original" | "control" | "treated": M, "config",
 "train_config", "annotated", "held_out", "lambdas", "select", "weight_change"}`` with ``M = {"val" | "test" |
