@@ -1,7 +1,8 @@
 """The whole story on offline data: a classifier that learned a background shortcut, diagnosed and treated.
 
 1. train a baseline on ``shortcut-mnist`` (the background texture gives the class away in training only);
-2. diagnose it (Eq. 3–4, every conv layer) and list the images worth annotating (lowest confidence per class);
+2. diagnose it (Eq. 3–4, every conv layer), check whether it reads the background (swap composites from the
+   dataset's masks) and list the images worth annotating (worst classes first, lowest confidence per class);
 3. treat it with the shipped default (candidates tried on held-out background swaps made from 20 object masks
    per class), next to the matched control (the same fine-tune without the treatment's terms); evaluate
    original / control / treated and state the verdict: did the chosen candidate beat the control on swaps?
@@ -77,8 +78,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) 
     log("diagnosing every conv layer")
     options = DiagnosisOptions(samples_per_class=settings.samples_per_class, noise_draws=settings.noise_draws, seed=seed)
     diagnosed = api.diagnose_model(baseline.model, data, "all", options, lowest=settings.annotate_per_class,
-                                   model_spec=MODEL)
-    save_diagnosis(diagnosed.diagnosis, out / names.DIAGNOSIS_DIR)
+                                   model_spec=MODEL, masks=data.masks)
+    save_diagnosis(diagnosed.diagnosis, out / names.DIAGNOSIS_DIR, diagnosed.shortcut)
     assert diagnosed.annotation is not None  # lowest > 0
     ANNOTATION_LIST.write(out / names.DIAGNOSIS_DIR, diagnosed.annotation)
     lap("diagnose")

@@ -62,7 +62,8 @@ class TreatmentResult:
         """The ``treat.json`` layout (less ``"checkpoint"``): ``{"original": M, "control": M, "treated": M, ...}``."""
         return {"original": self.original, "control": self.control_metrics, "treated": self.treated_metrics,
                 "config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
-                "annotated": len(self.annotated), "held_out": len(self.held_out), "lambdas": self.lambdas,
+                "annotated": len(self.annotated), "held_out": len(self.held_out), "annotated_ids": self.annotated,
+                "held_out_ids": self.held_out, "lambdas": self.lambdas,
                 "select": self.select, "weight_change": self.weight_change, "candidates": self.candidates,
                 "chosen": self.chosen, "verdict": self.verdict, "seconds": self.seconds}
 

@@ -68,7 +68,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, images: boo
     treat = files.read(TREATMENT)
     if treat:
         sections.append(treatment_section(treat, _class_names(diagnosis, models, treat)))
-    checks = reliance_checks(models, (treat or {}).get("annotated"))
+    checks = reliance_checks(models, (treat or {}).get("annotated_ids", (treat or {}).get("annotated")))
     if checks is not None and "treated" in checks:
         sections.append(reliance_section(checks, treat))
     stability = files.read(STABILITY)
