@@ -184,12 +184,52 @@ def at_a_glance(r: Results) -> str:
         "recipes_precise_bn", "scale", "regularizers")
 
 
+MATRIX_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean"), ("control (plain fine-tune)", "control"),
+               ("**treat, shipped default**", "default"), ("paper Eq. 6 (share, last two convs)", "paper_eq6"),
+               ("counterfactual backgrounds alone", "counterfactual"), ("last layer alone", "last_layer"),
+               ("masked input-gradient peer", "input_gradient"), ("default on the clean model", "do_no_harm"),
+               ("control on the clean model", "do_no_harm_control")]
+ON_OBJECT = {"tint-mnist"}  # families whose cue sits on the object: masks cannot help
+
+
+def matrix_goals(cells: list[dict[str, Any]]) -> list[str]:
+    """The issue's goals per background-shortcut cell, computed from the cells."""
+    out = []
+    for c in cells:
+        if c["method"] != "default" or c["family"] in ON_OBJECT:
+            continue
+        std = max(c["control_std"], 1e-9)
+        out.append(f"{c['family']} / {c['arch']} / {c['masks']}: gap recovered {pct(c['gap_recovered'], 0)}% "
+                   f"({'≥' if c['gap_recovered'] >= 0.8 else '<'} 80%), vs control {pct(c['paired_vs_control'])} "
+                   f"points = {c['paired_vs_control'] / std:.1f} control std "
+                   f"({'>' if c['paired_vs_control'] > 2 * std else '≤'} 2)")
+    return out
+
+
 @table("treatment_matrix")
 def treatment_matrix(r: Results) -> str:
     if not r.has("treatment_matrix"):
-        return ("_Not measured yet: the treatment matrix (every `--constraints` value with its defaults) will be "
-                "generated here from `benchmarks/results/treatment_matrix.json`._")
-    raise NotImplementedError("treatment_matrix.json exists: write its table here")
+        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix.json`._"
+    doc = r["treatment_matrix"]["cells"]
+    cells = [c for c in doc if c["method"] != "verdict"]
+    verdicts = {(c["family"], c["arch"], c["masks"]): c for c in doc if c["method"] == "verdict"}
+    blocks = []
+    for key in dict.fromkeys((c["family"], c["arch"], c["masks"]) for c in cells):
+        rows = {c["method"]: c for c in cells if (c["family"], c["arch"], c["masks"]) == key}
+        body = [[label, f"{pct(c['test_mean'])} ± {pct(c['test_std'])}", pct(c["swap_mean"]), pct(c["val_mean"]),
+                 pct(c["swap_mean"] - c["test_mean"]),
+                 "" if m in ("vanilla", "clean") else f"{pct(c['gap_recovered'], 0)}%",
+                 "" if m in ("vanilla", "clean", "control", "do_no_harm_control") else
+                 f"{pct(c['paired_vs_control'])} ± {pct(c['paired_vs_control_std'])}"]
+                for label, m in MATRIX_ARMS if (c := rows.get(m))]
+        v = verdicts.get(key, {})
+        seeds = ", ".join(str(s) for s in next(iter(rows.values()))["seeds"])
+        blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (seeds {seeds}; chosen: "
+                      f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')})\n\n"
+                      + markdown_table(["arm", "test", "swap", "val", "swap − test", "gap recovered",
+                                        "paired vs control (test)"], body, ["l", "r", "r", "r", "r", "r", "r"]))
+    goals = "\n".join(f"- {g}" for g in matrix_goals(cells))
+    return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
 SHORTCUT_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean_reference"),
@@ -249,10 +289,18 @@ def treat_speed(r: Results) -> str:
         s = d[key]
         what = (f"{s['model']}, {s['input_size']} px, batch {s['batch']}"
                 + (f" ({s['annotated']} annotated)" if "annotated" in s else "")
-                + f", J = {s['noise_draws']}" + (f", `{s['layer']}`" if "layer" in s else ""))
+                + (f" + {s['composites']} counterfactual composites" if "composites" in s else "")
+                + (f", J = {s['noise_draws']}" if "noise_draws" in s else "")
+                + (f", `{s['layer']}`" if "layer" in s else ""))
         rows.append([label, what, f"{num(s['ratio_time'])}×", f"{num(s['ratio_memory'])}×"])
+    whole = ""
+    if "whole_treat" in d:
+        w = d["whole_treat"]
+        whole = (f"\n\nThe whole default `treat` (control, both candidates, verdict) on {w['data']} / {w['model']}: "
+                 f"{w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s for its control arm alone, "
+                 f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
     return (markdown_table(["setting", "model and batch", "time / plain step", "memory / plain step"], rows)
-            + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
+            + whole + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
 
 
 @table("clean")
