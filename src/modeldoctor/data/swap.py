@@ -24,9 +24,10 @@ def erase_object(image: torch.Tensor, mask: torch.Tensor, grow: int = 2) -> torc
     """``image`` (C, H, W) in [0, 1] with its object (mask (H, W) grown by ``grow``) filled from the background.
 
     The hole is filled with copies of this image's own background taken just beyond the hole's bounding box
-    (shifted by its height or width, in the nearest direction first), so the fill keeps the background's noise and
-    texture: a smooth fill would mark every composite as one, and a model can learn to read the object only on
-    images that carry that mark.  What no copy reaches is filled by diffusion (the mean of known 3×3 neighbours).
+    (shifted by its height or width, in the nearest direction first; only pixels that look like the hole's
+    surroundings are copied), so the fill keeps the background's noise and texture: a smooth fill would mark every
+    composite as one, and a model can learn to read the object only on images that carry that mark.  What no copy
+    reaches is filled by diffusion (the mean of known 3×3 neighbours).
     """
     hole = expand_mask(mask, grow)
     if hole.all():
@@ -43,15 +44,28 @@ def _copy_fill(image: torch.Tensor, hole: torch.Tensor) -> tuple[torch.Tensor, t
     shifts = sorted([(0, dx), (0, -dx), (dy, 0), (-dy, 0), (dy, dx), (dy, -dx), (-dy, dx), (-dy, -dx)],
                     key=lambda s: abs(s[0]) + abs(s[1]))
     filled, missing = image.clone(), hole.clone()
+    alike = _like_surroundings(image, hole)
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     for sy, sx in shifts:
         src_y, src_x = ys + sy, xs + sx
         inside = (src_y >= 0) & (src_y < height) & (src_x >= 0) & (src_x < width)
         src_y, src_x = src_y.clamp(0, height - 1), src_x.clamp(0, width - 1)
-        usable = missing & inside & ~hole[src_y, src_x]
+        usable = missing & inside & ~hole[src_y, src_x] & alike[src_y, src_x]
         filled[:, usable] = image[:, src_y[usable], src_x[usable]]
         missing = missing & ~usable
     return filled, missing
+
+
+def _like_surroundings(image: torch.Tensor, hole: torch.Tensor, ring: int = 2) -> torch.Tensor:
+    """(H, W) bool: pixels whose every channel lies within 4 robust deviations (1.4826 · MAD) of the median of the
+    ``ring`` pixels around the hole — copies from elsewhere (a frame, a far corner) must look like what surrounds
+    the object, or the fill would paste them into the middle of the background."""
+    around = expand_mask(hole, ring) & ~hole
+    values = image[:, around]  # (C, n)
+    median = values.median(1, keepdim=True).values
+    spread = 1.4826 * (values - median).abs().median(1, keepdim=True).values
+    limit = (4 * spread + 0.02).view(-1, 1, 1)
+    return ((image - median.view(-1, 1, 1)).abs() <= limit).all(0)
 
 
 def _diffusion_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "counterfactual-light": {"constraints": ("counterfactual",), "composites": 16, "lam_counterfactual": 1.0},
     "counterfactual+space": {"constraints": ("counterfactual", "space"), "lam_fraction": 1.0, "term_cap": 1.0},
     "space": {"constraints": ("space",), "term_cap": 1.0},
-    "last-layer": {},
+    "last-layer": {"constraints": ()},
 }
 # Chosen on development seeds 100–101 of shortcut-mnist and border-mnist (simple-cnn-s2), never a report seed.
 DEFAULT_CANDIDATES = ("counterfactual", "last-layer")
