@@ -12,8 +12,8 @@ and the reliance measures (activation share at the treatment's space layer, Grad
 Timing: ``api.diagnose_model`` on the seed-0 vanilla shortcut-mnist model (training split, last conv, T = 100,
 J = 10) without and with ``--masks builtin``, best of 2 each.
 
-With ``--treated``: on shortcut-mnist, the shipped treatment (benchmarks/shortcut.py's default row: space-wise,
-20 masks per class, 5 epochs, checkpoint by swap) and its matched control per seed, and the reliance measures of
+With ``--treated``: on shortcut-mnist, the shipped treatment (``api.treat`` with its defaults: candidates on
+held-out swaps, 20 masks per class, 3 epochs) and its matched control per seed, and the reliance measures of
 original / control / treated on composites of masked training images the treatment did not annotate (test
 backgrounds are decorrelated from the class, so "the background's class" means nothing there).
 
@@ -35,12 +35,9 @@ torch.set_num_threads(1)
 
 from modeldoctor import api  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
-from modeldoctor.data.masks import default_expansion  # noqa: E402
 from modeldoctor.data.sources import load_data  # noqa: E402
-from modeldoctor.doctor.annotation import MaskBank, lowest_confidence  # noqa: E402
-from modeldoctor.doctor.arms import split_metrics, treat_and_control  # noqa: E402
+from modeldoctor.doctor.arms import split_metrics  # noqa: E402
 from modeldoctor.doctor.diagnosis import DiagnosisOptions  # noqa: E402
-from modeldoctor.doctor.treatment import TreatConfig  # noqa: E402
 from modeldoctor.models.zoo import build_model  # noqa: E402
 from modeldoctor.training import TrainConfig  # noqa: E402
 
@@ -134,20 +131,21 @@ def treated_reliance(seeds: list[int]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     for seed in seeds:
         vanilla = base_model("shortcut-mnist", seed, data)
-        chosen = lowest_confidence(vanilla, data.train, list(data.train.ids), PER_CLASS, 10)
-        bank = MaskBank.build(data.train, data.masks, chosen, data.input_size)
-        path = CACHE / f"arms-shortcut-mnist-seed{seed}.pt"
+        path = CACHE / f"arms-default-shortcut-mnist-seed{seed}.pt"
         arms: dict[str, torch.nn.Module] = {}
         if path.exists():
-            for arm, state in torch.load(path, weights_only=True).items():
+            saved = torch.load(path, weights_only=True)
+            for arm in ("control", "treated"):
                 arms[arm] = build_model(MODEL, 10, data.in_channels, data.input_size)
-                arms[arm].load_state_dict(state)
+                arms[arm].load_state_dict(saved[arm])
+            annotated = set(saved["annotated"])
         else:
-            cfg = TreatConfig(expansion=default_expansion(data.input_size))
-            out = treat_and_control(vanilla, data, cfg, TrainConfig(**{**FINETUNE.to_dict(), "seed": seed}), None, bank)
-            arms = {"control": out["control"][0], "treated": out["treated"][0]}
-            torch.save({k: m.state_dict() for k, m in arms.items()}, path)
-        annotated = {data.train.ids[i] for i in bank.pool}
+            result = api.treat(vanilla, None, data, annotate_per_class=PER_CLASS, seed=seed,
+                               train_config=TrainConfig(**{**FINETUNE.to_dict(), "seed": seed}), epochs=3)
+            assert result.control is not None
+            arms = {"control": result.control, "treated": result.treated}
+            annotated = set(result.annotated) | set(result.held_out)
+            torch.save({**{k: m.state_dict() for k, m in arms.items()}, "annotated": sorted(annotated)}, path)
         masks = {sid: data.masks[sid] for sid in data.train.ids if sid in data.masks and sid not in annotated}
         for name, model in [("original", vanilla), *arms.items()]:
             check = api.shortcut_check(model, data, masks, "train", PER_CLASS, seed=seed)
