@@ -232,6 +232,50 @@ def treatment_matrix(r: Results) -> str:
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
+@table("treatment_matrix_dev")
+def treatment_matrix_dev(r: Results) -> str:
+    if not r.has("treatment_matrix_dev"):
+        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix_dev.json`._"
+    rows = [[c["family"], c["masks"], c["method"], f"{pct(c['test_mean'])} ± {pct(c['test_std'])}",
+             pct(c["swap_mean"]), ", ".join(map(str, c["seeds"]))]
+            for c in r["treatment_matrix_dev"]["cells"] if c["method"] in ("vanilla", "control", "default", "clean")]
+    return (markdown_table(["family", "masks", "arm", "test", "swap", "development seeds"], rows)
+            + "\n\n" + source("treatment_matrix_dev"))
+
+
+@table("collapse")
+def collapse(r: Results) -> str:
+    d = r["collapse_resnet20"]
+    stages = ["conv1", "layer1", "layer2", "layer3"]
+    rows = [[name, pct(v["accuracy"]["test"]), pct(v["accuracy"]["swap"]), pct(v["accuracy"]["val"])]
+            + [f"{num(v['weights'][p]['delta'])} / {num(v['weights'][p]['growth'])}" for p in stages]
+            + [num(v["mean_max_logit"]), ", ".join(f"{k} {num(x, 1)}" for k, x in v["lambdas"].items())]
+            for name, v in d["variants"].items()]
+    o = d["original"]
+    return (markdown_table(["variant", "test", "swap", "val"] + [f"{p} ‖ΔW‖/‖W₀‖ / ‖W‖/‖W₀‖" for p in stages]
+                           + ["mean max logit", "λ"], rows)
+            + f"\n\n{d['arch']} on {d['family']}, development seed {d['seed']}: original test {pct(o['test'])}, "
+              f"swap {pct(o['swap'])}; 3 epochs, last epoch kept.\n\n" + source("collapse_resnet20"))
+
+
+@table("shortcut_check")
+def shortcut_check(r: Results) -> str:
+    d = r["shortcut_check"]
+    rows = []
+    for family, f in d["families"].items():
+        for key, t in f["table"].items():
+            model, masks = key.split("_")
+            verdicts = sorted(set(t["verdicts"]))
+            rows.append([family, model, masks, " / ".join(verdicts), pm(t["follows_background"], 1),
+                         pm(t["swap_accuracy"], 1), pm(t["activation_share"], 1), pm(t["gradcam_share"], 1),
+                         pm(t["probability_drop"], 1)])
+    timing = d["timing"]
+    return (markdown_table(["family", "model", "masks", "verdict (every seed)", "follows background %", "swap %",
+                            "activation share %", "Grad-CAM share %", "p drop %"], rows)
+            + f"\n\n`diagnose` with masks takes {num(timing['ratio'])}× the time without "
+              f"({num(timing['with_s'])} s vs {num(timing['without_s'])} s).\n\n" + source("shortcut_check"))
+
+
 SHORTCUT_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean_reference"),
                  ("control (plain fine-tune)", "control"), ("**treat, shipped default**", "space_20_per_class"),
                  ("masked input-gradient peer, same budget", "input_gradient_20_per_class"),
