@@ -117,12 +117,12 @@ def test_a_changed_result_makes_the_readme_stale(tmp_path):
     (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
     results = tmp_path / "benchmarks" / "results"
     shutil.copytree(RESULTS, results)
-    doc = json.loads((results / "shortcut.json").read_text())
-    control = doc["families"]["shortcut-mnist"]["control"]["test"]
+    doc = json.loads((results / "clean.json").read_text())
+    control = doc["report"]["mnist5k"]["control"]
     control["mean"] -= 0.05
-    (results / "shortcut.json").write_text(json.dumps(doc))
+    (results / "clean.json").write_text(json.dumps(doc))
     stale = gen.stale(tmp_path)
     assert list(stale) == [tmp_path / "README.md"]
-    expected = f"control {100 * control['mean']:.1f} ± {100 * control['std']:.1f}"
+    expected = f"vs {100 * control['mean']:.1f} ± {100 * control['std']:.1f}"
     assert expected in block(stale[tmp_path / "README.md"], "at_a_glance")
     assert expected not in block((ROOT / "README.md").read_text(), "at_a_glance")
