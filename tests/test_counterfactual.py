@@ -132,3 +132,16 @@ def test_test_labels_change_nothing_treat_selects(shortcut):
     assert first.verdict["swap_gain"] == second.verdict["swap_gain"]
     for a, b in zip(first.treated.state_dict().values(), second.treated.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_more_than_two_fine_tunes_run_trials_and_the_best_reruns_in_full(shortcut):
+    data, model = shortcut
+    names = ("counterfactual", "counterfactual-light", "space")
+    result = api.treat(model, None, data, annotate_per_class=8, epochs=2, batch_size=32, lr=0.05, control=False,
+                       candidates=names)
+    assert [c["name"] for c in result.candidates] == list(names)
+    assert all(c["trial_epochs"] == 1 for c in result.candidates)
+    best = max(result.candidates, key=lambda c: c["select_swap"])["name"]
+    assert result.chosen == best and result.verdict["candidate"] == best
+    assert tuple(result.config.constraints) == {"counterfactual": ("counterfactual",),
+                                                "counterfactual-light": ("counterfactual",), "space": ("space",)}[best]
