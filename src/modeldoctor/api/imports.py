@@ -43,8 +43,8 @@ class Imported:
 def check_fits(model: nn.Module, data: DataBundle, name: str) -> None:
     """One forward pass on a validation image: the model takes the data's size and channels and has one output
     per class; each failure is one line naming the fix."""
-    require_cnn(model, name)
     x = data.val[0][0].unsqueeze(0)
+    require_cnn(model, name, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
     try:
         with train_mode(model, False), torch.no_grad():
             logits = select_logits(model(x))
