@@ -87,10 +87,9 @@ def test_min_input_is_cached_on_disk_per_library_version(monkeypatch: pytest.Mon
     assert probe.remembered(key, lambda: 5) == 5  # a damaged cache is probed again and rewritten
 
 
-def test_transformers_are_refused_in_one_line() -> None:
-    for spec in ("vit_b_16", "swin_t", "timm:vit_tiny_patch16_224"):
-        with pytest.raises(UserError, match=f"{spec} is a transformer .* choose a CNN"):
-            build_model(spec, 3, 3)
+def test_fixed_size_transformers_say_their_size_in_one_line() -> None:
+    with pytest.raises(UserError, match="vit_b_32 takes 224 px inputs only .* pass --input-size 224"):
+        build_model("vit_b_32", 3, 3, 256)
 
 
 def test_layers_json_names_a_spatial_main_path_default(capsys: pytest.CaptureFixture) -> None:

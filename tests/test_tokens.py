@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import FeatureCapture, default_layer, layer_table, replace_output
@@ -16,19 +15,9 @@ from modeldoctor.core.tokens import TokenLayout, detect_layout, parse_layout, se
 from modeldoctor.doctor.diagnosis import diagnose, sample_seeds
 from modeldoctor.models.probe import require_cnn
 from modeldoctor.models.zoo import build_model
+from toys import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Items(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
 
 
 def _hooks(model: nn.Module) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 
 class Toy(nn.Module):
@@ -28,3 +29,16 @@ def centre_masks(n: int, size: int = 8) -> torch.Tensor:
     m = torch.zeros(n, size, size, dtype=torch.bool)
     m[:, 3:5, 3:5] = True
     return m
+
+
+class Items(Dataset):
+    """(image, label, index) items over two tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i

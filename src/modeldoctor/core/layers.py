@@ -71,8 +71,10 @@ def default_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
 
 def reaching_layers(model: nn.Module, input_shape: tuple[int, int, int], names: Sequence[str]) -> set[str]:
     """The layers among ``names`` whose feature-map positions get a non-zero ∂(Σ_c w_c ŷ_c)/∂m for one random
-    input (random w: no class cancels another).  One forward and one backward pass in eval mode; a model on the
-    meta device has no numbers, so every layer counts as reaching there."""
+    input (random w: no class cancels another).  When the logits come out of a Linear head, its input f stands in for
+    them (∂(Σ_i w_i f_i)/∂m): heads start at zero in torchvision's ViT, and reach does not depend on the head's
+    weights.  One forward and one backward pass in eval mode; a model on the meta device has no numbers, so every
+    layer counts as reaching there."""
     device = model_device(model)
     held: dict[str, torch.Tensor] = {}
     layouts: dict[str, TokenLayout | None] = {}
@@ -87,13 +89,18 @@ def reaching_layers(model: nn.Module, input_shape: tuple[int, int, int], names: 
             return output.clone()  # in-place ops downstream act on the clone, never on the held tensor
         return hook
 
+    heads: list[tuple[torch.Tensor, torch.Tensor]] = []
     with train_mode(model, False), torch.enable_grad(), LayerHooks(model) as hooks:
         for name in names:
             hooks.add(name, keep(name))
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                hooks.handles.append(module.register_forward_hook(lambda m, i, o: heads.append((i[0], o))))
         logits = select_logits(model(x.requires_grad_(True)))
-        weights = torch.randn(logits.shape[-1], generator=torch.Generator().manual_seed(1)).to(device)
+        target = heads[-1][0] if heads and heads[-1][1] is logits else logits
+        weights = torch.randn(target.shape[-1], generator=torch.Generator().manual_seed(1)).to(device)
         tensors = [held[n] for n in names if n in held and held[n].requires_grad]
-        grads = torch.autograd.grad((logits.float() * weights).sum(), tensors, allow_unused=True)
+        grads = torch.autograd.grad((target.float() * weights).sum(), tensors, allow_unused=True)
     if device.type == "meta":
         return set(held)
     found = {n for n, t in zip([n for n in names if n in held and held[n].requires_grad], grads)
@@ -145,13 +152,13 @@ class LayerHooks(contextlib.AbstractContextManager):
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
         self.input_shape: tuple[int, ...] = ()
 
     def add(self, layer: LayerRef, hook: Callable) -> torch.utils.hooks.RemovableHandle:
         _, module = resolve_layer(self.model, layer)
         handle = module.register_forward_hook(hook)
-        self._handles.append(handle)
+        self.handles.append(handle)
         return handle
 
     def watch_input(self) -> None:
@@ -159,14 +166,14 @@ class LayerHooks(contextlib.AbstractContextManager):
         def pre_hook(module: nn.Module, args: tuple) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 self.input_shape = tuple(args[0].shape)
-        self._handles.append(self.model.register_forward_pre_hook(pre_hook))
+        self.handles.append(self.model.register_forward_pre_hook(pre_hook))
 
     def layout(self, module: nn.Module, output: object) -> TokenLayout | None:
         return layout_for(self.model, module, output, self.input_shape)
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        while self.handles:
+            self.handles.pop().remove()
 
     def __exit__(self, *exc) -> None:
         self.remove()

@@ -12,14 +12,16 @@ Found from the output's shape and the input's size (:func:`detect_layout`): a (B
 T − P = h·w for the patch grid h = ⌈H_in/s⌉ or ⌊H_in/s⌋, w likewise, of some stride s, with 0 ≤ P ≤ 16 (the model's
 own ``num_prefix_tokens`` / class token preferred); a (B, a, b, c) output is ``nhwc`` when (a, b) is such a grid and
 (b, c) is not (both: the module decides, LayerNorm / Linear = channels-last).  A batch dimension other than the
-input's (window-partitioned attention) is no feature map.  :func:`set_token_layout` overrides the detection per model
-(``--token-layout``).
+input's (window-partitioned attention) is no feature map.  :func:`set_token_layout` overrides the detection per model,
+:func:`token_layouts` for a whole command (``--token-layout``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,6 +97,18 @@ def parse_layout(spec: str) -> LayoutRule:
 
 
 _OVERRIDES: weakref.WeakKeyDictionary[nn.Module, LayoutRule] = weakref.WeakKeyDictionary()
+_PROCESS: list[LayoutRule] = []  # the command's ``--token-layout``, for every model without its own
+
+
+@contextlib.contextmanager
+def token_layouts(spec: str | None) -> Iterator[None]:
+    """Read every model's layers with layout ``spec`` inside the block (``None`` / ``"auto"``: detect)."""
+    rule = parse_layout(spec) if spec else LayoutRule(None)
+    _PROCESS.append(rule)
+    try:
+        yield
+    finally:
+        _PROCESS.pop()
 
 
 def set_token_layout(model: nn.Module, spec: str | LayoutRule | None) -> None:
@@ -107,7 +121,8 @@ def set_token_layout(model: nn.Module, spec: str | LayoutRule | None) -> None:
 
 
 def token_layout_of(model: nn.Module) -> LayoutRule | None:
-    return _OVERRIDES.get(model)
+    """The model's own override, else the command's (:func:`token_layouts`), else ``None`` (detect)."""
+    return _OVERRIDES.get(model) or (_PROCESS[-1] if _PROCESS else None)
 
 
 def prefix_hint(model: nn.Module) -> int | None:
