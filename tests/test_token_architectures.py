@@ -11,7 +11,7 @@ from torch import nn
 from modeldoctor.core.layers import default_layer, layer_table
 from modeldoctor.doctor.diagnosis import diagnose
 from modeldoctor.models.probe import fixed_input_size, require_cnn
-from toys import Items
+from toys import Items, layer_gradient
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,22 +65,6 @@ def test_swin_v2_is_no_longer_read_as_a_cnn() -> None:
     assert default_layer(model, (3, 224, 224)) == "norm"  # was the patch-embedding conv features.0.0
 
 
-def _patch_grad(model: nn.Module, layer: str, x: torch.Tensor, positions) -> float:
-    held = {}
-
-    def hook(module, inputs, output):
-        held["z"] = output.detach().requires_grad_(True)
-        return held["z"]
-
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(logits.sum(), held["z"])
-    return float(positions(grad).abs().sum())
-
-
 def test_small_torchvision_vit_default_is_the_last_blocks_first_norm() -> None:
     from torchvision.models import VisionTransformer
 
@@ -91,8 +75,8 @@ def test_small_torchvision_vit_default_is_the_last_blocks_first_norm() -> None:
     assert default == "encoder.layers.encoder_layer_1.ln_1"
     nn.init.normal_(model.heads.head.weight)  # a trained head: the logits now depend on the features
     x = torch.randn(2, 3, 32, 32)
-    assert _patch_grad(model, default, x, lambda g: g[:, 1:]) > 0
-    assert _patch_grad(model, "encoder.layers.encoder_layer_1.ln_2", x, lambda g: g[:, 1:]) == 0
+    assert layer_gradient(model, default, x)[:, 1:].abs().sum() > 0
+    assert layer_gradient(model, "encoder.layers.encoder_layer_1.ln_2", x)[:, 1:].abs().sum() == 0
 
 
 def _small_swin_v2() -> nn.Module:
@@ -113,18 +97,7 @@ def test_small_swin_v2_default_and_diagnosis_equal_autograd_on_channels_last_map
     d = diagnose(model, data, default, noise_draws=1, delta=0.0, target="label", require_correct=False, batch_size=4)
     reference = torch.zeros(3, 16, dtype=torch.float64)
     for i in range(len(data)):  # one sample: Σ_(h,w) |∂ŷ_label/∂x[h, w, c]| on the raw (1, H, W, C) output
-        held = {}
-
-        def hook(module, inputs, output, held=held):
-            held["z"] = output.detach().requires_grad_(True)
-            return held["z"]
-
-        handle = model.get_submodule(default).register_forward_hook(hook)
-        try:
-            logits = model(data.x[i:i + 1])
-        finally:
-            handle.remove()
-        (grad,) = torch.autograd.grad(logits[0, int(data.y[i])], held["z"])
+        grad = layer_gradient(model, default, data.x[i:i + 1], int(data.y[i]))
         reference[int(data.y[i])] += grad[0].abs().sum((0, 1)).double()
     cosine = torch.nn.functional.cosine_similarity(d.layers[default].sums, reference, dim=1)
     assert (cosine >= 0.999).all() and torch.allclose(d.layers[default].sums, reference, rtol=1e-4, atol=1e-6)

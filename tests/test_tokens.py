@@ -15,7 +15,7 @@ from modeldoctor.core.tokens import TokenLayout, detect_layout, parse_layout, se
 from modeldoctor.doctor.diagnosis import diagnose, sample_seeds
 from modeldoctor.models.probe import require_cnn
 from modeldoctor.models.zoo import build_model
-from toys import Items
+from toys import Items, layer_gradient
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,23 +74,6 @@ def test_overrides_parse_and_round_trip() -> None:
     assert torch.equal(nhwc.from_map(nhwc.to_map(y), y), y)
 
 
-def _patch_gradient_mass(model: nn.Module, layer: str, x: torch.Tensor, prefix: int) -> float:
-    """Σ |∂(Σ logits)/∂ patch tokens| at ``layer`` by plain autograd (independent of core/tokens)."""
-    held = {}
-
-    def hook(module, inputs, output):
-        held["z"] = output.detach().requires_grad_(True)
-        return held["z"]
-
-    handle = model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(logits.sum(), held["z"])
-    return float(grad[:, prefix:].abs().sum())
-
-
 def test_class_token_vit_default_is_before_the_last_attention_and_its_patches_reach_the_logits() -> None:
     model = _tiny_vit()
     table = {t.name: t for t in layer_table(model, (1, 28, 28))}
@@ -99,9 +82,9 @@ def test_class_token_vit_default_is_before_the_last_attention_and_its_patches_re
     default = default_layer(model, (1, 28, 28))
     assert default == "blocks.1.norm1"
     x = torch.randn(2, 1, 28, 28)
-    assert _patch_gradient_mass(model, default, x, 1) > 0
+    assert layer_gradient(model, default, x)[:, 1:].abs().sum() > 0
     for later in ("blocks.1.norm2", "blocks.1", "norm"):  # after the last attention only the class token counts
-        assert _patch_gradient_mass(model, later, x, 1) == 0
+        assert layer_gradient(model, later, x)[:, 1:].abs().sum() == 0
     assert _hooks(model) == 0 and not model.training
 
 
@@ -110,7 +93,8 @@ def test_timm_vit_with_registers_default_and_layouts() -> None:
     table = {t.name: t for t in layer_table(model, (1, 32, 32))}
     assert table["blocks.1"].layout == "tokens 3+4x4"
     default = default_layer(model, (1, 32, 32))
-    assert default == "blocks.1.norm1" and _patch_gradient_mass(model, default, torch.randn(2, 1, 32, 32), 3) > 0
+    assert default == "blocks.1.norm1"
+    assert layer_gradient(model, default, torch.randn(2, 1, 32, 32))[:, 3:].abs().sum() > 0
 
 
 def _reference_sums(model: nn.Module, data: Items, layer: str, prefix: int, J: int, delta: float, seed: int,

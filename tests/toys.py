@@ -42,3 +42,20 @@ class Items(Dataset):
 
     def __getitem__(self, i: int):
         return self.x[i], int(self.y[i]), i
+
+
+def layer_gradient(model: nn.Module, layer: str, x: torch.Tensor, target: int | None = None) -> torch.Tensor:
+    """∂(Σ logits, or the logit of ``target``)/∂(raw output of ``layer``) by plain autograd, the hook removed."""
+    held = {}
+
+    def hook(module, inputs, output):
+        held["z"] = output.detach().requires_grad_(True)
+        return held["z"]
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    score = logits.sum() if target is None else logits[:, target].sum()
+    return torch.autograd.grad(score, held["z"])[0]
