@@ -43,8 +43,8 @@ class Imported:
 def check_fits(model: nn.Module, data: DataBundle, name: str) -> None:
     """One forward pass on a validation image: the model takes the data's size and channels and has one output
     per class; each failure is one line naming the fix."""
+    require_cnn(model, name)
     x = data.val[0][0].unsqueeze(0)
-    require_cnn(model, name, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
     try:
         with train_mode(model, False), torch.no_grad():
             logits = select_logits(model(x))
@@ -58,6 +58,7 @@ def check_fits(model: nn.Module, data: DataBundle, name: str) -> None:
     if logits.shape[-1] != data.num_classes:
         raise UserError(f"{name} has {logits.shape[-1]} outputs but {data.spec} has {data.num_classes} classes; "
                         "use the data the model was trained on or --classes with one name per output")
+    require_cnn(model, name, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
 
 
 def from_model(model: nn.Module, data: DataBundle, spec: str | None = None, class_names: Sequence[str] | None = None,
