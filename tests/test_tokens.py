@@ -195,3 +195,32 @@ def test_refusal_by_capability() -> None:
     pooled = nn.Sequential(nn.Conv2d(1, 2, 4), nn.Flatten(), nn.Linear(2, 2))
     with pytest.raises(UserError, match="no layer whose output is a spatial feature map for 4x4 inputs"):
         require_cnn(pooled, "pooled", (1, 4, 4))
+
+
+def test_grad_cam_summed_map_and_explain_read_the_patch_grid() -> None:
+    from modeldoctor.analyses.gradcam import grad_cam, summed_derivative_map
+    from modeldoctor.doctor.explain import explain_image
+
+    model = _tiny_vit()
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    layer = "blocks.1.norm1"
+    target = torch.tensor([0, 2])
+    feats = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, o: feats.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    for b in range(2):  # Grad-CAM by hand on the patch tokens (N, D): α_d = mean_n ∂ŷ/∂t_nd, relu(Σ_d α_d t_nd)
+        grad = layer_gradient(model, layer, x[b:b + 1], int(target[b]))[0, 1:]
+        tokens = feats[0][b, 1:]
+        cam = torch.relu((grad.mean(0) * tokens).sum(1)).reshape(7, 7)
+        assert torch.allclose(grad_cam(model, x, layer, target, upsample=False)[b], cam, atol=1e-6)
+        summed = grad.abs().sum(1).reshape(7, 7)
+        assert torch.allclose(summed_derivative_map(model, x, layer, target, upsample=False)[b], summed, atol=1e-6)
+    data = Items(torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(5)), torch.arange(6) % 3)
+    d = diagnose(model, data, layer, noise_draws=2, target="label", require_correct=False)
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[8:20, 8:20] = True
+    explained = explain_image(model, x[0], d, label=0, object_mask=mask)
+    assert explained.derivative_map.shape == (28, 28) and 0 < explained.background_share < 1
+    assert _hooks(model) == 0
