@@ -1,7 +1,7 @@
 """Minimum input sizes are probed (and cached), default layers are spatial and on the main path, fixed-size
-transformers say their size; every listed architecture builds for 1 and 3 input channels and trains at its probed minimum (one pixel
-less must fail, so the probe is exact); and (slow) every torchvision classification builder and a few timm
-families go through train → diagnose → treat.
+transformers say their size; every listed architecture builds for 1 and 3 input channels and trains at its probed
+minimum (one pixel less must fail, so the probe is exact); and (slow) every torchvision classification builder and a
+few timm families, transformers included, go through train → diagnose → treat.
 """
 
 from __future__ import annotations

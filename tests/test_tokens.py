@@ -224,3 +224,24 @@ def test_grad_cam_summed_map_and_explain_read_the_patch_grid() -> None:
     explained = explain_image(model, x[0], d, label=0, object_mask=mask)
     assert explained.derivative_map.shape == (28, 28) and 0 < explained.background_share < 1
     assert _hooks(model) == 0
+
+
+def test_all_layers_of_a_vit_are_its_token_layers_in_depth_order() -> None:
+    from modeldoctor.core.layers import all_layers
+    from modeldoctor.doctor.discovery import discovery_statistics
+
+    model = _tiny_vit()
+    names = all_layers(model, (1, 28, 28))
+    assert names[0] == "patch_embed" and "blocks.1.norm1" in names and names[-1] == "norm"
+    data = Items(torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(6)), torch.arange(6) % 3)
+    d = diagnose(model, data, "all", noise_draws=1, target="label", require_correct=False)
+    depths = [d.layers[n].depth for n in names]
+    assert depths == sorted(depths) and min(depths) >= 0
+    stats = discovery_statistics(d)
+    assert [s["name"] for s in stats["layers"]] == names and all(s["channels"] == 32 for s in stats["layers"])
+    assert -1 <= stats["trend_kernels_for_90pct"]["spearman"] <= 1
+
+
+def test_a_layer_inside_another_chosen_layer_is_refused_in_one_line() -> None:
+    with pytest.raises(UserError, match="layer 'blocks.1.norm1' lies inside layer 'blocks.1'; choose one"):
+        NoiseReplay(_tiny_vit(), ["blocks.1", "blocks.1.norm1"])

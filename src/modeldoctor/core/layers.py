@@ -69,6 +69,25 @@ def default_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
     return max(candidates, key=lambda t: t.order).name
 
 
+def all_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """``--layers all``: every Conv2d; in a model with attention blocks also every spatial token / channels-last
+    layer of :func:`layer_table` that holds no other chosen layer (norms, not the blocks around them: one traced
+    node per layer), in registration order."""
+    convs = conv_layer_names(model)
+    if attention_module(model) is None:
+        return convs
+    tokens = {t.name for t in layer_table(model, input_shape) if t.depth < 0 and t.spatial}
+    chosen = [n for n in candidate_names(model) if n in tokens or n in convs]
+    return [n for n in chosen if not any(other.startswith(n + ".") for other in chosen)]
+
+
+def layer_depth(model: nn.Module, name: str) -> int:
+    """Depth index of a layer for trends over depth: its index among the Conv2d layers; in a model with attention
+    blocks its index among :func:`candidate_names` (convs, norms, blocks in registration order); −1 if neither."""
+    names = candidate_names(model) if attention_module(model) is not None else conv_layer_names(model)
+    return names.index(name) if name in names else -1
+
+
 def reaching_layers(model: nn.Module, input_shape: tuple[int, int, int], names: Sequence[str]) -> set[str]:
     """The layers among ``names`` whose feature-map positions get a non-zero ∂(Σ_c w_c ŷ_c)/∂m for one random
     input (random w: no class cancels another).  When the logits come out of a Linear head, its input f stands in for

@@ -86,6 +86,10 @@ class NoiseReplay:
                  force_fallback: bool = False) -> None:
         self.model = model
         self.layers = resolve_layers(model, layers)
+        nested = [(a, b) for a in self.layers for b in self.layers if b.startswith(a + ".")]
+        if nested:
+            raise UserError(f"layer {nested[0][1]!r} lies inside layer {nested[0][0]!r}; choose one of them "
+                            "(or run them separately)")
         self._graphs: dict[bool, fx.GraphModule | None] = {}
         self._checked: set[str] = set()
         self.fallback_reason: str | None = "forced" if force_fallback else None
