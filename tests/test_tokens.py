@@ -98,10 +98,12 @@ def test_timm_vit_with_registers_default_and_layouts() -> None:
 
 
 def _reference_sums(model: nn.Module, data: Items, layer: str, prefix: int, J: int, delta: float, seed: int,
-                    scale: float) -> torch.Tensor:
+                    scale: float, classes: int = 3) -> torch.Tensor:
     """Σ over samples of (1/J) Σ_j Σ_positions |∂ŷ_label/∂(m + σ^j)|, one sample and one draw at a time, with the
-    patch tokens of ``layer``'s output replaced by m + σ^j (tokens (N, D) ↔ map (D, H, W) written out here)."""
-    sums = torch.zeros(3, model.get_submodule(layer).normalized_shape[0], dtype=torch.float64)
+    patch tokens of ``layer``'s output replaced by m + σ^j (tokens (N, D) ↔ map (D, H, W) written out here);
+    sample ``i`` draws its noise with the seed of dataset index ``data.index[i]`` (default ``i``)."""
+    sums = torch.zeros(classes, model.get_submodule(layer).normalized_shape[0], dtype=torch.float64)
+    index = getattr(data, "index", list(range(len(data))))
     for i in range(len(data)):
         x = data.x[i:i + 1]
         out: dict[str, torch.Tensor] = {}
@@ -113,7 +115,7 @@ def _reference_sums(model: nn.Module, data: Items, layer: str, prefix: int, J: i
         D = tokens.shape[2]
         side = int((tokens.shape[1] - prefix) ** 0.5)
         as_map = tokens[:, prefix:].transpose(1, 2).reshape(1, D, side, side)
-        noise = draw_noise(as_map, J, delta * scale, sample_seeds=sample_seeds(torch.tensor([i]), seed, layer))
+        noise = draw_noise(as_map, J, delta * scale, sample_seeds=sample_seeds(torch.tensor([index[i]]), seed, layer))
         total = torch.zeros(D, dtype=torch.float64)
         for j in range(J):
             z = (tokens[:, prefix:] + noise[j].reshape(1, D, side * side).transpose(1, 2)).requires_grad_(True)
@@ -245,3 +247,25 @@ def test_all_layers_of_a_vit_are_its_token_layers_in_depth_order() -> None:
 def test_a_layer_inside_another_chosen_layer_is_refused_in_one_line() -> None:
     with pytest.raises(UserError, match="layer 'blocks.1.norm1' lies inside layer 'blocks.1'; choose one"):
         NoiseReplay(_tiny_vit(), ["blocks.1", "blocks.1.norm1"])
+
+
+@pytest.mark.slow
+def test_tiny_vit_trained_on_mnist5k_diagnosis_equals_the_autograd_reference(mnist5k) -> None:
+    from modeldoctor.training import TrainConfig, evaluate, fit
+
+    torch.manual_seed(0)
+    model = build_model("tiny-vit", 10, 1, 28)
+    fit(model, mnist5k.train, mnist5k.val, 10, TrainConfig(epochs=8, batch_size=32, optimizer="adam", lr=2e-3))
+    assert evaluate(model, mnist5k.val, 10)["accuracy"] > 0.6  # chance is 0.1
+    model.eval()
+    layer = default_layer(model, (1, 28, 28))
+    d = diagnose(model, mnist5k.train, layer, noise_draws=3, samples_per_class=2, profiles_per_class=2, seed=1)
+    chosen = [int(i) for i in d.profile_index.flatten() if i >= 0]
+    items = [mnist5k.train[i] for i in chosen]
+    assert all(item[2] == i for item, i in zip(items, chosen))
+    data = Items(torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items]))
+    data.index = chosen  # type: ignore[attr-defined]
+    info = d.layers[layer]
+    reference = _reference_sums(model, data, layer, 1, 3, 0.1, 1, info.scale, classes=10)
+    cosine = torch.nn.functional.cosine_similarity(info.sums, reference, dim=1)
+    assert (cosine >= 0.999).all(), cosine
