@@ -19,6 +19,7 @@ input's (window-partitioned attention) is no feature map.  :func:`set_token_layo
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import weakref
 from collections.abc import Iterator
@@ -133,6 +134,7 @@ def prefix_hint(model: nn.Module) -> int | None:
     return 1 if isinstance(getattr(model, "class_token", None), torch.Tensor) else None
 
 
+@functools.cache
 def _sides(size: int) -> list[tuple[int, int]]:
     """(stride, side) pairs a patch grid along an axis of ``size`` pixels can have: ⌊size/s⌋ and ⌈size/s⌉."""
     return [(s, v) for s in range(1, size + 1) for v in {size // s, -(-size // s)} if v >= 1]
@@ -144,10 +146,16 @@ def _is_grid(h: int, w: int, input_hw: tuple[int, int]) -> bool:
     return bool(rows & cols)
 
 
+@functools.cache
+def _grids(input_hw: tuple[int, int]) -> frozenset[tuple[int, int]]:
+    """Patch grids (⌊H/s⌋, ⌊W/s⌋) and (⌈H/s⌉, ⌈W/s⌉) of an input, over every stride s."""
+    return frozenset((-(-input_hw[0] // s) if up else input_hw[0] // s, -(-input_hw[1] // s) if up else input_hw[1] // s)
+                     for s in range(1, max(input_hw) + 1) for up in (False, True))
+
+
 def _token_grid(tokens: int, input_hw: tuple[int, int], prefixes: list[int]) -> tuple[int, tuple[int, int]] | None:
     """(prefix, grid) with prefix + h·w = ``tokens`` for a grid of the input, trying ``prefixes`` in order."""
-    grids = {(-(-input_hw[0] // s) if up else input_hw[0] // s, -(-input_hw[1] // s) if up else input_hw[1] // s)
-             for s in range(1, max(input_hw) + 1) for up in (False, True)}
+    grids = _grids(input_hw)
     for p in prefixes:
         found = sorted(g for g in grids if min(g) >= 1 and g[0] * g[1] == tokens - p)
         if found:
