@@ -71,12 +71,14 @@ def default_layer(model: nn.Module, input_shape: tuple[int, int, int]) -> str:
 
 def all_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
     """``--layers all``: every Conv2d; in a model with attention blocks also every spatial token / channels-last
-    layer of :func:`layer_table` that holds no other chosen layer (norms, not the blocks around them: one traced
-    node per layer), in registration order."""
+    layer of :func:`layer_table` whose patch positions reach the logits (:func:`reaching_layers`; after a ViT's last
+    attention only the class token counts, and ā would be 0) and that holds no other chosen layer (norms, not the
+    blocks around them: one traced node per layer), in registration order."""
     convs = conv_layer_names(model)
     if attention_module(model) is None:
         return convs
-    tokens = {t.name for t in layer_table(model, input_shape) if t.depth < 0 and t.spatial}
+    spatial = [t.name for t in layer_table(model, input_shape) if t.depth < 0 and t.spatial]
+    tokens = reaching_layers(model, input_shape, spatial)
     chosen = [n for n in candidate_names(model) if n in tokens or n in convs]
     return [n for n in chosen if not any(other.startswith(n + ".") for other in chosen)]
 
