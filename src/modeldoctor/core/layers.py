@@ -97,6 +97,8 @@ def reaching_layers(model: nn.Module, input_shape: tuple[int, int, int], names: 
     weights.  One forward and one backward pass in eval mode; a model on the meta device has no numbers, so every
     layer counts as reaching there."""
     device = model_device(model)
+    if device.type == "meta":
+        return set(names)
     held: dict[str, torch.Tensor] = {}
     layouts: dict[str, TokenLayout | None] = {}
     x = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
@@ -122,8 +124,6 @@ def reaching_layers(model: nn.Module, input_shape: tuple[int, int, int], names: 
         weights = torch.randn(target.shape[-1], generator=torch.Generator().manual_seed(1)).to(device)
         tensors = [held[n] for n in names if n in held and held[n].requires_grad]
         grads = torch.autograd.grad((target.float() * weights).sum(), tensors, allow_unused=True)
-    if device.type == "meta":
-        return set(held)
     found = {n for n, t in zip([n for n in names if n in held and held[n].requires_grad], grads)
              if t is not None and bool(as_map(layouts[n], t).abs().sum() > 0)}
     return found
