@@ -4,8 +4,8 @@ The smallest input is probed on a copy of the model (so the caller's BatchNorm s
 they were): a forward pass in eval mode with batch 1 and a forward + backward pass in train mode with batch 2
 must both work.  A model that declares one fixed size (ViT) is probed at that size first.  Sizes double until one
 works, then a binary search finds the smallest; failing sizes are assumed to be all below the working ones; when no
-size up to the largest probe works, timm's default size is tried last.  Results are cached per architecture spec in this process and in
-``$XDG_CACHE_HOME/modeldoctor/min_input.json`` (keyed with the torchvision / timm version).
+size up to the largest probe works, timm's default size is tried last.  Results are cached per architecture spec in
+this process and in ``$XDG_CACHE_HOME/modeldoctor/min_input.json`` (keyed with the torchvision / timm version).
 """
 
 from __future__ import annotations
