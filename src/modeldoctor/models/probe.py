@@ -4,8 +4,9 @@ The smallest input is probed on a copy of the model (so the caller's BatchNorm s
 they were): a forward pass in eval mode with batch 1 and a forward + backward pass in train mode with batch 2
 must both work.  A model that declares one fixed size (ViT) is probed at that size first.  Sizes double until one
 works, then a binary search finds the smallest; failing sizes are assumed to be all below the working ones; when no
-size up to the largest probe works, timm's default size is tried last.  Results are cached per architecture spec in
-this process and in ``$XDG_CACHE_HOME/modeldoctor/min_input.json`` (keyed with the torchvision / timm version).
+size up to the largest probe works, the model's default size (timm's, else 224) is tried last.  Results are cached
+per architecture spec in this process and in ``$XDG_CACHE_HOME/modeldoctor/min_input.json`` (keyed with the
+torchvision / timm version).
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ def fixed_input_size(model: nn.Module) -> int | None:
     return int(img[0]) if isinstance(img, (tuple, list)) else int(img)
 
 
-def _default_input_size(model: nn.Module) -> int | None:
-    """timm's ``pretrained_cfg["input_size"]`` side, the size a model was built for."""
+def _default_input_size(model: nn.Module) -> int:
+    """The size a model was built for: timm's ``pretrained_cfg["input_size"]``, else ImageNet's 224 (torchvision's
+    MaxViT partitions a 224 px input and takes no other)."""
     cfg = getattr(model, "pretrained_cfg", None)
     size = cfg.get("input_size") if isinstance(cfg, dict) else None
-    return int(size[-1]) if isinstance(size, (tuple, list)) and size else None
+    return int(size[-1]) if isinstance(size, (tuple, list)) and size else 224
 
 
 def require_cnn(model: nn.Module, spec: str, input_shape: tuple[int, int, int] | None = None) -> None:
@@ -96,7 +98,7 @@ def probe_min_input(model: nn.Module, in_channels: int) -> int:
     while not _works(trial, in_channels, size):
         if size >= LARGEST_PROBE:
             default = _default_input_size(model)
-            if default is not None and _works(trial, in_channels, default):
+            if _works(trial, in_channels, default):
                 return default  # one size only (EfficientFormer's attention biases): the model's own default
             raise UserError(f"no square input up to {LARGEST_PROBE} px works for this model (it may need one fixed "
                             "size); pass a model that accepts variable input sizes")
