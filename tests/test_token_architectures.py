@@ -101,3 +101,30 @@ def test_small_swin_v2_default_and_diagnosis_equal_autograd_on_channels_last_map
         reference[int(data.y[i])] += grad[0].abs().sum((0, 1)).double()
     cosine = torch.nn.functional.cosine_similarity(d.layers[default].sums, reference, dim=1)
     assert (cosine >= 0.999).all() and torch.allclose(d.layers[default].sums, reference, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_tail_reading_the_batch_size_falls_back_with_the_same_numbers(training: bool) -> None:
+    """torchvision's ViT reshapes the patch-embedding conv's output with the batch size of the input image, so J
+    replayed copies of that tail cannot run batched: the two-copy check (eval) or the first failing replay (train
+    mode, never checked) falls back to full passes."""
+    from torchvision.models import VisionTransformer
+
+    from modeldoctor.core.replay import NoiseReplay
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=3)
+    nn.init.normal_(model.heads.head.weight)
+    model.train(training)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    replay = NoiseReplay(model, ["conv_proj"])
+    with torch.no_grad():
+        state = replay.forward(x)
+    result = replay.gradients(state, "conv_proj", [torch.tensor([0, 1, 2])], noise_draws=2, delta=0.0)
+    assert replay.fallback_reason is not None and "conv_proj" in replay.fallback_reason
+    model.eval()
+    for b in range(3):
+        expected = layer_gradient(model, "conv_proj", x[b:b + 1], b)[0]
+        assert torch.allclose(result.grads[0][0, b], expected, atol=1e-6)
+        assert torch.allclose(result.grads[0][1, b], expected, atol=1e-6)

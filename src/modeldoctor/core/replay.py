@@ -161,6 +161,14 @@ class NoiseReplay:
         layout = state.layouts.get(layer)
         if self.uses_fallback or not state.env:
             return self._full_pass_with(state.x, layer, flat_noisy, J, layout)
+        try:
+            return self._tail(state, layer, flat_noisy, J, layout)
+        except RuntimeError as exc:  # a train-mode state is never checked: a tail that fails batched falls back here
+            self._fall_back(f"the tail after {layer} cannot be replayed ({type(exc).__name__}: {exc})")
+            return self._full_pass_with(state.x, layer, flat_noisy, J, layout)
+
+    def _tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int,
+              layout: TokenLayout | None) -> torch.Tensor:
         gm = self._graph(state.training)
         assert gm is not None  # state.env is only filled by a traced graph
         split = _node_of(gm, layer)
@@ -216,7 +224,9 @@ class NoiseReplay:
         return gm
 
     def _check_against_model(self, state: ForwardState) -> None:
-        """Once per layer: the replay with J=1, δ=0 must reproduce the full forward, or we fall back."""
+        """Once per layer: the replay of J=2 noise-free copies must reproduce the full forward twice, or we fall back
+        (two copies catch a tail that reads the batch size from the input, e.g. torchvision ViT's
+        ``reshape(n, hidden, h·w)`` after its patch-embedding conv)."""
         with torch.no_grad(), _no_inplace(self.model):
             reference = select_logits(self.model(state.x))
             ok = torch.allclose(state.logits, reference, rtol=1e-4, atol=1e-5)
@@ -224,8 +234,9 @@ class NoiseReplay:
                 if not ok:
                     break
                 try:
-                    replayed = self.replay_tail(state, name, state.features[name], 1)
-                    ok = torch.allclose(replayed, reference, rtol=1e-4, atol=1e-5)
+                    feature = state.features[name]
+                    replayed = self.replay_tail(state, name, feature.repeat(2, *([1] * (feature.dim() - 1))), 2)
+                    ok = torch.allclose(replayed, reference.repeat(2, 1), rtol=1e-4, atol=1e-5)
                 except Exception as exc:  # noqa: BLE001 - a tail that cannot run batched means: fall back
                     self._fall_back(f"the tail after {name} cannot be replayed ({type(exc).__name__}: {exc})")
                     return
