@@ -163,9 +163,15 @@ def summarise(runs: list[dict]) -> dict:
                 "intersection_vs_diagnosis_topk": pick(f"{overlap}.mean_intersection"),
                 "chance_intersection_topk": pick(f"{overlap}.mean_chance_intersection"),
                 "multiply_adds_ratio": pick("decompose.multiply_adds.ratio")})
+    def model_accuracy(part: str) -> dict[str, float]:
+        # A --only rerun retrains the seed's model and records it as "<part>_model"; the first run's
+        # "test_accuracy" then belongs to a model none of the current entries came from.
+        return mean_std([float(run.get(f"{part}_model", run)["test_accuracy"]) for run in runs])
+
     return {
         "seeds": [r["seed"] for r in runs],
-        "test_accuracy": pick("test_accuracy"),
+        "test_accuracy": model_accuracy("decompose"),
+        "test_accuracy_detectors_model": model_accuracy("detectors"),
         "decompose": dec,
         "stability": {"fgsm_success_rate": pick("stability.paper.fgsm.success_rate"),
                       "paper_auroc": pick("stability.paper.auroc"),

@@ -1,10 +1,10 @@
 """Every torchvision classification builder and a few timm families through train (1 step) → diagnose → treat
 (1 step), each in its own process (one architecture's crash or memory cannot take down the rest).
 
-Writes benchmarks/results/architectures.json and architectures.md (the README's table); the last stdout line is
-one JSON object: how many passed, were refused (no layer yields a spatial feature map) and failed.  Transformers
-(torchvision vit_* / swin_* / swin_v2_* / maxvit_t, timm vit / deit / swin / maxvit / efficientformer) go through
-the same pipeline on token maps (core/tokens.py).
+Writes benchmarks/results/architectures.json (docs/architectures.md generates its table from it) and architectures.md;
+the last stdout line is one JSON object: how many passed, were refused (no layer yields a spatial feature map) and
+failed.  Transformers (torchvision vit_* / swin_* / swin_v2_* / maxvit_t, timm vit / deit / swin / maxvit /
+efficientformer) go through the same pipeline on token maps (core/tokens.py).
 
     python benchmarks/architectures.py [--only resnet18,timm:convnext_nano] [--timeout 900]
 

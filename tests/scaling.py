@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,11 +43,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def torchrun_command(target: list[str], nproc: int = 2, options: tuple[str, ...] = ()) -> list[str]:
+    """``torchrun --nproc_per_node nproc OPTIONS TARGET`` (TARGET: ``-m modeldoctor ARGS`` or ``script.py ARGS``)."""
+    return [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), *options, *target]
+
+
 def torchrun(args: list[str], nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``torchrun --nproc_per_node nproc -m modeldoctor ARGS`` on the CPU (gloo), standalone rendezvous."""
-    command = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "modeldoctor", *args]
-    return subprocess.run(command, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(torchrun_command(["-m", "modeldoctor", *args], nproc), env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def rank_pids(launcher_pid: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes a torchrun process started (read from their environment)."""
+    pids = {}
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        variables = dict(v.split("=", 1) for v in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in v)
+        pids[int(variables["RANK"])] = int(child)
+    return pids
+
+
+def naive_accuracy(checkpoint: Path, split: str) -> float:
+    """The checkpoint's accuracy on a split of its data, one image at a time, normalised here by hand."""
+    from modeldoctor.data.sources import load_data
+    from modeldoctor.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    part = load_data(meta.dataset, input_size=meta.input_size).split(split)
+    mean, std = torch.tensor(meta.mean).view(-1, 1, 1), torch.tensor(meta.std).view(-1, 1, 1)
+    model.eval()
+    with torch.no_grad():
+        right = sum(int(model(((part.raw(i) - mean) / std)[None]).argmax()) == int(part.labels[i])
+                    for i in range(len(part)))
+    return right / len(part)
 
 
 def cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -4,9 +4,10 @@ command end to end (its masks are read back by the loaders `treat` uses)."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import shutil
 import socket
+import sys
 import threading
 import time
 import urllib.request
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from browser import REQUIRED, chromium, selenium_webdriver, skip_or_fail
 from modeldoctor import cli
 from modeldoctor.annotator.server import AnnotationServer, Item
 from modeldoctor.annotator.store import AnnotationStore
@@ -36,13 +38,25 @@ def _server(tmp_path: Path, n: int = 3) -> AnnotationServer:
     return AnnotationServer(items, lambda i: images[i], AnnotationStore(tmp_path / "ann", SIZE))
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _request(url: str, body: dict | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            return response.status, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        return err.code, err.read()
+
+
+def _post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    code, answer = _request(url, body, headers)
+    return code, json.loads(answer)
+
+
+def _api(server_url: str, route: str) -> str:
+    """``route`` (e.g. ``api/save``) at the tokenised address ``server_url`` the command prints."""
+    root, _, query = server_url.partition("?")
+    return f"{root}{route}?{query}"
 
 
 def test_store_writes_boxes_masks_and_resumes(tmp_path: Path) -> None:
@@ -66,29 +80,51 @@ def test_store_writes_boxes_masks_and_resumes(tmp_path: Path) -> None:
 
 def test_routes_serve_state_images_and_refuse_bad_saves(tmp_path: Path) -> None:
     with _server(tmp_path) as server:
-        with urllib.request.urlopen(server.url + "api/state", timeout=10) as response:
+        with urllib.request.urlopen(_api(server.url, "api/state"), timeout=10) as response:
             state = json.loads(response.read())
         assert state["size"] == SIZE and [i["id"] for i in state["items"]] == ["img-0", "img-1", "img-2"]
-        with urllib.request.urlopen(server.url + "image/1", timeout=10) as response:
+        with urllib.request.urlopen(_api(server.url, "image/1"), timeout=10) as response:
             assert response.headers["Content-Type"] == "image/png" and response.read()[:4] == b"\x89PNG"
-        assert _post(server.url + "api/save", {"id": "nope", "boxes": []})[0] == 400
-        code, answer = _post(server.url + "api/save", {"id": "img-0", "boxes": [[1, 2]]})
+        assert _post(_api(server.url, "api/save"), {"id": "nope", "boxes": []})[0] == 400
+        code, answer = _post(_api(server.url, "api/save"), {"id": "img-0", "boxes": [[1, 2]]})
         assert code == 400 and "x0, y0, x1, y1" in answer["error"]
-        assert _post(server.url + "api/save", {"id": "img-0", "boxes": [[1, 2, 9, 9]]})[0] == 200
-        assert _post(server.url + "api/done", {})[1] == {"done": True} and server.done.is_set()
+        assert _post(_api(server.url, "api/save"), {"id": "img-0", "boxes": [[1, 2, 9, 9]]})[0] == 200
+        assert _post(_api(server.url, "api/done"), {})[1] == {"done": True} and server.done.is_set()
+
+
+def test_requests_without_the_session_token_or_from_elsewhere_change_nothing(tmp_path: Path) -> None:
+    save = {"id": "img-0", "boxes": [[1, 2, 9, 9]]}
+    with _server(tmp_path) as server:
+        token = server.url.partition("token=")[2]
+        with _server(tmp_path / "other") as other:
+            assert len(token) >= 32 and token not in other.url  # random per session
+        with_token = {"X-ModelDoctor-Token": token}
+        refused = [
+            _request(server.address + "api/save", save),  # no token at all
+            _request(server.address + "api/save?token=guess", save),
+            _request(server.address + "api/save", save, {"X-ModelDoctor-Token": token[:-1]}),
+            _request(_api(server.url, "api/save"), save, {"Origin": "https://evil.example"}),
+            _request(server.address + "api/save", save, {**with_token, "Host": "evil.example:80"}),
+            _request(server.address + "api/done", {}),
+            _request(server.address + "api/state"),
+            _request(server.address),  # the page itself
+            _request(server.address + "image/0"),
+        ]
+        assert [code for code, _ in refused] == [403] * len(refused)
+        assert not (tmp_path / "ann").exists() or list((tmp_path / "ann").rglob("*")) == []
+        assert not server.done.is_set() and server.store.records == {}
+        assert _request(server.address + "api/save", save, {**with_token, "Origin": server.address[:-1]})[0] == 200
+        assert json.loads((tmp_path / "ann" / "boxes.json").read_text())[0]["id"] == "img-0"
 
 
 def _chrome():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    webdriver = selenium_webdriver()
+    binary = chromium()
     driver_path = shutil.which("chromedriver")
-    if chromium is None or driver_path is None:
-        missing = "chromium and chromedriver are not installed (Debian: chromium chromium-driver)"
-        if os.environ.get("MODELDOCTOR_REQUIRE_BROWSER"):  # set by .ci/run: there the browser test must run
-            pytest.fail(missing)
-        pytest.skip(missing)
+    if driver_path is None:
+        skip_or_fail("chromedriver is not installed (Debian: chromium-driver)")
     options = webdriver.ChromeOptions()
-    options.binary_location = chromium
+    options.binary_location = binary
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1200,900"):
@@ -96,6 +132,19 @@ def _chrome():
     from selenium.webdriver.chrome.service import Service
 
     return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def test_browser_tests_fail_instead_of_skipping_where_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")  # no chromium, no chromedriver
+    monkeypatch.setenv(REQUIRED, "1")
+    with pytest.raises(pytest.fail.Exception, match=REQUIRED):
+        chromium()
+    monkeypatch.setitem(sys.modules, "selenium.webdriver", None)  # an import of it raises ImportError
+    with pytest.raises(pytest.fail.Exception, match="selenium"):
+        selenium_webdriver()
+    monkeypatch.delenv(REQUIRED)
+    with pytest.raises(pytest.skip.Exception):
+        chromium()
 
 
 def _wait(condition, timeout: float = 20.0):
@@ -164,17 +213,17 @@ def test_command_serves_the_annotate_list_until_finished(tmp_path: Path, capsys:
     thread = threading.Thread(target=lambda: codes.append(cli.main(
         ["annotate", str(diagnosis), "--data", "mnist5k", "--port", str(port), "--no-browser", "--json"])))
     thread.start()
-    url = f"http://127.0.0.1:{port}/"
+    printed: list[str] = []
 
-    def ready() -> bool:
-        try:
-            return urllib.request.urlopen(url + "api/state", timeout=2).status == 200
-        except OSError:
-            return False
+    def printed_url() -> str | None:
+        printed.append(capsys.readouterr().err)
+        return next(iter(re.findall(r"http://127\.0\.0\.1:\d+/\?token=[\w-]+", "".join(printed))), None)
 
-    _wait(ready, timeout=60)
-    assert _post(url + "api/save", {"id": "mnist5k-0003", "boxes": [[4, 4, 20, 24]]})[0] == 200
-    _post(url + "api/done", {})
+    url = _wait(printed_url, timeout=60)
+    assert url.startswith(f"http://127.0.0.1:{port}/?token=")
+    assert _request(_api(url, "api/state"))[0] == 200
+    assert _post(_api(url, "api/save"), {"id": "mnist5k-0003", "boxes": [[4, 4, 20, 24]]})[0] == 200
+    _post(_api(url, "api/done"), {})
     thread.join(30)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert codes == [0] and result["annotated"] == 1 and result["images"] == 1

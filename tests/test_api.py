@@ -62,8 +62,11 @@ def test_readme_flow_on_a_users_own_model(data: DataBundle) -> None:
     assert weights_hash(result.treated) != weights_hash(result.control) != before
     assert len(result.annotated) == 12 and len(result.held_out) == 3  # a quarter of each class kept for the swap test
     summary = result.summary()
-    assert set(summary) >= {"original", "control", "treated", "lambdas", "weight_change", "select"}
-    assert summary["select"] == "swap" and summary["lambdas"]["space"] > 0
+    assert set(summary) >= {"original", "control", "treated", "lambdas", "weight_change", "select", "verdict"}
+    assert summary["select"] == "swap" and summary["chosen"] in ("counterfactual", "last-layer")
+    assert [c["name"] for c in summary["candidates"]] == ["counterfactual", "last-layer"]
+    assert summary["lambdas"] == ({"counterfactual": 3.0} if summary["chosen"] == "counterfactual" else {})
+    assert summary["verdict"]["use_treated"] == (summary["verdict"]["winner"] == "treated")
     assert all(0 <= summary[arm][split]["accuracy"] <= 1 for arm in ("original", "control", "treated")
                for split in ("val", "test", "swap"))
     assert set(summary["weight_change"]) == {"control", "treated"}
@@ -155,7 +158,8 @@ def test_treat_seeds_reports_mean_and_spread(data: DataBundle, trained: md.Train
     assert seen == [0, 1] and [r.train_config.lr for r in results] == [0.05, 0.05]  # the checkpoint's settings
     assert results[0].train_config.batch_size == 16 and results[0].control is None
     assert [a.name for a in results[0].arms()] == ["treated"]
-    assert tuple(results[0].arms()[0].recipe["treatment"]["constraints"]) == ("space",)
+    recorded = tuple(results[0].arms()[0].recipe["treatment"]["constraints"])
+    assert recorded == {"counterfactual": ("counterfactual",), "last-layer": ()}[results[0].chosen]
     document = md.treatment_document(results, "base/model.pt")
     assert document["checkpoint"] == "base/model.pt" and document["control"] is None
     assert document["treated"]["seeds"] == 2 and "std" in document["treated"]

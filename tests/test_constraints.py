@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -116,22 +117,48 @@ def test_head_frozen_plain_eq6_run_equals_the_control_exactly():
     assert loss.log == {}  # the control records no constraint term
 
 
-def test_auto_lambda_makes_each_term_a_fraction_of_the_cross_entropy():
-    torch.manual_seed(0)
-    model = ReluNet()
-    x, y, masks = batch()
-    bank = MaskBank(masks, torch.ones(len(x), dtype=torch.bool), list(range(len(x))))
-    cfg = TreatConfig(constraints=("space", "input-gradient"), space_layers=["conv1"], lam_fraction=0.5,
-                      noise_draws=2, expansion=0)
-    loss = TreatmentLoss(model, cfg, (1, 8, 8), bank=bank)
-    torch.manual_seed(1)  # the same noise draws σ^j for both evaluations
-    lambdas = loss.calibrate(x, y, masks)
-    torch.manual_seed(1)
-    terms = loss.masked_terms(x, y, masks)
-    ce = torch.nn.functional.cross_entropy(model.eval()(x), y)
-    for key in ("space", "input-gradient"):
-        assert lambdas[key] is not None
-        assert torch.allclose(lambdas[key] * terms[key].detach(), 0.5 * ce.detach(), rtol=1e-4)
+class LinearNet(nn.Module):
+    """An identity 1×1 conv (layer r: m^r = x) and a linear head on 2×2 images: every derivative is a weight."""
+
+    def __init__(self, weight: list[list[float]]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 1, bias=False)
+        self.fc = nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.conv1.weight.fill_(1.0)
+            self.fc.weight.copy_(torch.tensor(weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv1(x).flatten(1))
+
+
+def test_auto_lambda_by_hand_on_a_linear_model():
+    """λ = fraction × CE / term, with CE, the activation-share term (Eq. 6) and the input-gradient term written out."""
+    weight = [[1.0, -1.0, 2.0, 0.5], [0.0, 1.0, -1.0, 1.0]]
+    pixels, labels = [[0.25, 0.5, 0.75, 1.0], [1.0, 0.5, 0.5, 0.5]], [0, 1]
+    objects = [[True, False, False, False], [True, True, False, False]]  # row-major 2×2 object masks
+    logits = [[sum(w * p for w, p in zip(row, image)) for row in weight] for image in pixels]
+    ce = sum(math.log(sum(math.exp(z) for z in zs)) - zs[y] for zs, y in zip(logits, labels)) / 2
+    # Eq. 6, activation form: ∂ŷ_y/∂m = W_y at every draw, so A = J·|m ⊙ W_y| per pixel and J cancels in the share
+    space = sum(sum(abs(p * w) for p, w, o in zip(image, weight[y], obj) if not o) /
+                sum(abs(p * w) for p, w in zip(image, weight[y])) for image, y, obj in zip(pixels, labels, objects)) / 2
+    # input gradient of Σ_k log p_k: Σ_k W_k − 2 Σ_c p_c W_c, squared on the background, summed, over 2 images
+    ig = 0.0
+    for zs, obj in zip(logits, objects):
+        probs = [math.exp(z) / sum(math.exp(v) for v in zs) for z in zs]
+        for i in range(4):
+            grad = sum(row[i] for row in weight) - 2 * sum(p * row[i] for p, row in zip(probs, weight))
+            ig += 0.0 if obj[i] else grad ** 2 / 2
+
+    model = LinearNet(weight)
+    x = torch.tensor(pixels).view(2, 1, 2, 2)
+    masks = torch.tensor(objects).view(2, 2, 2)
+    bank = MaskBank(masks, torch.ones(2, dtype=torch.bool), [0, 1])
+    cfg = TreatConfig(constraints=("space", "input-gradient"), space_layers=["conv1"], form="activation",
+                      lam_fraction=0.5, noise_draws=3, expansion=0)
+    lambdas = TreatmentLoss(model, cfg, (1, 2, 2), bank=bank).calibrate(x, torch.tensor(labels), masks)
+    assert lambdas["space"] == pytest.approx(0.5 * ce / space, rel=1e-5)
+    assert lambdas["input-gradient"] == pytest.approx(0.5 * ce / ig, rel=1e-5)
 
 
 def test_activation_map_is_the_absolute_channel_sum_of_features_times_gradients():
@@ -222,6 +249,73 @@ def test_channel_constraint_matches_eq5_by_hand():
                           by_hand - g2.abs().sum())
     scaled = channel_constraint(5 * g1, 5 * g2, irrelevant, form="share")
     assert torch.allclose(scaled, channel_constraint(g1, g2, irrelevant, form="share"))  # scale-free
+
+
+def test_activation_form_of_eq6_by_hand():
+    """One image, K = 2 kernels on a 1×2 map, J = 2 draws; the object is the left cell."""
+    m = torch.tensor([[[[1.0, 2.0]], [[3.0, -1.0]]]])  # (B, K, H, W)
+    g = torch.tensor([[[[[2.0, 1.0]], [[1.0, 4.0]]]],  # draw 1
+                      [[[[-1.0, 0.0]], [[2.0, 1.0]]]]])  # draw 2
+    # A = Σ_j |Σ_k m_k g_k|: left |1·2 + 3·1| + |1·(−1) + 3·2| = 5 + 5; right |2·1 − 1·4| + |2·0 − 1·1| = 2 + 1
+    background = torch.tensor([[[[0.0, 1.0]]]])
+    assert spatial_constraint(g, background, form="activation", features=m).item() == pytest.approx(3 / 13)
+    assert activation_map(g, m).tolist() == [[[10.0, 3.0]]]
+    with pytest.raises(UserError, match="needs the layer's features"):
+        spatial_constraint(g, background, form="activation")
+
+
+def naive_activation_share(g: torch.Tensor, m: torch.Tensor, background: torch.Tensor, annotated: list[bool]) -> float:
+    shares = []
+    for b in range(g.shape[1]):
+        if not annotated[b]:
+            continue
+        total = outside = 0.0
+        for h in range(g.shape[3]):
+            for w in range(g.shape[4]):
+                cell = sum(abs(sum(float(m[b, k, h, w] * g[j, b, k, h, w]) for k in range(g.shape[2])))
+                           for j in range(g.shape[0]))
+                total += cell
+                outside += cell * float(background[b, 0, h, w])
+        shares.append(outside / total)
+    return sum(shares) / len(shares)
+
+
+def test_activation_form_of_eq6_equals_a_naive_loop_over_annotated_images():
+    gen = torch.Generator().manual_seed(3)
+    g, m = torch.randn(3, 4, 2, 3, 3, generator=gen), torch.randn(4, 2, 3, 3, generator=gen)
+    background = (torch.rand(4, 1, 3, 3, generator=gen) > 0.5).float()
+    annotated = [True, False, True, True]
+    value = spatial_constraint(g, background, torch.tensor(annotated), form="activation", features=m)
+    assert value.item() == pytest.approx(naive_activation_share(g, m, background, annotated), rel=1e-5)
+
+
+def test_share_form_of_eq5_by_hand():
+    """One image, K = 3 kernels on a 1×1 map, J = 1; kernels 0 and 2 are irrelevant to its class."""
+    first = torch.tensor([1.0, -2.0, 3.0]).view(1, 1, 3, 1, 1)  # |g| = 1, 2, 3: mass 6
+    competitor = torch.tensor([0.5, -0.5, 1.0]).view(1, 1, 3, 1, 1)  # mass 2
+    irrelevant = torch.tensor([[True, False, True]])
+    # first term (1 + 3) / 6; second term: the competitor's mass over both classes' mass, 2 / (6 + 2)
+    assert channel_constraint(first, competitor, irrelevant, form="share").item() == pytest.approx(4 / 6 + 2 / 8)
+    only_kernel_1 = torch.tensor([[False, True, False]])
+    assert channel_constraint(first, competitor, irrelevant, competitor_kernels=only_kernel_1,
+                              form="share").item() == pytest.approx(4 / 6 + 0.5 / 8)
+    assert channel_constraint(first, competitor, irrelevant, competitor_weight=torch.zeros(1),
+                              form="share").item() == pytest.approx(4 / 6)
+
+
+def test_share_form_of_eq5_equals_a_naive_loop():
+    gen = torch.Generator().manual_seed(4)
+    g1, g2 = torch.randn(2, 3, 4, 2, 2, generator=gen), torch.randn(2, 3, 4, 2, 2, generator=gen)
+    irrelevant = torch.rand(3, 4, generator=gen) > 0.5
+    weight = torch.tensor([1.0, 0.0, 1.0])
+    expected = 0.0
+    for b in range(3):
+        mass1 = [float(g1[:, b, k].abs().sum()) for k in range(4)]
+        mass2 = [float(g2[:, b, k].abs().sum()) for k in range(4)]
+        expected += sum(v for v, off in zip(mass1, irrelevant[b].tolist()) if off) / sum(mass1)
+        expected += float(weight[b]) * sum(mass2) / (sum(mass1) + sum(mass2))
+    value = channel_constraint(g1, g2, irrelevant, competitor_weight=weight, form="share")
+    assert value.item() == pytest.approx(expected / 3, rel=1e-5)
 
 
 def test_competitor_choices():

@@ -7,6 +7,7 @@ import torch
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import ImageSplit
+from modeldoctor.data.masks import expand_mask
 from modeldoctor.data.swap import background_swap, erase_object
 
 
@@ -78,3 +79,70 @@ def test_background_swap_pastes_objects_on_other_classes_backgrounds():
         assert torch.equal(image[masks[obj]], torch.ones(int(masks[obj].sum())))  # the object kept exactly
         background = ~masks[obj] & ~masks[donor]
         assert torch.allclose(image[background], torch.full_like(image[background], 0.1 * (donor % 2 + 1)))
+
+
+@pytest.mark.slow
+def test_tint_mnist_puts_the_cue_on_the_digit_in_train_and_val_only():
+    from modeldoctor.data.sources import load_data
+    from modeldoctor.data.tint import HUES, parse_spec
+
+    bundle, clean = load_data("tint-mnist"), load_data("tint-mnist:clean")
+    assert bundle.in_channels == 3 and bundle.input_size == 40 and len(bundle.masks) == 5000
+    assert torch.equal(bundle.test.images, clean.test.images)  # only the training and validation hues differ
+    assert torch.equal(load_data("tint-mnist").train.images[:50], bundle.train.images[:50])
+
+    def agreement(split: ImageSplit, masks) -> float:
+        hits = 0
+        for i, sid in enumerate(split.ids[:300]):
+            image = split.raw(i)
+            grey = image.max(0).values
+            far = ~expand_mask(masks[sid], 2)  # beyond the stroke's faint edge (a few stray faint digit pixels aside)
+            assert (image.std(0)[far] < 1e-6).float().mean() > 0.98  # the background is neutral: channels equal
+            r, c = divmod(int((grey * masks[sid]).argmax()), grey.shape[1])  # the stroke's brightest pixel
+            colour = image[:, r, c] / image[:, r, c].max()
+            hits += int((colour - HUES).abs().sum(1).argmin()) == int(split.labels[i])
+        return hits / min(300, len(split))
+
+    assert 0.85 < agreement(bundle.train, bundle.masks) < 0.95 and 0.85 < agreement(bundle.val, bundle.masks) < 0.95
+    assert agreement(bundle.test, bundle.masks) < 0.2 and agreement(clean.train, clean.masks) < 0.2
+    with pytest.raises(UserError, match="unknown tint-mnist option"):
+        parse_spec("colour=1")
+
+
+@pytest.mark.slow
+def test_spot_mnist_draws_a_class_symbol_beside_the_digit():
+    from modeldoctor.data.sources import load_data
+    from modeldoctor.data.spot import glyph, parse_spec
+
+    bundle, clean = load_data("spot-mnist"), load_data("spot-mnist:clean")
+    assert bundle.in_channels == 1 and bundle.input_size == 48 and len(bundle.masks) == 5000
+    assert torch.equal(bundle.test.images, clean.test.images)
+    assert torch.equal(load_data("spot-mnist").train.images[:50], bundle.train.images[:50])
+
+    def crop(m: torch.Tensor) -> torch.Tensor:
+        rows, cols = torch.nonzero(m, as_tuple=True)
+        return m[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+    symbols = [crop(glyph(k, 12) > 0) for k in range(10)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(symbols) for b in symbols[i + 1:])  # ten distinct symbols
+
+    def agreement(split: ImageSplit) -> float:
+        hits = 0
+        for i, sid in enumerate(split.ids[:300]):
+            image, digit = split.raw(i)[0], bundle.masks[sid]
+            spot = (image > 0.5) & ~digit  # noise stays below 0.15, the digit's bright pixels are its mask
+            rows, cols = torch.nonzero(spot, as_tuple=True)
+            assert rows.max() - rows.min() < 12 and cols.max() - cols.min() < 12  # one symbol, nothing else
+            d_rows, d_cols = torch.nonzero(digit, as_tuple=True)
+            apart_r = rows.min() > d_rows.max() or rows.max() < d_rows.min()
+            assert apart_r or cols.min() > d_cols.max() or cols.max() < d_cols.min()  # beside the digit, not on it
+            kind = [k for k, s in enumerate(symbols) if torch.equal(crop(spot), s)]
+            hits += kind == [int(split.labels[i])]
+        return hits / min(300, len(split))
+
+    assert 0.85 < agreement(bundle.train) < 0.95 and 0.85 < agreement(bundle.val) < 0.95
+    assert agreement(bundle.test) < 0.2 and agreement(clean.train) < 0.2
+    with pytest.raises(UserError, match="unknown spot-mnist option"):
+        parse_spec("colour=1")
+    with pytest.raises(UserError, match="size >= 29 \\+ glyph"):
+        parse_spec("glyph=24")

@@ -215,6 +215,40 @@ def test_mask_overlap():
         mask_overlap(a, b[:, :3])
 
 
+class HandDiagnosis:
+    """A diagnosis of one 5-kernel layer for 2 classes whose relevant kernels are written out by hand."""
+
+    abar = torch.tensor([[0.9, 0.1, 0.5, 0.3, 0.0], [0.2, 0.8, 0.1, 0.7, 0.6]])
+    by_rule = {("topk", 2): [[1, 0, 1, 0, 0], [0, 1, 0, 1, 0]], ("minmax", None): [[1, 0, 1, 0, 0], [0, 1, 0, 1, 1]]}
+
+    def correlation(self, layer: str) -> torch.Tensor:
+        assert layer == "conv"
+        return self.abar
+
+    def default_relevance(self) -> dict:
+        return {"method": "minmax"}
+
+    def relevant(self, layer: str, method: str, k: int | None = None, **_: object) -> torch.Tensor:
+        return torch.tensor(self.by_rule[(method, k)], dtype=torch.bool)
+
+
+def test_compare_with_diagnosis_by_hand():
+    from modeldoctor.analyses.decompose import compare_with_diagnosis
+
+    # influential features: class 0 {0, 3}, class 1 {1, 2, 4}: mean size 2.5 → top-k at k = 2
+    mask = torch.tensor([[1, 0, 0, 1, 0], [0, 1, 1, 0, 1]], dtype=torch.bool)
+    res = compare_with_diagnosis(mask, HandDiagnosis(), "conv")
+    top = res["top_k_same_size"]
+    # top-2 kernels: class 0 {0, 2} ∩ {0, 3} = {0}, union of 3; class 1 {1, 3} ∩ {1, 2, 4} = {1}, union of 4
+    assert top["k"] == 2 and top["intersection"] == [1, 1] and top["jaccard"] == pytest.approx([1 / 3, 1 / 4])
+    # chance: |A|·|B| / 5 = 2·2/5 and 3·2/5
+    assert top["chance_intersection"] == pytest.approx([0.8, 1.2])
+    # the default rule: class 0 {0, 2} as above; class 1 {1, 3, 4} ∩ {1, 2, 4} = {1, 4}, union {1, 2, 3, 4}
+    default = res["default_rule"]
+    assert default["method"] == "minmax" and default["intersection"] == [1, 2]
+    assert default["jaccard"] == pytest.approx([1 / 3, 2 / 4])
+
+
 def test_model_without_linear_is_refused():
     with pytest.raises(UserError):
         final_linear(nn.Sequential(nn.Conv2d(1, 2, 3)))
@@ -262,7 +296,17 @@ def test_overlap_with_diagnosis_relevant_kernels(tmp_path, mnist5k, capsys):
     res = compare_with_diagnosis(mask, diagnosis, "features.11")
     top = res["top_k_same_size"]
     assert top["k"] == 4 and len(top["jaccard"]) == 10 and all(0 <= j <= 1 for j in top["jaccard"])
-    assert top["intersection"] == mask_overlap(mask, diagnosis.relevant("features.11", "topk", k=4))["intersection"]
+    abar = diagnosis.correlation("features.11").tolist()
+    # per class the 4 kernels of largest ā by a plain sort, where the 4th is not tied with the 5th (a dead class
+    # has ā = 0 everywhere: any 4 are its top 4), against the 4 influential features
+    untied = [c for c, row in enumerate(abar) if sorted(row)[-4] > sorted(row)[-5]]
+    assert untied  # the untrained model leaves most classes dead at this layer
+    for c in untied:
+        row = abar[c]
+        strongest = set(sorted(range(len(row)), key=lambda k: -row[k])[:4])
+        influential = {k for k in range(len(row)) if mask[c, k]}
+        assert top["intersection"][c] == len(strongest & influential)
+        assert top["jaccard"][c] == pytest.approx(len(strongest & influential) / len(strongest | influential))
     with pytest.raises(UserError):
         compare_with_diagnosis(mask[:, :5], diagnosis, "features.11")
     save_diagnosis(diagnosis, tmp_path / "diag")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from modeldoctor.analyses.adversarial import pgd
+from modeldoctor.analyses.adversarial import fgsm, pgd
 from modeldoctor.analyses.detectors import (
     INSTABILITY,
     fit_combiner,
@@ -108,6 +108,35 @@ def test_pgd_stays_in_the_ball_and_in_range() -> None:
     adv_raw = adv * std.view(-1, 1, 1) + mean.view(-1, 1, 1)
     assert float((adv_raw - raw).abs().max()) <= 0.05 + 1e-6
     assert float(adv_raw.min()) >= -1e-6 and float(adv_raw.max()) <= 1 + 1e-6
+
+
+def _trained_xor_model() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """An MLP trained on 8×8 noise images, class = (left half bright) XOR (top half bright): a curved boundary."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1024, 1, 8, 8, generator=g)
+    y = ((x[..., :4].mean((1, 2, 3)) > 0.5) ^ (x[..., :4, :].mean((1, 2, 3)) > 0.5)).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(400):
+        i = torch.randint(0, len(x), (128,), generator=g)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[i]), y[i]).backward()
+        opt.step()
+    return model.eval(), x[:256], y[:256]
+
+
+def test_pgd_beats_fgsm_at_the_same_eps_on_a_trained_model(one_thread) -> None:
+    model, x, y = _trained_xor_model()
+
+    def accuracy(images: torch.Tensor) -> float:
+        with torch.no_grad():
+            return float((model(images).argmax(1) == y).float().mean())
+
+    eps = 0.03
+    clean, one_step, iterated = accuracy(x), accuracy(fgsm(model, x, y, eps)), accuracy(pgd(model, x, y, eps))
+    assert clean > 0.95 and one_step < clean - 0.2  # the model is trained and FGSM already hurts it
+    assert iterated < one_step - 0.02, (one_step, iterated)  # 10 projected steps find what one step misses
 
 
 def test_spaced_convs_include_the_last() -> None:

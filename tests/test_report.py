@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from browser import chromium
 from modeldoctor import cli
 from modeldoctor.analyses.gradcam import grad_cam
 from modeldoctor.api import annotation_list
@@ -24,7 +25,8 @@ from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.report import report
 from modeldoctor.report.figures import kernel_order
 
-SECTIONS = ["discovery", "attention", "annotate", "treatment", "before-after", "stability", "decomposition", "ablation"]
+SECTIONS = ["discovery", "attention", "annotate", "treatment", "reliance", "before-after", "stability", "decomposition",
+            "ablation"]
 
 
 def toy_bundle(arg: str, input_size: int | None):
@@ -86,10 +88,7 @@ def test_report_renders_in_chromium(run_dir: Path, tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page), "external URL in the report"
     pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert len(pngs) == page.count("<img"), pngs
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed")
-    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
     dom = subprocess.run(flags + ["--dump-dom", html_path.as_uri()], capture_output=True, text=True,
@@ -161,9 +160,11 @@ def test_grad_cam_default_layer_is_the_pooling_input() -> None:
 
 
 def test_report_cli_lists_written_figures_and_quiet_silences_info(tmp_path: Path, capsys) -> None:
+    (tmp_path / "annotate.json").write_text(json.dumps(  # an output without figures (no images to show)
+        {"per_class": {"0": [{"id": "a", "confidence": 0.2, "label": 0, "predicted": 1}]}}))
     assert cli.main(["report", str(tmp_path), "--no-images", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"html": str(tmp_path / "report.html"), "figures": []}
-    assert captured.err.startswith("modeldoctor report: 0 sections, 0 figures")
+    assert captured.err.startswith("modeldoctor report: 1 sections, 0 figures")
     assert cli.main(["report", str(tmp_path), "--no-images", "--json", "--quiet"]) == 0
     assert capsys.readouterr().err == ""

@@ -59,3 +59,58 @@ def layer_gradient(model: nn.Module, layer: str, x: torch.Tensor, target: int | 
         handle.remove()
     score = logits.sum() if target is None else logits[:, target].sum()
     return torch.autograd.grad(score, held["z"])[0]
+
+
+SHAPES = 4
+
+
+def shape_stamp(kind: int) -> torch.Tensor:
+    """A 6×6 binary shape per class: horizontal bar, vertical bar, cross, hollow square."""
+    s = torch.zeros(6, 6, dtype=torch.bool)
+    if kind == 0:
+        s[2:4, :] = True
+    elif kind == 1:
+        s[:, 2:4] = True
+    elif kind == 2:
+        s[2:4, :] = s[:, 2:4] = True
+    else:
+        s[0, :] = s[-1, :] = s[:, 0] = s[:, -1] = True
+    return s
+
+
+def background_shortcut(n_train: int = 480, size: int = 20, corr: float = 1.0, seed: int = 0):
+    """A tiny background-shortcut set: a class shape at a random place on a flat grey whose level is the class in
+    ``corr`` of training and validation images and random at test; exact shape masks.  Returns a DataBundle."""
+    import numpy as np
+
+    from modeldoctor.data.bundle import bundle_from_tensors
+
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + 120 + 240
+    labels = torch.arange(n) % SHAPES
+    level = labels.clone()
+    test = torch.arange(n) >= n_train + 120
+    decorrelated = test | (torch.rand(n, generator=g) >= corr)
+    level[decorrelated] = torch.randint(SHAPES, (int(decorrelated.sum()),), generator=g)
+    images = (0.1 + 0.12 * level.float()).view(n, 1, 1, 1) + 0.03 * torch.randn(n, 1, size, size, generator=g)
+    masks = {}
+    for i in range(n):
+        r, c = torch.randint(0, size - 6, (2,), generator=g).tolist()
+        m = torch.zeros(size, size, dtype=torch.bool)
+        m[r:r + 6, c:c + 6] = shape_stamp(int(labels[i]))
+        images[i, 0][m] = 1.0
+        masks[str(i)] = m
+    parts = [np.arange(n_train), np.arange(n_train, n_train + 120), np.arange(n_train + 120, n)]
+    return bundle_from_tensors("toy-shortcut", images.clamp(0, 1), labels.numpy(), [str(i) for i in range(n)],
+                               [f"shape{k}" for k in range(SHAPES)], parts, None, masks)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, classes: int = SHAPES) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).amax((2, 3)))

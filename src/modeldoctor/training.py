@@ -183,14 +183,15 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.
 
 def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, cfg: TrainConfig,
         loss_fn: LossFn = cross_entropy_loss, state_path: str | Path | None = None, resume: bool = False,
-        desc: str = "train", keep: str = "best") -> dict[str, Any]:
+        desc: str = "train", keep: str = "best", stop_after: int | None = None) -> dict[str, Any]:
     """Train ``model`` in place and leave it holding the weights of the best validation epoch (``keep="last"``:
     of the last epoch).
 
     With ``state_path`` the full training state (model, optimiser, schedule, best weights, epoch) is
     saved atomically after every epoch; ``resume=True`` continues from it.  Epoch e's data order
     depends only on ``(seed, e)``, so a resumed run replays exactly what an uninterrupted one does.
-    Stops with the last good weights kept when the loss becomes NaN or infinite.
+    Stops with the last good weights kept when the loss becomes NaN or infinite.  ``stop_after`` ends after that many epochs
+    of the ``cfg.epochs`` schedule (a trial that ``resume=True`` with the same ``state_path`` can continue).
     """
     torch.manual_seed(cfg.seed)
     device, world = model_device(model), distributed.world_size()
@@ -213,7 +214,7 @@ def fit(model: nn.Module, train: ImageSplit, val: ImageSplit, num_classes: int, 
         torch.set_rng_state(saved["rng"].cpu())
     stopped = None
     stepped = data_parallel(model, loss_fn)
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)):
         model.train()
         total, seen = 0.0, 0
         loader = epoch_loader(train, batch_size, cfg.seed * 100_003 + epoch)

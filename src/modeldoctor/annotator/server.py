@@ -3,7 +3,8 @@
 Routes: ``GET /`` the page (``page.html``, self-contained); ``GET /api/state`` the images to annotate, the image
 size and what is saved; ``GET /image/N`` image N as a PNG; ``POST /api/save`` one image's boxes / painted layer /
 "no object" (written at once by :class:`~modeldoctor.annotator.store.AnnotationStore`); ``POST /api/done`` ends
-the session.  Nothing is fetched from elsewhere, so it works offline.
+the session.  Nothing is fetched from elsewhere, so it works offline.  Every request needs the session's token
+and the server's own Host / Origin (:mod:`modeldoctor.annotator.access`); anything else gets 403 and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
+from modeldoctor.annotator.access import SessionAccess
 from modeldoctor.annotator.store import AnnotationStore
 from modeldoctor.core.errors import UserError
 
@@ -62,11 +65,18 @@ class AnnotationServer:
             self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         except OSError as exc:
             raise UserError(f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pass another --port") from None
+        self.access = SessionAccess(int(self.httpd.server_address[1]))
         self.thread: threading.Thread | None = None
 
     @property
+    def address(self) -> str:
+        """The server's root, without the token: requests to it alone are refused."""
+        return f"http://127.0.0.1:{self.access.port}/"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        """The page's address with the session token: what to print and open."""
+        return f"{self.address}?token={self.access.token}"
 
     def start(self) -> AnnotationServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="modeldoctor-annotate", daemon=True)
@@ -108,36 +118,47 @@ class AnnotationServer:
             def _json(self, obj: Any, status: int = HTTPStatus.OK) -> None:
                 self._send(status, json.dumps(obj).encode(), "application/json")
 
+            def _refused(self) -> bool:
+                reason = server.access.refusal(self.path, self.headers)
+                if reason is not None:
+                    self._json({"error": reason}, HTTPStatus.FORBIDDEN)
+                return reason is not None
+
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path == "/":
+                if self._refused():
+                    return
+                path = urlsplit(self.path).path
+                if path == "/":
                     page = resources.files("modeldoctor.annotator").joinpath("page.html").read_bytes()
                     self._send(HTTPStatus.OK, page, "text/html; charset=utf-8")
-                elif self.path == "/api/state":
+                elif path == "/api/state":
                     self._json(server.state())
-                elif self.path.startswith("/image/") and self.path[7:].isdigit() \
-                        and int(self.path[7:]) < len(server.items):
-                    self._send(HTTPStatus.OK, png_bytes(server.image(int(self.path[7:]))), "image/png")
+                elif path.startswith("/image/") and path[7:].isdigit() and int(path[7:]) < len(server.items):
+                    self._send(HTTPStatus.OK, png_bytes(server.image(int(path[7:]))), "image/png")
                 else:
-                    self._json({"error": f"no such page {self.path}"}, HTTPStatus.NOT_FOUND)
+                    self._json({"error": f"no such page {path}"}, HTTPStatus.NOT_FOUND)
 
             def do_POST(self) -> None:  # noqa: N802
+                if self._refused():
+                    return
+                path = urlsplit(self.path).path
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
                     self._json({"error": "request too large"}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
                     return
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
-                    if self.path == "/api/save":
+                    if path == "/api/save":
                         if body.get("id") not in {item.id for item in server.items}:
                             raise UserError(f"unknown image id {body.get('id')!r}")
                         record = server.store.save(body["id"], body.get("boxes", []), body.get("paint"),
                                                    bool(body.get("no_object")))
                         self._json({"saved": body["id"], "record": asdict(record)})
-                    elif self.path == "/api/done":
+                    elif path == "/api/done":
                         server.done.set()
                         self._json({"done": True})
                     else:
-                        self._json({"error": f"no such action {self.path}"}, HTTPStatus.NOT_FOUND)
+                        self._json({"error": f"no such action {path}"}, HTTPStatus.NOT_FOUND)
                 except (UserError, ValueError, TypeError) as exc:
                     self._json({"error": str(exc)}, HTTPStatus.BAD_REQUEST)
 

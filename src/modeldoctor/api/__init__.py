@@ -21,6 +21,8 @@ stability  :func:`stability`                      the ``stability.json`` layout
 report     :func:`write_report`                   :class:`ReportResult` (``build_report``: its path)
 ========== ====================================== =========================================
 
+``diagnose --masks`` adds :func:`shortcut_check` (the model alone against background-swap composites).
+
 Every function leaves the model passed in as it found it.
 """
 
@@ -34,7 +36,14 @@ from modeldoctor.api.analyses import (
     stability,
     stability_figure,
 )
-from modeldoctor.api.diagnosis import DiagnoseResult, ExplainResult, annotation_list, diagnose_model, explain
+from modeldoctor.api.diagnosis import (
+    DiagnoseResult,
+    ExplainResult,
+    annotation_list,
+    diagnose_model,
+    explain,
+    shortcut_check,
+)
 from modeldoctor.api.imports import Imported, from_model
 from modeldoctor.api.training import TrainResult, evaluate_model, list_layers, train
 from modeldoctor.api.treatment import Arm, TreatmentResult, treat, treat_seeds, treatment_document
@@ -45,6 +54,7 @@ from modeldoctor.report.build import report as build_report
 __all__ = [
     "AblationReport", "Arm", "DecompositionReport", "DiagnoseResult", "DissectionReport", "ExplainResult",
     "Imported", "ReportResult", "TrainResult", "TreatmentResult", "ablate", "annotation_list", "build_report", "decompose",
-    "diagnose_model", "dissect", "evaluate_model", "explain", "from_model", "list_layers", "save_overlay", "stability",
+    "diagnose_model", "dissect", "evaluate_model", "explain", "from_model", "list_layers", "save_overlay",
+    "shortcut_check", "stability",
     "stability_figure", "train", "treat", "treat_seeds", "treatment_document", "write_report",
 ]

@@ -3,7 +3,7 @@
 One optimiser step of training, a diagnosis of the default layer and one step of the treatment (space-wise at its
 default layer and channel-wise at the default layer) on a few generated images with object masks, at the
 architecture's probed minimum input size (at least ``floor`` pixels).  Used by the slow architecture test and by
-``benchmarks/architectures.py``, which writes the README's table.
+``benchmarks/architectures.py``, whose JSON feeds the table in docs/architectures.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from modeldoctor.data.masks import check_masks, default_expansion
 from modeldoctor.doctor.annotation import MaskBank, lowest_confidence
 from modeldoctor.doctor.arms import mean_std, treat_and_control
 from modeldoctor.doctor.diagnosis import Diagnosis
-from modeldoctor.doctor.treatment import TreatConfig, control_config, default_layers
+from modeldoctor.doctor.search import CANDIDATES, DEFAULT_CANDIDATES, check_candidates
+from modeldoctor.doctor.treatment import MASKED, TreatConfig, control_config, default_layers
 from modeldoctor.training import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -52,13 +53,19 @@ class TreatmentResult:
     lambdas: dict[str, Any] = field(default_factory=dict)  # λ in use (auto-calibrated ones included)
     weight_change: dict[str, dict[str, float]] = field(default_factory=dict)  # arm → layer → ‖ΔW‖/‖W‖
     select: str = "val"  # the checkpoint rule actually used
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # each candidate's select-swap accuracy
+    chosen: str = ""  # the candidate the treated arm ran
+    verdict: dict[str, Any] = field(default_factory=dict)  # treated vs control on held-out swaps (doctor/search)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time: the control arm, the whole run
 
     def to_dict(self) -> dict[str, Any]:
         """The ``treat.json`` layout (less ``"checkpoint"``): ``{"original": M, "control": M, "treated": M, ...}``."""
         return {"original": self.original, "control": self.control_metrics, "treated": self.treated_metrics,
                 "config": self.config.to_dict(), "train_config": self.train_config.to_dict(),
-                "annotated": len(self.annotated), "held_out": len(self.held_out), "lambdas": self.lambdas,
-                "select": self.select, "weight_change": self.weight_change}
+                "annotated": len(self.annotated), "held_out": len(self.held_out), "annotated_ids": self.annotated,
+                "held_out_ids": self.held_out, "lambdas": self.lambdas,
+                "select": self.select, "weight_change": self.weight_change, "candidates": self.candidates,
+                "chosen": self.chosen, "verdict": self.verdict, "seconds": self.seconds}
 
     summary = to_dict  # the name the README's Python example uses
 
@@ -74,15 +81,20 @@ class TreatmentResult:
 
 def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
           masks: Mapping[str, torch.Tensor] | None = None, annotate_per_class: int | None = 20,
-          constraints: Sequence[str] = ("space",), epochs: int = 5, lr: float | None = None,
+          constraints: Sequence[str] | str = "auto", epochs: int = 3, lr: float | None = None,
           batch_size: int | None = None, seed: int = 0, control: bool = True, train_config: TrainConfig | None = None,
           relevant: dict[str, torch.Tensor] | None = None, relevance: str | None = None,
-          state_dir: str | Path | None = None, resume: bool = False, **options: Any) -> TreatmentResult:
+          state_dir: str | Path | None = None, resume: bool = False, candidates: Sequence[str] | None = None,
+          **options: Any) -> TreatmentResult:
     """Eq. 7: fine-tune a copy of ``model`` with the constraints, and (``control=True``) a second copy without.
 
     ``masks``: object masks by training-sample id (default: ``data.masks``); the space-wise constraint uses those
     of the ``annotate_per_class`` lowest-confidence training images per class (``None``: every mask), less the
     held-out quarter that measures background-swap accuracy and chooses the checkpoint.
+    ``constraints="auto"`` (default) tries ``candidates`` (default
+    :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps; a list of terms
+    (``"space"``, ``"channel"``, ``"input-gradient"``, ``"counterfactual"``) runs exactly those.  ``verdict`` says
+    whether the treated arm beat the control by more than its noise.
     ``diagnosis`` (or ``relevant``, per layer (num_classes, K) bool) supplies the relevant kernels of the
     channel-wise constraint (``relevance``: the diagnosis's relevance method; default its own).  ``options`` are
     :class:`~modeldoctor.doctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``select``, …).
@@ -90,9 +102,13 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     to its values (0.05 and 64 without one).  Both arms share weights, data order, optimiser, epochs, seed and
     checkpoint rule; ``state_dir`` saves their state every epoch so ``resume=True`` continues.
     """
+    search = constraints == "auto"
+    names = check_candidates(candidates or DEFAULT_CANDIDATES) if search else None
+    terms = tuple(sorted({t for n in names or () for t in CANDIDATES[n].get("constraints", ())})) if search else (
+        tuple(constraints))
     space_default, channel_default = default_layers(model, (data.in_channels, data.input_size, data.input_size))
     cfg = TreatConfig(**{"space_layers": space_default, "channel_layers": channel_default,
-                         "expansion": default_expansion(data.input_size), **options, "constraints": tuple(constraints)})
+                         "expansion": default_expansion(data.input_size), **options, "constraints": terms})
     if "channel" in cfg.constraints and relevant is None:
         if diagnosis is None:
             raise UserError("the channel-wise constraint needs a diagnosis; pass diagnose(model, ...) or drop 'channel'")
@@ -101,21 +117,22 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     bank = None
     given = check_masks(masks if masks is not None else data.masks, data.input_size) if (
         masks or data.masks) else {}
-    candidates = [sid for sid in data.train.ids if sid in given]
-    if {"space", "input-gradient"} & set(cfg.constraints) and not candidates:
+    masked_ids = [sid for sid in data.train.ids if sid in given]
+    if (search or set(MASKED) & set(cfg.constraints)) and not masked_ids:
         raise UserError("no object mask matches a training image id; pass masks={sample_id: bool HxW tensor}")
-    if candidates:
-        chosen = lowest_confidence(model, data.train, candidates, annotate_per_class, data.num_classes)
+    if masked_ids:
+        chosen = lowest_confidence(model, data.train, masked_ids, annotate_per_class, data.num_classes)
         bank = MaskBank.build(data.train, given, chosen, data.input_size)
     base = train_config or TrainConfig(batch_size=64)
     run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr if lr is None else lr,
                              "batch_size": base.batch_size if batch_size is None else batch_size, "seed": seed})
     arms = treat_and_control(model, data, cfg, run_cfg, relevant, bank, control=control, state_dir=state_dir,
-                             resume=resume)
+                             resume=resume, candidates=names)
     ctrl = arms.get("control")
     return TreatmentResult(arms["treated"][0], ctrl[0] if ctrl else None, arms["original"], arms["treated"][1],
-                           ctrl[1] if ctrl else None, cfg, run_cfg, arms["annotated"], arms["held_out"],
-                           arms["lambdas"], arms["weight_change"], arms["select"])
+                           ctrl[1] if ctrl else None, arms["config"], run_cfg, arms["annotated"], arms["held_out"],
+                           arms["lambdas"], arms["weight_change"], arms["select"], arms["candidates"], arms["chosen"],
+                           arms["verdict"], arms["seconds"])
 
 
 def treat_seeds(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle, seeds: Sequence[int],

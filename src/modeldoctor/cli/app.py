@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from modeldoctor.cli import commands
 from modeldoctor.cli.checks import check_out, check_ranges
+from modeldoctor.cli.relaunch import peer_lost_line
 from modeldoctor.core import device, distributed
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.tokens import LAYOUT_HELP, token_layouts
@@ -136,10 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     prefix = f"modeldoctor {args.command}" + (f" (rank {os.environ.get('RANK', '?')})" if distributed.launched() else "")
     speaker = True  # rank 0 (or the only process) prints the result
+    peers_lost = False
     try:
         check_ranges(args)
         check_out(getattr(args, "out", None))
@@ -157,11 +160,16 @@ def _command(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted; outputs already written are complete", file=sys.stderr)
         return 130
-    except distributed.PeerFailure as exc:  # another rank died or a collective timed out
-        print(f"{prefix}: error: {(str(exc).strip().splitlines() or ['a peer process failed'])[0]}", file=sys.stderr)
+    except (RuntimeError, distributed.Stopped) as exc:  # another rank died, or a collective timed out
+        if not distributed.is_peer_failure(exc):
+            raise
+        distributed.ignore_stops()
+        peers_lost = True  # a group with a dead member is left alone: tearing it down can block
+        print(f"{prefix}: error: {peer_lost_line(exc, argv, hasattr(args, 'resume'))}", file=sys.stderr)
         return 1
     finally:
-        distributed.shutdown()
+        if not peers_lost:
+            distributed.shutdown()
     if not speaker:
         return 0
     result = finite(result)  # JSON has no NaN: every consumer can parse the output

@@ -44,13 +44,14 @@ PROBABILITY = Range(0, 1)
 RANGES: dict[str, Range] = {
     **dict.fromkeys(("epochs", "batch_size", "draws", "noise_draws", "samples_per_class", "seeds", "top",
                      "input_size", "in_channels", "num_classes", "max_images", "max_samples", "noise_repeats", "k",
-                     "annotate_per_class"), AT_LEAST_ONE),
+                     "annotate_per_class", "shortcut_per_class"), AT_LEAST_ONE),
     **dict.fromkeys(("lowest", "expansion", "input_grad_reg", "delta", "weight_decay", "mix_annotated", "seed",
-                     "label", "retrain_epochs", "workers"), NON_NEGATIVE),
-    **dict.fromkeys(("lr", "eps", "lam_fraction", "smooth_beta"), POSITIVE),
+                     "label", "retrain_epochs", "workers", "lam_counterfactual", "composites"), NON_NEGATIVE),
+    **dict.fromkeys(("lr", "eps", "lam_fraction", "smooth_beta", "min_r_a", "term_cap"), POSITIVE),
     **dict.fromkeys(("min_confidence", "min_iou"), PROBABILITY),
     "holdout_annotated": Range(0, 1, open_high=True),
     "quantile": Range(0, 1, open_low=True, open_high=True),
+    "port": Range(0, 65535),
 }
 
 

@@ -10,16 +10,30 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+import signal
+import socket
+import threading
+import time
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
-# What a rank sees when a peer died or a collective timed out; the CLI prints it as one line.
-PeerFailure = dist.DistBackendError if dist.is_available() else RuntimeError
+# What a rank sees when a peer died or a collective timed out (backend, store and network errors alike).
+PeerFailure = dist.DistError if dist.is_available() else RuntimeError
+# gloo reports a dead peer as a plain RuntimeError ("Connection reset by peer", "Connection closed by peer").
+PEER_MESSAGE = re.compile(r"connection (reset|closed|refused)|broken pipe|timed out|timeout", re.IGNORECASE)
 DEFAULT_TIMEOUT_S = 600.0  # a collective waiting longer than this fails the rank (MODELDOCTOR_DIST_TIMEOUT)
+_peers: list[tuple[str, int]] = []  # (host, pid) of every rank, by rank: which one was lost
+
+
+class Stopped(BaseException):
+    """The launcher's SIGTERM: torchrun stops the surviving ranks when one of them fails.  A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it."""
 
 
 def launched() -> bool:
@@ -57,7 +71,51 @@ def init_from_env(device: torch.device) -> torch.device:
     timeout = datetime.timedelta(seconds=float(os.environ.get("MODELDOCTOR_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout, **kwargs)
+    _peers[:] = all_gather_object((socket.gethostname(), os.getpid()))
+    if threading.current_thread() is threading.main_thread():  # the only thread that may set a handler
+        signal.signal(signal.SIGTERM, _stopped)
     return device
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped
+
+
+def ignore_stops() -> None:
+    """No further :class:`Stopped` (this rank is already leaving because a peer was lost)."""
+    if launched():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says that another rank is gone (or silent past the timeout), not that this rank failed."""
+    if isinstance(exc, (Stopped, PeerFailure)):
+        return True
+    return isinstance(exc, RuntimeError) and launched() and PEER_MESSAGE.search(str(exc)) is not None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")  # ended, not yet reaped by the launcher
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def lost_ranks(wait_s: float = 1.0) -> list[int]:
+    """The ranks whose process has ended, checked on this host for up to ``wait_s`` (a killed peer's socket closes
+    before its process has ended); with two ranks the other one, the only peer this rank can have lost."""
+    host, deadline = socket.gethostname(), time.monotonic() + wait_s
+    while True:
+        lost = [r for r, (where, pid) in enumerate(_peers) if where == host and pid != os.getpid() and _gone(pid)]
+        if lost or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not lost and len(_peers) == 2:
+        lost = [1 - [pid for _, pid in _peers].index(os.getpid())] if os.getpid() in [p for _, p in _peers] else []
+    return lost
 
 
 def shutdown() -> None:
@@ -84,6 +142,15 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def all_true(flag: bool) -> bool:
     """Whether ``flag`` holds on every rank (every rank must call this)."""
     return bool(all_reduce(torch.tensor([int(flag)]), "min").item()) if active() else flag
+
+
+def all_gather_object(obj: T) -> list[T]:
+    """Every rank's ``obj``, by rank (picklable objects only)."""
+    if not active():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

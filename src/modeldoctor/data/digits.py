@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from modeldoctor.core.errors import UserError
+from modeldoctor.data.boxes import box_masks
 from modeldoctor.data.bundle import DataBundle, bundle_from_tensors, stratified_split
 
 MASK_THRESHOLD = 0.25  # digit intensity above which a pixel belongs to the object mask
 SPLIT = [3500, 500, 1000]
+FLAGS = ("clean", "boxes")  # spec words without a value: the clean twin, box masks instead of exact ones
 
 
 @functools.lru_cache(maxsize=1)
@@ -35,22 +37,41 @@ def mnist_digits() -> tuple[torch.Tensor, np.ndarray, list[np.ndarray]]:
 
 
 def parse_options(arg: str, defaults: dict[str, float], dataset: str) -> tuple[bool, dict[str, float]]:
-    """``""`` / ``clean`` / ``key=value,...`` with keys from ``defaults`` → (clean, options)."""
+    """``""`` / ``clean`` / ``boxes`` / ``key=value,...`` with keys from ``defaults`` → (clean, options).
+
+    ``boxes`` (read by :func:`digit_bundle` from the spec) swaps the exact masks for their bounding boxes."""
     opts = dict(defaults)
     clean = False
     for part in filter(None, (p.strip() for p in arg.split(","))):
-        if part == "clean":
-            clean = True
+        if part in FLAGS:
+            clean = clean or part == "clean"
             continue
         key, _, value = part.partition("=")
         if key not in opts:
             choices = ", ".join(f"{k}={v:g}" for k, v in defaults.items())
-            raise UserError(f"unknown {dataset} option {part!r}; use clean, {choices}")
+            raise UserError(f"unknown {dataset} option {part!r}; use clean, boxes, {choices}")
         try:
             opts[key] = float(value)
         except ValueError:
             raise UserError(f"{dataset} option {key} needs a number, got {value!r}") from None
     return clean, opts
+
+
+def class_cues(rng: np.random.Generator, labels: np.ndarray, parts: list[np.ndarray], corr: float, clean: bool,
+               kinds: int = 10) -> np.ndarray:
+    """Each sample's cue kind (0 … kinds−1): the label with probability ``corr`` in the training and validation
+    splits (else one of the other kinds), independent of the label in test and everywhere when ``clean``.
+
+    Draws from ``rng`` in a fixed order (agreement, other kind, random kind) whatever ``clean`` is, so a family
+    and its clean twin share everything but the cue."""
+    n = len(labels)
+    agree = rng.random(n) < corr
+    other = (labels + rng.integers(1, kinds, n)) % kinds
+    cues = rng.integers(0, kinds, n)
+    if not clean:
+        shortcut = np.concatenate([parts[0], parts[1]])
+        cues[shortcut] = np.where(agree[shortcut], labels[shortcut], other[shortcut])
+    return cues
 
 
 def paste_digits(digits: torch.Tensor, offsets: np.ndarray, size: int) -> torch.Tensor:
@@ -64,8 +85,11 @@ def paste_digits(digits: torch.Tensor, offsets: np.ndarray, size: int) -> torch.
 
 def digit_bundle(spec: str, images: torch.Tensor, digit_layer: torch.Tensor, labels: np.ndarray,
                  parts: list[np.ndarray], prefix: str, input_size: int | None) -> DataBundle:
-    """The bundle, with each sample's exact digit mask (intensity > 0.25) as its built-in object mask."""
+    """The bundle, with each sample's exact digit mask (intensity > 0.25) as its built-in object mask, or that
+    mask's bounding box where the spec carries the ``boxes`` word (what a user drawing boxes would give)."""
     masks = digit_layer > MASK_THRESHOLD
+    if "boxes" in spec.partition(":")[2].replace(" ", "").split(","):
+        masks = box_masks(masks)
     if input_size and input_size != images.shape[-1]:
         masks = torch.nn.functional.interpolate(masks.unsqueeze(1).float(), size=(input_size, input_size),
                                                 mode="nearest").squeeze(1) > 0.5

@@ -12,7 +12,7 @@ Built deterministically from the 5,000 ``mnist5k`` digits (same stratified 3,500
 
 Spec: ``shortcut-mnist`` (the frozen benchmark), ``shortcut-mnist:clean`` (training kinds independent of the
 label: the clean-trained reference sees the test distribution), or ``shortcut-mnist:corr=0.95,amp=0.45,size=56``
-to calibrate.  The defaults were frozen from vanilla and clean runs only (README, section treat).
+to calibrate.  The defaults were frozen from vanilla and clean runs only (docs/protocols.md).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from modeldoctor.data.border import load_border_mnist
 from modeldoctor.data.bundle import DataBundle, ImageSplit, bundle_from_tensors, stratified_split
 from modeldoctor.data.digits import mnist_digits
 from modeldoctor.data.shortcut import load_shortcut_mnist
+from modeldoctor.data.spot import load_spot_mnist
+from modeldoctor.data.tint import load_tint_mnist
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -129,6 +131,8 @@ LOADERS: dict[str, Callable[[str, int | None], DataBundle]] = {
     "imagefolder": load_imagefolder,
     "shortcut-mnist": load_shortcut_mnist,
     "border-mnist": load_border_mnist,
+    "tint-mnist": load_tint_mnist,
+    "spot-mnist": load_spot_mnist,
     **{n: functools.partial(load_torchvision, n) for n in TORCHVISION_SETS},
 }
 

@@ -1,10 +1,11 @@
 """Background swap: a shortcut test that needs no decorrelated data, only a few object masks.
 
-Each held-out annotated image's object (its mask grown by ``grow`` pixels) is pasted onto the background of
-an annotated image of *another* class, whose own object is first erased (filled from the same image shifted
-inward from the surrounding background, so no trace of the donor's class object and no seam is left).  A model that reads the
-object keeps its prediction; a model that reads the background follows the donor's class.  Accuracy on these
-composites is therefore a shortcut meter that uses only the user's masks, never test data.
+Each held-out annotated image's object (its mask, grown by ``grow`` pixels, 0 by default: a grown mask carries a
+ring of the object's own background, a cue that travels with it) is pasted onto the background of an annotated
+image of *another* class, whose own object is first erased (filled with copies of that image's own background from
+beyond the object, so no trace of the donor's object is left and the fill keeps the background's texture).  A model
+that reads the object keeps its prediction; a model that reads the background follows the donor's class.  Accuracy
+on these composites is therefore a shortcut meter that uses only the user's masks, never test data.
 """
 
 from __future__ import annotations
@@ -22,13 +23,52 @@ from modeldoctor.data.masks import expand_mask
 def erase_object(image: torch.Tensor, mask: torch.Tensor, grow: int = 2) -> torch.Tensor:
     """``image`` (C, H, W) in [0, 1] with its object (mask (H, W) grown by ``grow``) filled from the background.
 
-    The hole is filled inward, ring by ring, with the mean of the already-known 3×3 neighbours (a diffusion
-    inpainting): smooth, free of the object, and built only from this image's own background.
+    The hole is filled with copies of this image's own background taken just beyond the hole's bounding box
+    (shifted by its height or width, in the nearest direction first; only pixels that look like the hole's
+    surroundings are copied), so the fill keeps the background's noise and texture: a smooth fill would mark every
+    composite as one, and a model can learn to read the object only on images that carry that mark.  What no copy
+    reaches is filled by diffusion (the mean of known 3×3 neighbours).
     """
     hole = expand_mask(mask, grow)
     if hole.all():
         raise UserError("an object mask covers the whole image, so it has no background to swap; "
                         "give coarse masks of the object only")
+    filled, missing = _copy_fill(image, hole)
+    return _diffusion_fill(filled, missing)
+
+
+def _copy_fill(image: torch.Tensor, hole: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = torch.nonzero(hole.any(1)).flatten(), torch.nonzero(hole.any(0)).flatten()
+    dy, dx = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+    height, width = hole.shape
+    shifts = sorted([(0, dx), (0, -dx), (dy, 0), (-dy, 0), (dy, dx), (dy, -dx), (-dy, dx), (-dy, -dx)],
+                    key=lambda s: abs(s[0]) + abs(s[1]))
+    filled, missing = image.clone(), hole.clone()
+    alike = _like_surroundings(image, hole)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    for sy, sx in shifts:
+        src_y, src_x = ys + sy, xs + sx
+        inside = (src_y >= 0) & (src_y < height) & (src_x >= 0) & (src_x < width)
+        src_y, src_x = src_y.clamp(0, height - 1), src_x.clamp(0, width - 1)
+        usable = missing & inside & ~hole[src_y, src_x] & alike[src_y, src_x]
+        filled[:, usable] = image[:, src_y[usable], src_x[usable]]
+        missing = missing & ~usable
+    return filled, missing
+
+
+def _like_surroundings(image: torch.Tensor, hole: torch.Tensor, ring: int = 2) -> torch.Tensor:
+    """(H, W) bool: pixels whose every channel lies within 4 robust deviations (1.4826 · MAD) of the median of the
+    ``ring`` pixels around the hole — copies from elsewhere (a frame, a far corner) must look like what surrounds
+    the object, or the fill would paste them into the middle of the background."""
+    around = expand_mask(hole, ring) & ~hole
+    values = image[:, around]  # (C, n)
+    median = values.median(1, keepdim=True).values
+    spread = 1.4826 * (values - median).abs().median(1, keepdim=True).values
+    limit = (4 * spread + 0.02).view(-1, 1, 1)
+    return ((image - median.view(-1, 1, 1)).abs() <= limit).all(0)
+
+
+def _diffusion_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
     known = (~hole).to(image.dtype).unsqueeze(0)
     filled = image * known
     while bool((known == 0).any()):
@@ -40,8 +80,13 @@ def erase_object(image: torch.Tensor, mask: torch.Tensor, grow: int = 2) -> torc
     return torch.where(hole.unsqueeze(0), filled, image)
 
 
+def paste_object(image: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, grow: int = 0) -> torch.Tensor:
+    """``image``'s object (``mask`` grown by ``grow`` pixels) over ``background`` (both (C, H, W) in [0, 1])."""
+    return torch.where(expand_mask(mask, grow).unsqueeze(0), image, background)
+
+
 def background_swap(split: ImageSplit, masks: torch.Tensor | Mapping[int, torch.Tensor], objects: Sequence[int],
-                    donors: Sequence[int], per_object: int = 3, seed: int = 0, grow: int = 1) -> ImageSplit:
+                    donors: Sequence[int], per_object: int = 3, seed: int = 0, grow: int = 0) -> ImageSplit:
     """Composites of each ``objects`` image (split indices) on ``per_object`` donors of other classes.
 
     ``masks``: bool (H, W) object masks by split index (a (len(split), H, W) tensor or a mapping), needed at
@@ -61,8 +106,7 @@ def background_swap(split: ImageSplit, masks: torch.Tensor | Mapping[int, torch.
             d = others[p]
             if d not in erased:
                 erased[d] = erase_object(split.raw(d), masks[d])
-            keep = expand_mask(masks[i], grow).unsqueeze(0)
-            images.append(torch.where(keep, split.raw(i), erased[d]))
+            images.append(paste_object(split.raw(i), masks[i], erased[d], grow))
             labels.append(label)
             ids.append(f"{split.ids[i]}@{split.ids[d]}")
     if not images:

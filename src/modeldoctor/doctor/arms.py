@@ -2,23 +2,30 @@
 
 Both arms start from the same weights and share data order, annotated-image mixing, optimiser, schedule,
 epochs, seed and checkpoint rule; only the loss differs (Eq. 7 vs cross-entropy alone).  A quarter of the
-annotated images (``TreatConfig.holdout_annotated``) never enters training: pasted onto other classes'
-backgrounds they form the background-swap split (:mod:`modeldoctor.data.swap`), a shortcut meter that needs
-no decorrelated data.  The checkpoint is chosen on it (``select="swap"``), on validation, or is the last.
+annotated images (``TreatConfig.holdout_annotated``) never enters training, as object or as background: pasted
+onto each other's backgrounds they form the background-swap splits (:mod:`modeldoctor.doctor.search`), a shortcut
+meter that needs no decorrelated data.  The checkpoint is chosen on its ``select`` half (``select="swap"``), on
+validation, or is the last; the ``verdict`` half judges the treated arm against the control.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle, ImageSplit
-from modeldoctor.data.swap import background_swap
 from modeldoctor.doctor.annotation import MaskBank, batch_mixer, holdout_split
+from modeldoctor.doctor.counterfactual import Composer
+from modeldoctor.doctor.last_layer import refit_head
+from modeldoctor.doctor.search import CANDIDATES, Meter, meter_splits, verdict
 from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config
 from modeldoctor.training import TrainConfig, evaluate, fit
 
@@ -49,50 +56,115 @@ def weight_change(model: nn.Module, start: nn.Module) -> dict[str, float]:
 
 
 def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int) -> ImageSplit | None:
-    if not held:
-        return None
-    return background_swap(data.train, bank.by_index(), held, bank.pool, seed=seed)
+    """The report's swap composites for held-out images ``held`` (objects and backgrounds both held out)."""
+    return meter_splits(data.train, bank, held, seed).report
+
+
+def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
+               relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, mixer: Any) -> TreatmentLoss:
+    """The Eq. 7 loss of one arm, bound to ``model``, with every "auto" λ calibrated on the pool's first images."""
+    input_shape = (data.in_channels, data.input_size, data.input_size)
+    loss_fn = TreatmentLoss(model, cfg, input_shape, relevant, bank, mixer, split=data.train, seed=train_cfg.seed)
+    if bank is not None and bank.pool:
+        pool = bank.pool[:64]
+        x = torch.stack([data.train[i][0] for i in pool])
+        loss_fn.calibrate(x, data.train.labels[pool], bank.lookup(torch.tensor(pool))[0])
+    return loss_fn
+
+
+def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
+         relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, mixer: Any, chooser: ImageSplit, keep: str,
+         state: Path, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it and the λ it used."""
+    tuned = copy.deepcopy(model)
+    with _fine_tune(tuned, data, cfg, train_cfg, relevant, bank, mixer) as loss_fn:
+        fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep, state_path=state,
+            resume=resume, desc=f"{state.stem.removeprefix('.state-')}")
+        return tuned, dict(loss_fn.lambdas)
 
 
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
                       relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
-                      state_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+                      state_dir: str | Path | None = None, resume: bool = False,
+                      candidates: Sequence[str] | None = None, trial_epochs: int = 1) -> dict[str, Any]:
     """Fine-tune copies of ``model``: ``"treated"`` with ``cfg``'s constraints and ``"control"`` without.
 
+    With ``candidates`` (names of :data:`modeldoctor.doctor.search.CANDIDATES`) the treated arm is the candidate
+    with the best ``select`` swap accuracy after ``trial_epochs`` (each a trial of the full schedule; the chosen
+    one then continues to the end), and ``"verdict"`` says whether it beat the control on the ``verdict`` swaps.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
-    "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule}``;
-    ``model`` itself is left unchanged.  With ``state_dir`` each arm's training state is saved per epoch.
+    "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
+    "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
+    With ``state_dir`` each fine-tune's training state is saved per epoch (``resume=True`` continues).
     """
     held: list[int] = []
     train_bank: MaskBank | None = bank
     if bank is not None and cfg.holdout_annotated > 0:
         used, held = holdout_split(bank.pool, data.train.labels, cfg.holdout_annotated, train_cfg.seed)
         train_bank = bank.restricted(used)
-    swap = swap_split(data, bank, held, train_cfg.seed) if bank is not None else None
-    select = cfg.select if (cfg.select != "swap" or swap is not None) else "val"
-    chooser = swap if select == "swap" and swap is not None else data.val
+    meter = meter_splits(data.train, bank, held, train_cfg.seed) if bank is not None else Meter(None, None)
+    select = cfg.select if (cfg.select != "swap" or meter.select is not None) else "val"
+    chooser = meter.select if select == "swap" and meter.select is not None else data.val
     mixer = batch_mixer(data.train, train_bank.pool, cfg.mix_annotated, train_cfg.seed) if train_bank else None
-    input_shape = (data.in_channels, data.input_size, data.input_size)
     suffix = "" if train_cfg.seed == 0 else f"-seed{train_cfg.seed}"
-    out: dict[str, Any] = {"original": split_metrics(model, data.val, data.test, data.num_classes, swap),
-                           "select": select, "weight_change": {}, "lambdas": {},
+    keep = "last" if select == "last" else "best"
+    scratch = tempfile.TemporaryDirectory(prefix="modeldoctor-treat-") if state_dir is None else None
+    states = Path(state_dir if state_dir is not None else scratch.name)  # type: ignore[union-attr]
+
+    def metrics(m: nn.Module) -> dict[str, Any]:
+        return split_metrics(m, data.val, data.test, data.num_classes, meter.report)
+
+    out: dict[str, Any] = {"original": metrics(model), "select": select, "weight_change": {}, "lambdas": {},
                            "annotated": [data.train.ids[i] for i in (train_bank.pool if train_bank else [])],
-                           "held_out": [data.train.ids[i] for i in held]}
-    for arm in (["control"] if control else []) + ["treated"]:
-        tuned = copy.deepcopy(model)
-        arm_cfg = cfg if arm == "treated" else control_config(cfg)
-        with TreatmentLoss(tuned, arm_cfg, input_shape, relevant, train_bank, mixer) as loss_fn:
-            if train_bank is not None and train_bank.pool:
-                pool = train_bank.pool[:64]
-                x = torch.stack([data.train[i][0] for i in pool])
-                loss_fn.calibrate(x, data.train.labels[pool], train_bank.lookup(torch.tensor(pool))[0])
-            state = None if state_dir is None else Path(state_dir) / f".state-{arm}{suffix}.pt"
-            fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, state_path=state,
-                resume=resume, desc=f"{arm} seed {train_cfg.seed}", keep="last" if select == "last" else "best")
-        out[arm] = (tuned, split_metrics(tuned, data.val, data.test, data.num_classes, swap))
-        out["weight_change"][arm] = weight_change(tuned, model)
-        if arm == "treated":
-            out["lambdas"] = {k: v for k, v in loss_fn.lambdas.items()}
+                           "held_out": [data.train.ids[i] for i in held], "candidates": []}
+    started = time.time()
+    try:
+        if control:
+            tuned, _ = _run(model, data, control_config(cfg), train_cfg, relevant, train_bank, mixer, chooser, keep,
+                            states / f".state-control{suffix}.pt", resume)
+            out["control"] = (tuned, metrics(tuned))
+            out["weight_change"]["control"] = weight_change(tuned, model)
+            out["seconds"] = {"control": time.time() - started}
+        names = list(candidates) if candidates else [None]
+        # More than two fine-tunes: each first runs a short trial (its own compressed schedule), the best reruns.
+        trial = trial_epochs if sum(n != "last-layer" for n in names) > 2 else None
+        runs: dict[str | None, tuple[nn.Module, TreatConfig, dict[str, Any]]] = {}
+        for name in names:
+            arm_cfg = cfg if name is None else TreatConfig(**{**cfg.to_dict(), **CANDIDATES[name]})
+            clock = time.time()
+            if name == "last-layer":
+                if train_bank is None or not train_bank.pool:
+                    continue
+                tuned = refit_head(model, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
+                lambdas: dict[str, Any] = {}
+            else:
+                run_cfg = train_cfg if trial is None else TrainConfig(**{**train_cfg.to_dict(), "epochs": trial})
+                tag = f"{name or 'treated'}{'-trial' if trial else ''}"
+                tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
+                                      states / f".state-{tag}{suffix}.pt", resume)
+            runs[name] = (tuned, arm_cfg, lambdas)
+            out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
+                                      "select_swap": evaluate(tuned, chooser, data.num_classes)["accuracy"],
+                                      "seconds": time.time() - clock})
+        if not runs:
+            raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
+        scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
+        best = max(runs, key=lambda n: scores[n])
+        tuned, arm_cfg, lambdas = runs[best]
+        if trial is not None and best != "last-layer":
+            tuned, lambdas = _run(model, data, arm_cfg, train_cfg, relevant, train_bank, mixer, chooser, keep,
+                                  states / f".state-{best}{suffix}.pt", resume)
+        out["lambdas"] = lambdas
+        out["treated"] = (tuned, metrics(tuned))
+        out["weight_change"]["treated"] = weight_change(tuned, model)
+        out["chosen"], out["config"] = best or "+".join(cfg.constraints), arm_cfg
+        reference = out["control"][0] if control else model
+        out["verdict"] = verdict(tuned, reference, meter, out["chosen"], "control" if control else "original",
+                                 original=model if control else None)
+        out.setdefault("seconds", {})["total"] = time.time() - started
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     return out
 
 

@@ -1,7 +1,8 @@
 """Treatment (Eq. 7): the loss that fine-tunes a trained classifier with the space- and channel-wise constraints.
 
 ``L_all = L_orig + λ_sp Σ_{r∈S_sp} L_sp^r + λ_ch Σ_{r∈S_ch} L_ch^r`` (optionally ``+ λ_ig L_ig``, the masked
-input-gradient peer of Ross et al.).  The channel-wise terms come from the batch's own training forward plus J
+input-gradient peer of Ross et al., and ``+ λ_cf L_cf``, cross-entropy on counterfactual backgrounds:
+:mod:`modeldoctor.doctor.counterfactual`).  The channel-wise terms come from the batch's own training forward plus J
 noisy replays of the tail after each layer (:class:`modeldoctor.core.replay.NoiseReplay`, tail in eval mode);
 the masked terms from a separate eval-mode pass over the batch's annotated rows only.  The noise range δ is
 relative: ``σ ~ U(−δ·rms(m^r), δ·rms(m^r))``.
@@ -35,11 +36,14 @@ from modeldoctor.core.outputs import select_logits
 from modeldoctor.core.receptive import receptive_field, receptive_fields
 from modeldoctor.core.replay import ForwardState, NoiseReplay
 from modeldoctor.core.surrogate import smooth_backward, surrogate_relus, twice_differentiable
+from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import background_mask, expand_mask, receptive_background
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.constraints import channel_constraint, competitor_classes, first_classes, spatial_constraint
+from modeldoctor.doctor.counterfactual import Composer
 
-CONSTRAINTS = ("space", "channel", "input-gradient")
+CONSTRAINTS = ("space", "channel", "input-gradient", "counterfactual")
+MASKED = ("space", "input-gradient", "counterfactual")  # the terms that need object masks
 FIELD_SHARE = 0.25  # default space-wise layer: the deepest conv whose receptive field ≤ this share of the input
 Lambda = float | Literal["auto"]
 
@@ -49,13 +53,16 @@ class TreatConfig:
     """What to constrain and how.  Defaults frozen by the protocol in README (section treat), chosen on
     validation and background-swap data of shortcut-mnist seed 0, never on test."""
 
-    constraints: tuple[str, ...] = ("space",)
+    constraints: tuple[str, ...] = ("counterfactual",)
     space_layers: list[str] | None = None  # default: deepest conv with receptive field ≤ ¼ of the input
     channel_layers: list[str] | None = None  # default: the last conv layer
     lam_space: Lambda = "auto"
     lam_channel: Lambda = "auto"
     lam_input_gradient: Lambda = "auto"
     lam_fraction: float = 10.0  # "auto": each term = this × the annotated images' cross-entropy at the start
+    lam_counterfactual: float = 3.0  # weight of the composites' cross-entropy (L_orig's is 1)
+    composites: int = 64  # counterfactual composites appended to every batch
+    term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
     form: str = "activation"  # space-wise: "activation", "share" or "paper"; channel-wise: share unless "paper"
@@ -75,6 +82,8 @@ class TreatConfig:
         unknown = set(self.constraints) - set(CONSTRAINTS)
         if unknown:
             raise UserError(f"unknown constraint(s) {sorted(unknown)}; choose from {', '.join(CONSTRAINTS)}")
+        if self.lam_counterfactual < 0 or self.composites < 0 or (self.term_cap is not None and self.term_cap <= 0):
+            raise UserError("lam_counterfactual and composites must be >= 0 and term_cap > 0")
         for name in ("lam_space", "lam_channel", "lam_input_gradient"):
             value = getattr(self, name)
             if value != "auto" and not (isinstance(value, (int, float)) and value >= 0):
@@ -113,23 +122,31 @@ class TreatmentLoss:
     """Eq. 7 as a :func:`modeldoctor.training.fit` loss, built once per model (the replay shares its modules).
 
     ``relevant[layer]``: (num_classes, K) bool relevant kernels from the diagnosis (channel-wise); ``bank``: masks
-    of the annotated images; ``mixer`` appends annotated images to each batch.  With ``smooth_beta`` the model's
+    of the annotated images of ``split`` (the training split); ``mixer`` appends annotated images to each batch;
+    ``seed`` draws the counterfactual composites.  With ``smooth_beta`` the model's
     ReLUs are swapped for surrogates until :meth:`close` (or the end of a ``with`` block).  ``log`` accumulates
     the unweighted terms; ``lambdas`` holds the λ in use (``"auto"`` ones after :meth:`calibrate`).
     """
 
     def __init__(self, model: nn.Module, cfg: TreatConfig, input_shape: tuple[int, int, int],
                  relevant: dict[str, torch.Tensor] | None = None, bank: MaskBank | None = None,
-                 mixer: Any = None) -> None:
-        self.model, self.cfg, self.bank, self.mixer = model, cfg, bank, mixer
+                 mixer: Any = None, split: ImageSplit | None = None, seed: int = 0) -> None:
+        self.model, self.cfg, self.bank, self.mixer, self.seed = model, cfg, bank, mixer, seed
         needs_default = ("space" in cfg.constraints and not cfg.space_layers) or (
             "channel" in cfg.constraints and not cfg.channel_layers)
         space_default, channel_default = default_layers(model, input_shape) if needs_default else ([], [])
         self.space_layers = (cfg.space_layers or space_default) if "space" in cfg.constraints else []
         self.channel_layers = (cfg.channel_layers or channel_default) if "channel" in cfg.constraints else []
         self.use_ig = "input-gradient" in cfg.constraints
-        if (self.space_layers or self.use_ig) and (bank is None or not bank.pool):
-            raise UserError("the space-wise constraint needs masks; pass --masks builtin|DIR or --boxes FILE")
+        if set(MASKED) & set(cfg.constraints) and (bank is None or not bank.pool):
+            raise UserError(f"the {'/'.join(sorted(set(MASKED) & set(cfg.constraints)))} term needs object masks; "
+                            "pass --masks builtin|DIR or --boxes FILE")
+        self.composer: Composer | None = None
+        if "counterfactual" in cfg.constraints:
+            if split is None:
+                raise UserError("the counterfactual term needs the training split its masks belong to")
+            assert bank is not None
+            self.composer = Composer(split, bank)
         missing = [n for n in self.channel_layers if relevant is None or n not in relevant]
         if missing:
             raise UserError(f"the diagnosis has no relevant kernels for {missing}; diagnose those layers first")
@@ -139,6 +156,8 @@ class TreatmentLoss:
             key: None if value == "auto" else float(value)
             for key, value in (("space", cfg.lam_space), ("channel", cfg.lam_channel),
                                ("input-gradient", cfg.lam_input_gradient)) if key in cfg.constraints}
+        if self.composer is not None:
+            self.lambdas["counterfactual"] = float(cfg.lam_counterfactual)
         self.log: dict[str, float] = {}
         self._exit = contextlib.ExitStack()
         self._exit.enter_context(twice_differentiable(model))
@@ -215,11 +234,15 @@ class TreatmentLoss:
         return terms
 
     # -- λ ---------------------------------------------------------------------------------------------
-    def calibrate(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> dict[str, float | None]:
-        """Set every ``"auto"`` λ so that λ·term = ``lam_fraction`` × cross-entropy on these annotated images."""
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor | None) -> dict[str, float | None]:
+        """Set every ``"auto"`` λ so that λ·term = ``lam_fraction`` × cross-entropy on these images (the annotated
+        ones: ``masks``; a channel-wise-only run has none and calibrates on the batch it is given)."""
         if all(v is not None for v in self.lambdas.values()):
             return self.lambdas
-        terms = self.masked_terms(x, y, masks)
+        masked = [k for k, v in self.lambdas.items() if v is None and k in MASKED]
+        if masked and masks is None:
+            raise UserError(f"λ = auto for {masked} needs annotated images in the first batch; set mix_annotated > 0")
+        terms = self.masked_terms(x, y, masks) if masks is not None else {}
         with train_mode(self.model, False):
             if self.channel_layers:
                 assert self.replay is not None
@@ -251,22 +274,39 @@ class TreatmentLoss:
             masks, annotated = masks.to(x.device), annotated.to(x.device)
         rows = torch.nonzero(annotated).flatten() if annotated is not None else x.new_zeros(0, dtype=torch.long)
         if any(v is None for v in self.lambdas.values()):
-            if masks is None or not len(rows):
-                raise UserError("λ = auto needs annotated images in the first batch; set mix_annotated > 0")
-            self.calibrate(x[rows], y[rows], masks[rows])
+            if masks is not None and len(rows):
+                self.calibrate(x[rows], y[rows], masks[rows])
+            else:
+                self.calibrate(x, y, None)
+        n = len(x)
+        if self.composer is not None and idx is not None:
+            xc, yc = self.composer.batch(self.cfg.composites, idx, self.seed)
+            x, y = torch.cat([x, xc.to(x)]), torch.cat([y, yc.to(y.device)])
         state = self.replay.forward(x) if self.channel_layers and self.replay is not None else None
         logits = state.logits if state is not None else select_logits(model(x))
-        loss = F.cross_entropy(logits, y)
+        ce = F.cross_entropy(logits[:n], y[:n])
         terms: dict[str, torch.Tensor] = {}
+        if len(x) > n:
+            terms["counterfactual"] = F.cross_entropy(logits[n:], y[n:])
         if state is not None:
             terms["channel"] = self.channel_term(state, y)
         if masks is not None and len(rows):
-            share = len(rows) / len(x) if self.cfg.normalise == "batch" else 1.0
+            share = len(rows) / n if self.cfg.normalise == "batch" else 1.0
             terms.update({k: v * share for k, v in self.masked_terms(x[rows], y[rows], masks[rows]).items()})
+        loss = ce
         for key, term in terms.items():
             self._record(key, term)
-            loss = loss + self.lambdas[key] * term  # type: ignore[operator]
-        return loss, logits
+            loss = loss + self._weight(key, term, ce) * term
+        return loss, logits[:n]
+
+    def _weight(self, key: str, term: torch.Tensor, ce: torch.Tensor) -> float:
+        """λ of ``key``; with ``term_cap`` a penalty's λ shrinks so that λ·term ≤ term_cap × CE on this step (a
+        confidence-independent trust region: the penalty can never outweigh the task loss by more)."""
+        lam = self.lambdas[key]
+        assert lam is not None
+        if self.cfg.term_cap is None or key == "counterfactual":
+            return lam
+        return min(lam, self.cfg.term_cap * float(ce.detach()) / max(float(term.detach()), 1e-12))
 
 
 def treat_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: TreatmentLoss, x: torch.Tensor,

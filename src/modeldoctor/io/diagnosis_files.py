@@ -36,8 +36,9 @@ TENSORS = names.DIAGNOSIS_TENSORS
 META = names.DIAGNOSIS_JSON
 
 
-def save_diagnosis(diagnosis: Diagnosis, directory: str | Path) -> Path:
-    """Write both files atomically; returns the directory."""
+def save_diagnosis(diagnosis: Diagnosis, directory: str | Path, shortcut: dict[str, Any] | None = None) -> Path:
+    """Write both files atomically; returns the directory.  ``shortcut``: the shortcut check
+    (:mod:`modeldoctor.doctor.shortcut`), kept in diagnosis.json under ``"shortcut"`` (:func:`read_shortcut`)."""
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is not a directory; choose a directory for the diagnosis")
@@ -67,6 +68,8 @@ def save_diagnosis(diagnosis: Diagnosis, directory: str | Path) -> Path:
         "timings": diagnosis.timings,
         "statistics": discovery_statistics(diagnosis),
     }
+    if shortcut is not None:
+        meta["shortcut"] = shortcut
     write_json(out / META, finite(meta))
     return out
 
@@ -80,6 +83,14 @@ def finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite(v) for v in obj]
     return obj
+
+
+def read_shortcut(directory: str | Path) -> dict[str, Any] | None:
+    """The shortcut check stored in a diagnosis.json (``None`` when the diagnosis was made without masks)."""
+    path = Path(directory)
+    meta = read_json(path if path.is_file() else path / META)
+    found = meta.get("shortcut") if isinstance(meta, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def load_diagnosis(directory: str | Path, model: nn.Module | None = None,

@@ -2,7 +2,8 @@
 reader) each, plus the one CSV table.
 
 ``annotate.json`` (:data:`ANNOTATION_LIST`): ``{"per_class": {class_name: [{"id", "confidence", "label",
-"predicted"}, ...]}}`` — per true class, the training images with the lowest probability of their true label.
+"predicted"}, ...]}}`` — per true class, the training images with the lowest probability of their true label;
+with ``diagnose --masks`` the classes come worst background first, as ``"priority"`` records (pull per class).
 
 ``treat.json`` (:data:`TREATMENT`): ``{"checkpoint", "original" | "control" | "treated": M, "config",
 "train_config", "annotated", "held_out", "lambdas", "select", "weight_change"}`` with ``M = {"val" | "test" |
@@ -11,7 +12,7 @@ without a control.
 
 ``ablate.json`` (:data:`ABLATION`), ``decompose.json`` (:data:`DECOMPOSITION`), ``influential.json``
 (:data:`INFLUENTIAL`), ``stability.json`` (:data:`STABILITY`), ``dissect.json`` (:data:`DISSECTION`): what the
-command of the same name prints with ``--json`` (the layouts are in the README, section of each command).
+command of the same name prints with ``--json`` (the layouts are on each command's page under docs/commands/).
 """
 
 from __future__ import annotations

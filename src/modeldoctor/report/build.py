@@ -18,18 +18,19 @@ from modeldoctor.core.files import write_bytes, write_text
 from modeldoctor.doctor.diagnosis import Diagnosis, LayerDiagnosis
 from modeldoctor.doctor.discovery import kernels_for_mass
 from modeldoctor.io import names
-from modeldoctor.io.diagnosis_files import load_diagnosis
+from modeldoctor.io.diagnosis_files import load_diagnosis, read_shortcut
 from modeldoctor.io.documents import ABLATION, ANNOTATION_LIST, DECOMPOSITION, STABILITY, TREATMENT
 from modeldoctor.report import figures
 from modeldoctor.report.collect import RunFiles, find_outputs
 from modeldoctor.report.html import Section, render, table
 from modeldoctor.report.images import ModelSet, annotation_section, attention_sections, load_models
+from modeldoctor.report.reliance import reliance_checks, reliance_section, shortcut_section
 
 logger = logging.getLogger(__name__)
 
 MAX_HEATMAPS = 4
-ORDER = ["discovery", "attention", "annotate", "treatment", "before-after", "explain", "stability", "decomposition",
-         "ablation"]
+ORDER = ["shortcut", "discovery", "attention", "annotate", "treatment", "reliance", "before-after", "explain", "stability",
+         "decomposition", "ablation"]
 
 
 @dataclass
@@ -54,6 +55,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, images: boo
     diagnosis = _load_diagnosis(files)
     models = load_models(files, diagnosis) if images else ModelSet()
     sections: list[Section] = []
+    shortcut = read_shortcut(files.diagnosis) if files.diagnosis is not None else None
+    if shortcut is not None:
+        sections.append(shortcut_section(shortcut))
     if diagnosis is not None:
         sections.append(discovery_section(diagnosis))
     if models.original is not None and diagnosis is not None:
@@ -64,6 +68,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, images: boo
     treat = files.read(TREATMENT)
     if treat:
         sections.append(treatment_section(treat, _class_names(diagnosis, models, treat)))
+    checks = reliance_checks(models, (treat or {}).get("annotated_ids", (treat or {}).get("annotated")))
+    if checks is not None and "treated" in checks:
+        sections.append(reliance_section(checks, treat))
     stability = files.read(STABILITY)
     if stability:
         sections.append(stability_section(stability))
@@ -77,6 +84,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, images: boo
         sections.append(ablation_section(ablate))
     sections.sort(key=lambda s: ORDER.index(s.key))
     cards = summary_cards(treat, diagnosis, stability, decompose)
+    if shortcut is not None:
+        cards.insert(0, (shortcut["verdict"]["label"], "shortcut check of the diagnosed model"))
     page = render("Model Doctor report", f"Outputs found under {files.root}", cards, sections)
     fig_dir = target.parent / names.FIGURES
     pngs = [write_bytes(fig_dir / names.figure(fig.name), fig.png) for section in sections for fig in section.figures]
@@ -163,13 +172,16 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
     select = treat.get("select", "val")
     chosen = {"swap": "the background-swap composites of held-out annotated images", "val": "the validation split",
               "last": "nothing (the last epoch is kept)"}.get(select, select)
+    verdict = treat.get("verdict") or {}
+    lead = f"{verdict['message']} " if verdict.get("message") else ""
     section = Section("treatment", "Treatment: accuracy before and after, against a matched control",
-                      "The control is the same fine-tuning (weights, data order, optimiser, epochs, seed) without the "
-                      "constraints, so any difference between treated and control is the constraints' effect. "
+                      lead + "The control is the same fine-tuning (weights, data order, optimiser, epochs, seed) "
+                      "without the constraints, so any difference between treated and control is the constraints' effect. "
                       f"Both arms chose their epoch on {chosen}; the test split only judges. Swap accuracy: each "
                       "held-out annotated object pasted on other classes' backgrounds — a model that reads the "
-                      "background follows the background's class, so a shortcut shows as swap ≪ validation.")
-    splits = [s for s in ("val", "test", "swap") if all(s in (treat.get(n) or {s: 0}) for n in ("original", "treated"))]
+                      "background follows the background's class, so a shortcut shows as a low swap accuracy (validation "
+                      "accuracy is no reference: it may carry the shortcut too).")
+    splits = [s for s in ("test", "swap", "val") if all(s in (treat.get(n) or {s: 0}) for n in ("original", "treated"))]
     rows = []
     for name in ("original", "control", "treated"):
         m = treat.get(name)
@@ -180,6 +192,15 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
                               for s in splits])
     section.tables.append(table(["model"] + [f"{s} accuracy" for s in splits], rows,
                                 f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"))
+    candidates = treat.get("candidates") or []
+    if candidates:
+        chosen_name = verdict.get("candidate")
+        section.tables.append(table(
+            ["candidate", "swap accuracy", "val accuracy", "seconds"],
+            [[c["name"] + (" (chosen)" if c["name"] == chosen_name else ""), _pct(c["swap"], None), _pct(c["val"], None),
+              f"{c['seconds']:.0f}"] for c in candidates],
+            "treatment settings tried, judged on the swap accuracy of held-out annotated images "
+            "(test accuracy chooses nothing)"))
     section.figures.append(figures.per_class_accuracy(class_names, _accuracy_runs(treat, "test"), "test", seeds))
     if treat.get("weight_change"):
         section.figures.append(figures.weight_change(treat["weight_change"]))

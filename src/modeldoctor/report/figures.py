@@ -202,14 +202,15 @@ def background_share(name: str, runs: Mapping[str, np.ndarray], background_area:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="y")
     means = {n: float(np.mean(v)) for n, v in runs.items()}
-    title = (f"The {names[0]} model puts {means[names[0]]:.0%} of its derivative map on the background, "
-             f"which covers {background_area:.0%} of the pixels")
+    title = (f"Summed derivative map Σ|∂ŷ/∂m| (paper Fig. 2b): {means[names[0]]:.0%} of it on the background, which "
+             f"covers {background_area:.0%} of the pixels")
     if "treated" in means and "control" in means:
-        title = (f"Background share of the derivative map: original {means[names[0]]:.0%}, control "
+        title = (f"Summed derivative map Σ|∂ŷ/∂m| on the background: original {means[names[0]]:.0%}, control "
                  f"{means['control']:.0%}, treated {means['treated']:.0%} (background = {background_area:.0%} of pixels)")
     caption = ("Per test image: mass of the upsampled summed derivative map outside the (exact) digit mask divided "
                "by its total; triangles mark the means. Above the dashed line the model attends to the background more than "
-               "its area warrants.")
+               "its area warrants. In a ReLU network this map is blind to every weight before the layer, so it "
+               "describes where the class score is sensitive, not whether the model reads the background.")
     return _render(fig, name, title, caption)
 
 

@@ -147,18 +147,18 @@ def _before_after(models: ModelSet, layer: str, index: list[int], names: list[st
                       "on the last rectified feature maps (the paper's Fig. 5); a blank Grad-CAM panel means no "
                       "positive evidence for the true class anywhere (ReLU of a negative sum), common on these hesitant "
                       "images. Each map is min-max scaled (strong: opaque yellow; its minimum: transparent).")
-    claim = "Derivative maps of the same images before and after treatment"
+    claim = "Summed derivative maps Σ|∂ŷ/∂m| (paper Fig. 5) of the same images before and after treatment"
     if shares is not None and "treated" in shares[0]:
         before, after = float(np.mean(shares[0]["original"])), float(np.mean(shares[0]["treated"]))
-        claim = (f"After treatment the map's background share falls from {before:.0%} to {after:.0%}"
-                 if after < before - CLEAR_DIFFERENCE
-                 else f"Treatment does not move the map off the background ({before:.0%} → {after:.0%})")
+        claim = (f"Summed derivative maps Σ|∂ŷ/∂m| (paper Fig. 5): {before:.0%} of the map on the background before, "
+                 f"{after:.0%} after — this map ignores the weights before {layer}, so it is not a reliance measure "
+                 "(see the reliance section)")
     section.figures.append(figures.image_grid("before_after", claim, "Rows: model and map; columns: the least "
                                               "confident test images of the original model.", rows))
     if shares is not None:
         by_model, area, _ = shares
         section.figures.append(figures.background_share("background_share_treated", by_model, area))
-        section.tables.append(table(["model", "mean background share", "images"],
+        section.tables.append(table(["model", "mean background share of Σ|∂ŷ/∂m| (paper's map)", "images"],
                                     [[n, f"{float(np.mean(v)):.1%}", len(v)] for n, v in by_model.items()]))
     return section
 

@@ -2,7 +2,12 @@
 per image) or paint a coarse mask, with keyboard next/previous, undo and "no object".  Every image is saved at
 once to OUT/boxes.json (treat --boxes) and OUT/masks/ID.png (treat --masks); OUT/annotations.json resumes a session.
 
+DIR is a folder with annotate.json, or one whose diagnosis/ subfolder has it (the demo's OUT).  The images are
+shown from the data of the checkpoint the diagnosis was made for: the model.pt beside DIR or one folder down
+from DIR's parent (the demo's OUT/baseline/model.pt) whose weights hash is the one diagnosis.json records.
+
 Example: modeldoctor annotate runs/base/diagnosis            (the images of its annotate.json; data from ../model.pt)
+         modeldoctor annotate runs/demo                      (the demo's folders: diagnosis/ and baseline/model.pt)
          modeldoctor annotate --ids mnist5k-0007,mnist5k-0042 --checkpoint runs/base/model.pt --out runs/masks
 """
 
@@ -19,11 +24,13 @@ from modeldoctor.annotator.server import AnnotationServer, Item
 from modeldoctor.annotator.store import AnnotationStore
 from modeldoctor.cli.commands.common import comma_list, out_dir
 from modeldoctor.core.errors import UserError
+from modeldoctor.core.files import read_json
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.sources import load_data
 from modeldoctor.io import names
 from modeldoctor.io.documents import ANNOTATION_LIST
 from modeldoctor.io.loading import load_model_and_data
+from modeldoctor.models.checkpoint import load_checkpoint
 
 logger = logging.getLogger("modeldoctor.annotate")
 
@@ -41,15 +48,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-browser", action="store_true", help="only print the address; open it yourself")
 
 
+def listing_folder(directory: str | Path) -> Path:
+    """The folder holding annotate.json: ``directory`` itself, else its ``diagnosis/`` subfolder (the demo's OUT)."""
+    d = Path(directory)
+    for folder in (d, d / names.DIAGNOSIS_DIR):
+        if (folder / names.ANNOTATE).is_file():
+            return folder
+    return d  # the reader names what is missing
+
+
+def find_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint a diagnosis folder was made for: ``../model.pt``, ``../baseline/model.pt`` or any
+    ``../*/model.pt``, the first whose weights hash equals diagnosis.json's (without diagnosis.json: the first found)."""
+    parent = Path(folder).parent
+    candidates = [parent / names.MODEL, parent / names.BASELINE_DIR / names.MODEL, *sorted(parent.glob(f"*/{names.MODEL}"))]
+    found = [p for p in dict.fromkeys(candidates) if p.is_file()]
+    meta = Path(folder) / names.DIAGNOSIS_JSON
+    wanted = read_json(meta).get("weights_sha256") if meta.is_file() else None
+    if not wanted:
+        return found[0] if found else None
+    for path in found:
+        try:
+            if load_checkpoint(path)[1].weights_sha256 == wanted:
+                return path
+        except UserError:
+            continue
+    return None
+
+
 def _bundle(args: argparse.Namespace) -> DataBundle:
     checkpoint = args.checkpoint
-    if checkpoint is None and args.diagnosis and (Path(args.diagnosis).parent / names.MODEL).is_file():
-        checkpoint = Path(args.diagnosis).parent / names.MODEL
+    if checkpoint is None and args.diagnosis:
+        checkpoint = find_checkpoint(args.diagnosis)
     if checkpoint is not None:
         return load_model_and_data(checkpoint, args.data, args.trust_checkpoint)[2]
     if args.data:
         return load_data(args.data, input_size=args.input_size)
-    raise UserError("say which images these are: pass --checkpoint model.pt or --data SPEC")
+    raise UserError("say which images these are: pass --checkpoint model.pt or --data SPEC (no model.pt for this "
+                    "diagnosis was found beside it)")
 
 
 def _items(args: argparse.Namespace, bundle: DataBundle) -> list[Item]:
@@ -72,6 +108,8 @@ def _items(args: argparse.Namespace, bundle: DataBundle) -> list[Item]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.diagnosis:
+        args.diagnosis = str(listing_folder(args.diagnosis))
     out = out_dir(args, Path(args.diagnosis) / names.ANNOTATION_DIR if args.diagnosis else None)
     if out is None:
         raise UserError("with --ids, pass --out DIR for the masks")

@@ -4,7 +4,15 @@ Writes DIR/diagnosis.safetensors (ā, sums, counts, single-sample profiles, rele
 and DIR/diagnosis.json (model, weights hash, options, classes, Discovery-1 statistics); with --lowest K also
 DIR/annotate.json, the K lowest-confidence training images per class (the ones worth an object mask).
 
+With object masks (--masks builtin|DIR|FILE.json or --boxes FILE) also the shortcut check on the model alone:
+masked objects pasted on other masked images' erased backgrounds vs the same objects on their own restored
+backgrounds; per class the swap accuracy, the share of predictions that follow the background's class, the
+donor confusion, background reliance (activation and Grad-CAM shares outside the object, the probability drop)
+and a one-line verdict ("reads the background" / "not detectably") with its 95% interval.  It is kept in
+diagnosis.json under "shortcut", and its worst classes lead annotate.json.
+
 Example: modeldoctor diagnose --checkpoint runs/base/model.pt --layers all --out runs/base/diagnosis --lowest 10
+         modeldoctor diagnose --checkpoint runs/base/model.pt --masks builtin --json
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from modeldoctor.doctor.diagnosis import DiagnosisOptions
 from modeldoctor.io import names
 from modeldoctor.io.diagnosis_files import save_diagnosis
 from modeldoctor.io.documents import ANNOTATION_LIST
-from modeldoctor.io.loading import load_model_and_data
+from modeldoctor.io.loading import load_model_and_data, read_object_masks
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"also write {names.ANNOTATE}: the K lowest-confidence images of each class")
     p.add_argument("--out", default=None,
                    help=f"output directory (default: {names.DIAGNOSIS_DIR}/ next to the checkpoint)")
+    p.add_argument("--masks", default=None,
+                   help="object masks for the shortcut check: builtin (the dataset's own), DIR of PNG/labelme files, "
+                        "or a COCO instances FILE.json")
+    p.add_argument("--boxes", default=None, help="CSV or JSON file of boxes (id, x0, y0, x1, y1) for the shortcut check")
+    p.add_argument("--shortcut-per-class", type=int, default=20, metavar="N",
+                   help="masked images per class the shortcut check uses (default 20; 3 backgrounds each)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,12 +76,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                reduce=args.reduce, min_confidence=args.min_confidence,
                                require_correct=not args.include_wrong, seed=args.seed)
     layers = args.layers if args.layers in (None, "all") else comma_list(args.layers)
+    masks = read_object_masks(bundle, args.masks, args.split, args.boxes) if args.masks or args.boxes else None
     result = api.diagnose_model(model, bundle, layers, options, split=args.split, lowest=args.lowest,
                                 batch_size=args.batch_size, class_names=meta.class_names, model_spec=meta.model,
-                                progress=True)
+                                progress=True, masks=masks, shortcut_per_class=args.shortcut_per_class)
     files = {"diagnosis": str(out)}
     if distributed.is_main():  # under torchrun every rank holds the same result; rank 0 writes it
-        save_diagnosis(result.diagnosis, out)
+        save_diagnosis(result.diagnosis, out, result.shortcut)
         if result.annotation is not None:
             files["annotate"] = str(ANNOTATION_LIST.write(out, result.annotation))
     return {**files, **result.to_dict()}

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from typing import Any
 
 from modeldoctor import api
 from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list, out_dir
 from modeldoctor.core import distributed
 from modeldoctor.core.errors import UserError
-from modeldoctor.doctor.treatment import CONSTRAINTS, TreatConfig
+from modeldoctor.doctor.search import CANDIDATES, DEFAULT_CANDIDATES
+from modeldoctor.doctor.treatment import CONSTRAINTS, MASKED, TreatConfig
 from modeldoctor.io import names
 from modeldoctor.io.checkpoints import write_arm
 from modeldoctor.io.diagnosis_files import load_diagnosis
@@ -26,19 +28,31 @@ from modeldoctor.io.documents import TREATMENT
 from modeldoctor.io.loading import load_model_and_data, read_object_masks
 from modeldoctor.training import TrainConfig
 
+logger = logging.getLogger(__name__)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_args(p)
     p.add_argument("--diagnosis", default=None, help="directory written by `modeldoctor diagnose` (channel-wise)")
-    p.add_argument("--constraints", default=",".join(TreatConfig.constraints),
-                   help=f"comma list of {', '.join(CONSTRAINTS)}")
+    p.add_argument("--constraints", default="auto",
+                   help=f"auto (try --candidates, keep the best on held-out background swaps) or a comma list of "
+                        f"{', '.join(CONSTRAINTS)}")
+    p.add_argument("--candidates", type=comma_list, default=None,
+                   help=f"with --constraints auto: comma list of {', '.join(CANDIDATES)} "
+                        f"(default {','.join(DEFAULT_CANDIDATES)})")
+    p.add_argument("--lam-counterfactual", type=float, default=TreatConfig.lam_counterfactual,
+                   help="weight of the counterfactual composites' cross-entropy")
+    p.add_argument("--composites", type=int, default=TreatConfig.composites,
+                   help="counterfactual composites (annotated objects on other images' backgrounds) per batch")
+    p.add_argument("--term-cap", type=float, default=None,
+                   help="trust region: each penalty's λ·term at most this × the batch cross-entropy per step")
     p.add_argument("--masks", default=None,
                    help="builtin (the dataset's own object masks), DIR of PNG/labelme files, or a COCO instances "
                         "FILE.json (polygons/RLE)")
     p.add_argument("--boxes", default=None, help="CSV or JSON file of boxes: id, x0, y0, x1, y1 (input pixels)")
     p.add_argument("--annotate-per-class", type=int, default=20,
                    help="use the N lowest-confidence training images per class that have masks (0: all masks)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=None,
                    help="fine-tuning learning rate (default: the checkpoint's, the original optimiser settings)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's")
@@ -83,11 +97,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, meta, bundle = load_model_and_data(args.checkpoint, args.data, args.trust_checkpoint)
     out = out_dir(args)
     assert out is not None  # --out is required
-    constraints = tuple(comma_list(args.constraints) or ())
+    constraints: tuple[str, ...] | str = "auto" if args.constraints == "auto" else tuple(comma_list(args.constraints) or ())
     if "channel" in constraints and not args.diagnosis:
         raise UserError("the channel-wise constraint needs a diagnosis; run `modeldoctor diagnose` and pass --diagnosis DIR")
     diagnosis = load_diagnosis(args.diagnosis) if args.diagnosis else None
-    needs_masks = {"space", "input-gradient"} & set(constraints) or args.masks or args.boxes
+    needs_masks = constraints == "auto" or set(MASKED) & set(constraints) or args.masks or args.boxes
     masks = read_object_masks(bundle, args.masks, boxes=args.boxes) if needs_masks else {}
 
     def save(result: api.TreatmentResult) -> None:
@@ -98,8 +112,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, diagnosis, bundle, range(args.seeds), on_result=save, masks=masks,
         annotate_per_class=args.annotate_per_class or None, constraints=constraints, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, train_config=TrainConfig.from_dict(meta.train_config), relevance=args.relevance,
-        control=not args.no_control, state_dir=out, resume=args.resume, **_options(args))
+        control=not args.no_control, state_dir=out, resume=args.resume, candidates=args.candidates, **_options(args))
     document = api.treatment_document(results, str(args.checkpoint))
+    for result in results:
+        logger.warning("seed %d: %s", result.train_config.seed, result.verdict.get("message", ""))
     if distributed.is_main():
         TREATMENT.write(out, document)
     return document

@@ -1,0 +1,592 @@
+"""Every measured number in README.md and docs/, generated from benchmarks/results/*.json.
+
+A page marks a generated block with two HTML comments on their own lines::
+
+    <!-- TABLE:shortcut -->
+    ... generated, do not edit ...
+    <!-- /TABLE:shortcut -->
+
+and this script rewrites what lies between them with the output of the function registered under that name.
+``python benchmarks/readme_tables.py`` rewrites README.md and docs/**/*.md in place; ``--check`` only reports the
+blocks that differ from the JSON (exit 1), which is what tests/test_readme_numbers.py runs.
+
+Adding a table for a new results file is one function::
+
+    @table("treatment_matrix")
+    def treatment_matrix(r: Results) -> str:
+        doc = r["treatment_matrix"]           # benchmarks/results/treatment_matrix.json
+        return markdown_table(["arm", "test"], [[row["arm"], pct(row["test"])] for row in doc["rows"]])
+
+then ``<!-- TABLE:treatment_matrix -->`` / ``<!-- /TABLE:treatment_matrix -->`` on a page and a run of this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"<!-- TABLE:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /TABLE:(?P=name) -->", re.S)
+START = re.compile(r"<!-- TABLE:([\w-]+) -->")
+
+
+class Results:
+    """``results["shortcut"]`` = benchmarks/results/shortcut.json, read once."""
+
+    def __init__(self, folder: Path = RESULTS) -> None:
+        self.folder = folder
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cache:
+            self._cache[name] = json.loads((self.folder / f"{name}.json").read_text())
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return (self.folder / f"{name}.json").exists()
+
+
+TABLES: dict[str, Callable[[Results], str]] = {}
+
+
+def table(name: str) -> Callable[[Callable[[Results], str]], Callable[[Results], str]]:
+    """Register a block generator under ``name`` (the ``TABLE:name`` marker)."""
+
+    def register(fn: Callable[[Results], str]) -> Callable[[Results], str]:
+        if name in TABLES:
+            raise ValueError(f"table {name!r} registered twice")
+        TABLES[name] = fn
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------------------------------- formatting
+def pct(x: float, digits: int = 1) -> str:
+    """A fraction as a percentage without the sign: 0.9287 → '92.9'."""
+    return f"{100 * x:.{digits}f}"
+
+
+def pm(stat: dict, digits: int = 2, scale: float = 100.0) -> str:
+    """``{"mean", "std"}`` as 'mean ± std' (fractions scaled to percent by default)."""
+    return f"{scale * stat['mean']:.{digits}f} ± {scale * stat['std']:.{digits}f}"
+
+
+def num(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def thousands(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None) -> str:
+    rule = [("---:" if a == "r" else "---") for a in (align or ["l"] * len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def source(*names: str) -> str:
+    """The line under a table naming the results files it comes from."""
+    files = ", ".join(f"`benchmarks/results/{n}.json`" for n in names)
+    return f"<small>Generated from {files} by `benchmarks/readme_tables.py`.</small>"
+
+
+# ------------------------------------------------------------------------------------------------ the numbers
+def architecture_counts(r: Results) -> dict[str, Any]:
+    rows = r["architectures"]
+    passed = [x for x in rows if all(x[step] == "pass" for step in ("train", "diagnose", "treat"))]
+    refused = [x for x in rows if x["train"] == "refused"]
+    # Transformers that passed instead of being refused (the refusal check looks for attention modules by class name).
+    missed = [x["spec"] for x in passed if re.search(r"(^|[_:])(swin|vit|maxvit)", x["spec"])]
+    return {"rows": len(rows), "passed": len(passed), "refused": len(refused), "missed_transformers": missed,
+            "failed": len(rows) - len(passed) - len(refused),
+            "minutes": sum(x.get("seconds") or 0.0 for x in rows) / 60,
+            "torchvision": sum(not x["spec"].startswith("timm:") for x in passed),
+            "timm": sum(x["spec"].startswith("timm:") for x in passed)}
+
+
+def missed_note(counts: dict[str, Any]) -> str:
+    missed = counts["missed_transformers"]
+    return f" — {len(missed)} of them transformers the refusal check misses ({', '.join(missed)})" if missed else ""
+
+
+def recipe_val(r: Results, file: str, model: str, arm: str) -> float:
+    return next(x["val"] for x in r[file]["rows"] if x["model"] == model and x["arm"] == arm)
+
+
+def shortcut_family(r: Results, family: str) -> dict[str, Any]:
+    return r["shortcut"]["families"][family]
+
+
+def matrix_glance(r: Results) -> str:
+    """The shipped default against its control per measured cell (the treatment matrix), test accuracy."""
+    if not r.has("treatment_matrix"):
+        return "not measured yet (treatment matrix)"
+    cells = [c for c in r["treatment_matrix"]["cells"] if c["method"] == "default"]
+    parts = [f"{c['family']} ({c['arch']}, {c['masks']} masks) {pct(c['test_mean'])} ± {pct(c['test_std'])} vs "
+             f"control {pct(c['test_mean'] - c['paired_vs_control'])}, {pct(c['gap_recovered'], 0)}% of the gap"
+             for c in cells]
+    lead = "shipped default (counterfactual backgrounds or last layer, chosen on held-out swaps), 3 seeds: "
+    return lead + "; ".join(parts)
+
+
+@table("at_a_glance")
+def at_a_glance(r: Results) -> str:
+    ds, d1 = r["diagnosis_speed"], r["discovery1"]["table"]
+    clean = r["clean"]["report"]["mnist5k"]
+    an = r["analyses"]["summary"]
+    det, dec, sq = an["detectors"], an["decompose"], an["stability"]
+    arch = architecture_counts(r)
+    sc, reg = r["scale"], r["regularizers"]["summary"]
+    fgsm_gain = reg["input_grad_reg_0.1"]["fgsm_0.05"]["mean"] - reg["baseline"]["fgsm_0.05"]["mean"]
+    rows = [
+        ("Is diagnosis at the floor cost?",
+         f"yes: last conv of ResNet-18 at J = 10 costs {num(ds['last_layer_ratio_vs_plain_pass'])}× one plain "
+         f"forward+backward; J = 10 vs J = 1: {num(ds['last_layer_ratio_j10_vs_j1'])}×; four layers at once "
+         f"{num(ds['last_stage_speedup_vs_naive'], 1)}× faster than the naive loop (max difference "
+         f"{ds['last_stage_max_abs_difference']:g})"),
+        ("Discovery 1 (sparse, class-specific kernels)?",
+         f"specific yes (Jaccard between classes {num(d1[0]['mean_pairwise_jaccard'])} → "
+         f"{num(d1[-1]['mean_pairwise_jaccard'])} first → last layer); sparse only weakly (90% of a class's mass "
+         f"needs {pct(d1[-1]['fraction_of_channels'], 0)}% of the last layer's kernels)"),
+        ("Does the treatment fix a background shortcut?", matrix_glance(r)),
+        ("Does the channel-wise treatment help on clean data?",
+         f"no measurable gain over the control (mnist5k {pm(clean['channel'], 1)} vs {pm(clean['control'], 1)})"),
+        ("Discovery 2 (FGSM adversarials unstable under feature noise)?",
+         f"not at the paper's δ (AUROC {num(sq['paper_auroc']['mean'])}); with relative δ, the combined "
+         f"feature-noise detector reaches {pm(det['fgsm']['auroc_noise_combined'], 3, 1)} (FGSM) / "
+         f"{pm(det['pgd']['auroc_noise_combined'], 3, 1)} (PGD), below the feature-squeezing peer "
+         f"({num(det['fgsm']['auroc_feature_squeezing']['mean'], 3)} / "
+         f"{num(det['pgd']['auroc_feature_squeezing']['mean'], 3)}); the flip share alone "
+         f"{num(det['fgsm']['auroc_noise_flip']['mean'])}"),
+        ("Decomposed final layer (k₂ = 5, k₁ chosen on val)?",
+         f"r_A = {pm(dec['r_A'], 3, 1)}; the paper's retraining (whole network, 1 epoch) "
+         f"{pm(dec['accuracy_retrained'])} vs {pm(dec['accuracy_full'])} full (matched control "
+         f"{pct(dec['accuracy_control']['mean'], 2)})"),
+        ("Does it take any CNN, and yours?",
+         f"{arch['passed']} of {arch['rows']} builders ({arch['torchvision']} torchvision, {arch['timm']} timm) pass "
+         f"train → diagnose → treat{missed_note(arch)}; {arch['refused']} transformers refused in one line; "
+         "MobileNet-V3-small from "
+         f"chance ({pct(recipe_val(r, 'recipes', 'mobilenet_v3_small', 'family_recipe'))}%) to "
+         f"{pct(recipe_val(r, 'recipes_precise_bn', 'mobilenet_v3_small', 'family_recipe'))}% validation with "
+         f"precise BatchNorm"),
+        ("Does it scale out?",
+         f"2 gloo processes on 2 cores: diagnosis {num(sc['speedup_2proc'])}× faster "
+         f"({num(sc['speedup_2proc_wall'])}× the whole command); peak RSS of `diagnose` over a "
+         f"{thousands(sc['images'])}-image {sc['image_px']} px folder {thousands(sc['peak_rss_mb'])} MB"),
+        ("Input-gradient regularisation / FocusedDropout?",
+         f"no clean-accuracy gain; input-gradient reg. {100 * fgsm_gain:+.1f} points under FGSM ε = 0.05"),
+    ]
+    return markdown_table(["question", "answer on our offline data (CPU)"], rows) + "\n\n" + source(
+        "diagnosis_speed", "discovery1", "shortcut", "clean", "analyses", "architectures", "recipes",
+        "recipes_precise_bn", "scale", "regularizers")
+
+
+MATRIX_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean"), ("control (plain fine-tune)", "control"),
+               ("**treat, shipped default**", "default"), ("paper Eq. 6 (share, last two convs)", "paper_eq6"),
+               ("counterfactual backgrounds alone", "counterfactual"), ("last layer alone", "last_layer"),
+               ("masked input-gradient peer", "input_gradient"), ("default on the clean model", "do_no_harm"),
+               ("control on the clean model", "do_no_harm_control")]
+ON_OBJECT = {"tint-mnist"}  # families whose cue sits on the object: masks cannot help
+
+
+def matrix_goals(cells: list[dict[str, Any]]) -> list[str]:
+    """The issue's goals per background-shortcut cell, computed from the cells."""
+    out = []
+    for c in cells:
+        if c["method"] != "default" or c["family"] in ON_OBJECT:
+            continue
+        std = max(c["control_std"], 1e-9)
+        out.append(f"{c['family']} / {c['arch']} / {c['masks']}: gap recovered {pct(c['gap_recovered'], 0)}% "
+                   f"({'≥' if c['gap_recovered'] >= 0.8 else '<'} 80%), vs control {pct(c['paired_vs_control'])} "
+                   f"points = {c['paired_vs_control'] / std:.1f} control std "
+                   f"({'>' if c['paired_vs_control'] > 2 * std else '≤'} 2)")
+    return out
+
+
+@table("treatment_matrix")
+def treatment_matrix(r: Results) -> str:
+    if not r.has("treatment_matrix"):
+        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix.json`._"
+    doc = r["treatment_matrix"]["cells"]
+    cells = [c for c in doc if c["method"] != "verdict"]
+    verdicts = {(c["family"], c["arch"], c["masks"]): c for c in doc if c["method"] == "verdict"}
+    blocks = []
+    for key in dict.fromkeys((c["family"], c["arch"], c["masks"]) for c in cells):
+        rows = {c["method"]: c for c in cells if (c["family"], c["arch"], c["masks"]) == key}
+        body = [[label, f"{pct(c['test_mean'])} ± {pct(c['test_std'])}", pct(c["swap_mean"]), pct(c["val_mean"]),
+                 pct(c["swap_mean"] - c["test_mean"]),
+                 "" if m in ("vanilla", "clean") else f"{pct(c['gap_recovered'], 0)}%",
+                 "" if m in ("vanilla", "clean", "control", "do_no_harm_control") else
+                 f"{pct(c['paired_vs_control'])} ± {pct(c['paired_vs_control_std'])}"]
+                for label, m in MATRIX_ARMS if (c := rows.get(m))]
+        v = verdicts.get(key, {})
+        seeds = ", ".join(str(s) for s in next(iter(rows.values()))["seeds"])
+        blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (seeds {seeds}; chosen: "
+                      f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')})\n\n"
+                      + markdown_table(["arm", "test", "swap", "val", "swap − test", "gap recovered",
+                                        "paired vs control (test)"], body, ["l", "r", "r", "r", "r", "r", "r"]))
+    goals = "\n".join(f"- {g}" for g in matrix_goals(cells))
+    return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
+
+
+@table("treatment_matrix_dev")
+def treatment_matrix_dev(r: Results) -> str:
+    if not r.has("treatment_matrix_dev"):
+        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix_dev.json`._"
+    rows = [[c["family"], c["masks"], c["method"], f"{pct(c['test_mean'])} ± {pct(c['test_std'])}",
+             pct(c["swap_mean"]), ", ".join(map(str, c["seeds"]))]
+            for c in r["treatment_matrix_dev"]["cells"] if c["method"] in ("vanilla", "control", "default", "clean")]
+    return (markdown_table(["family", "masks", "arm", "test", "swap", "development seeds"], rows)
+            + "\n\n" + source("treatment_matrix_dev"))
+
+
+@table("collapse")
+def collapse(r: Results) -> str:
+    d = r["collapse_resnet20"]
+    stages = ["conv1", "layer1", "layer2", "layer3"]
+    rows = [[name, pct(v["accuracy"]["test"]), pct(v["accuracy"]["swap"]), pct(v["accuracy"]["val"])]
+            + [f"{num(v['weights'][p]['delta'])} / {num(v['weights'][p]['growth'])}" for p in stages]
+            + [num(v["mean_max_logit"]), ", ".join(f"{k} {num(x, 1)}" for k, x in v["lambdas"].items())]
+            for name, v in d["variants"].items()]
+    o = d["original"]
+    return (markdown_table(["variant", "test", "swap", "val"] + [f"{p} ‖ΔW‖/‖W₀‖ / ‖W‖/‖W₀‖" for p in stages]
+                           + ["mean max logit", "λ"], rows)
+            + f"\n\n{d['arch']} on {d['family']}, development seed {d['seed']}: original test {pct(o['test'])}, "
+              f"swap {pct(o['swap'])}; 3 epochs, last epoch kept.\n\n" + source("collapse_resnet20"))
+
+
+@table("shortcut_check")
+def shortcut_check(r: Results) -> str:
+    d = r["shortcut_check"]
+    rows = []
+    for family, f in d["families"].items():
+        for key, t in f["table"].items():
+            model, masks = key.split("_")
+            verdicts = sorted(set(t["verdicts"]))
+            rows.append([family, model, masks, " / ".join(verdicts), pm(t["follows_background"], 1),
+                         pm(t["swap_accuracy"], 1), pm(t["activation_share"], 1), pm(t["gradcam_share"], 1),
+                         pm(t["probability_drop"], 1)])
+    timing = d["timing"]
+    return (markdown_table(["family", "model", "masks", "verdict (every seed)", "follows background %", "swap %",
+                            "activation share %", "Grad-CAM share %", "p drop %"], rows)
+            + f"\n\n`diagnose` with masks takes {num(timing['ratio'])}× the time without "
+              f"({num(timing['with_s'])} s vs {num(timing['without_s'])} s).\n\n" + source("shortcut_check"))
+
+
+SHORTCUT_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean_reference"),
+                 ("control (plain fine-tune)", "control"), ("**treat, shipped default**", "space_20_per_class"),
+                 ("masked input-gradient peer, same budget", "input_gradient_20_per_class"),
+                 ("paper layers (last two convs), share form, auto λ", "paper_layers_share_20_per_class")]
+
+
+@table("shortcut")
+def shortcut(r: Results) -> str:
+    out = []
+    for family, val_note in (("shortcut-mnist", "val"), ("border-mnist", "val (carries the shortcut)")):
+        f = shortcut_family(r, family)
+        rows = [[label, pm(f[key]["test"]), pct(f[key]["swap"]["mean"]), pct(f[key]["val"]["mean"])]
+                for label, key in SHORTCUT_ARMS]
+        out.append(markdown_table([family, "test", "swap", val_note], rows))
+        gap, paired = f["gap_recovered_space_20_per_class"], f["paired_space_20_per_class_minus_control"]["test"]
+        out.append(
+            f"Gap recovered (vanilla → clean): **{pm(gap, 1)}%** (control {pm(f['gap_recovered_control'], 1)}%, peer "
+            f"{pm(f['gap_recovered_input_gradient_20_per_class'], 1)}%). Paired treated − control: "
+            f"**{100 * paired['mean']:+.2f} ± {100 * paired['std']:.2f}** points "
+            f"({', '.join(f'{100 * v:+.1f}' for v in paired['values'])}); treated − peer: "
+            f"{100 * f['paired_space_minus_input_gradient']['mean']:+.1f} ± "
+            f"{100 * f['paired_space_minus_input_gradient']['std']:.1f}.")
+    minutes = r["shortcut"]["seconds"] / 60
+    out.append(f"Test accuracy %, mean ± std over seeds {r['shortcut']['seeds']}; swap and val: means. "
+               f"Whole run: {minutes:.1f} min.")
+    return "\n\n".join(out) + "\n\n" + source("shortcut")
+
+
+@table("swap_meter")
+def swap_meter(r: Results) -> str:
+    fams = {name: shortcut_family(r, name) for name in ("shortcut-mnist", "border-mnist")}
+    clean = sorted(f["clean_reference"]["swap"]["mean"] for f in fams.values())
+    vanilla = sorted(f["vanilla"]["swap"]["mean"] for f in fams.values())
+    bm = fams["border-mnist"]["vanilla"]
+    return (f"Measured (`benchmarks/shortcut.py`, 3 seeds): the clean reference models score {pct(clean[0])}–"
+            f"{pct(clean[-1])}% on the swap test, the shortcut models {pct(vanilla[0])}–{pct(vanilla[-1])}%. On "
+            f"border-mnist, whose validation split carries the shortcut, the vanilla model has {pct(bm['val']['mean'])}% "
+            f"validation but {pct(bm['swap']['mean'])}% swap accuracy.")
+
+
+@table("weight_change")
+def weight_change(r: Results) -> str:
+    f = shortcut_family(r, "shortcut-mnist")["weight_change_seed0"]
+    layers = list(f["treated"])
+    rows = [[arm, *(num(f[arm][layer]) for layer in layers)] for arm in ("control", "treated")]
+    return (markdown_table(["‖W − W₀‖ / ‖W₀‖", *(f"`{layer}`" for layer in layers)], rows)
+            + "\n\nshortcut-mnist, seed 0.\n\n" + source("shortcut"))
+
+
+@table("treat_speed")
+def treat_speed(r: Results) -> str:
+    d = r["treat_speed"]
+    rows = []
+    for key, label in (("shipped_default", "shipped default"), ("paper_setting", "paper setting")):
+        s = d[key]
+        what = (f"{s['model']}, {s['input_size']} px, batch {s['batch']}"
+                + (f" ({s['annotated']} annotated)" if "annotated" in s else "")
+                + (f" + {s['composites']} counterfactual composites" if "composites" in s else "")
+                + (f", J = {s['noise_draws']}" if "noise_draws" in s else "")
+                + (f", `{s['layer']}`" if "layer" in s else ""))
+        rows.append([label, what, f"{num(s['ratio_time'])}×", f"{num(s['ratio_memory'])}×"])
+    whole = ""
+    if "whole_treat" in d:
+        w = d["whole_treat"]
+        whole = (f"\n\nThe whole default `treat` (control, both candidates, verdict) on {w['data']} / {w['model']}: "
+                 f"{w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s for its control arm alone, "
+                 f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
+    return (markdown_table(["setting", "model and batch", "time / plain step", "memory / plain step"], rows)
+            + whole + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
+
+
+@table("clean")
+def clean_table(r: Results) -> str:
+    rep = r["clean"]["report"]
+    rows = [[name, v["train_images"], pct(v["original_test"], 2), pm(v["control"]), pm(v["channel"]),
+             f"{100 * v['difference']['mean']:+.2f}"] for name, v in rep.items()]
+    s = r["clean"]["settings"]
+    return (markdown_table(["data", "training images", "original", "control", "+ channel-wise", "difference"], rows)
+            + f"\n\n{s['model']}, {s['seeds']} seeds, {s['ft_epochs']} fine-tuning epochs; test accuracy %.\n\n"
+            + source("clean"))
+
+
+@table("diagnosis_speed")
+def diagnosis_speed(r: Results) -> str:
+    rows = []
+    for name in ("diagnosis_speed", "diagnosis_speed_resnet50"):
+        d = r[name]
+        m = d["median_seconds"]
+        rows.append([d["model"].split(",")[0], d["images"], d["batch_size"],
+                     f"**{num(d['last_layer_ratio_vs_plain_pass'])}×** ({num(m['last_j10'])} s vs {num(m['plain'])} s)",
+                     f"{num(d['last_layer_ratio_j10_vs_j1'])}×",
+                     f"**{num(d['last_stage_speedup_vs_naive'], 1)}×** ({num(m['stage'])} s vs {num(m['naive'], 1)} s)",
+                     f"{d['last_stage_max_abs_difference']:.2g} (of {d['last_stage_max_abs_sum']:.2g})"])
+    return (markdown_table(["model", "images", "batch", "last conv, J = 10, vs one plain forward+backward (goal ≤ 1)",
+                            "J = 10 vs J = 1 (goal ≤ 1.3)", "last stage in one call vs the naive loop (goal ≥ 8)",
+                            "max abs difference of the sums"], rows)
+            + "\n\n" + source("diagnosis_speed", "diagnosis_speed_resnet50"))
+
+
+@table("discovery1")
+def discovery1(r: Results) -> str:
+    d = r["discovery1"]
+    rows = [[f"`{x['layer']}`", x["depth"], x["channels"],
+             "{:.1f} ({}–{})".format(x["mean_kernels_for_90pct_mass"], *x["min_max_kernels_for_90pct"]),
+             num(x["fraction_of_channels"]), num(x["mean_gini"]), f"{x['relevant_per_class_mean']:.1f}",
+             num(x["mean_pairwise_jaccard"]), f"{x['mean_sample_vs_class_cosine']:.3f}",
+             f"{x['mean_sample_vs_other_classes_cosine']:.3f}"] for x in d["table"]]
+    head = (f"{d['model']} on {d['data']}, {d['epochs']} epochs, seed {d['seed']}, validation accuracy "
+            f"{pct(d['val_accuracy'])}%. Kernels for 90% of the mass vs depth: Spearman "
+            f"{d['trend_kernels_for_90pct']['spearman']:+.1f}; as a fraction of the layer: Spearman "
+            f"{d['trend_fraction_for_90pct']['spearman']:+.1f}.")
+    return (markdown_table(["layer", "depth", "channels", "kernels for 90% mass, mean (range over classes)",
+                            "as fraction of channels", "Gini", "relevant kernels per class", "Jaccard between classes",
+                            "cosine: sample vs own class", "vs other classes"], rows)
+            + "\n\n" + head + "\n\n" + source("discovery1"))
+
+
+REGULARIZER_ROWS = [("baseline", "None (baseline)"), ("dropout_0.2", "Dropout 0.2 (before fc)"),
+                    ("focused_dropout_par_0.1", "FocusedDropout par 0.1 (after layer3)"),
+                    ("input_grad_reg_0.1", "Input-gradient reg. λ = 0.1")]
+
+
+@table("regularizers")
+def regularizers(r: Results) -> str:
+    s = r["regularizers"]["summary"]
+    rows = [[label, pm(s[key]["train_accuracy"]), pm(s[key]["test_accuracy"]), pm(s[key]["fgsm_0.05"]),
+             pm(s[key]["fgsm_0.1"]), f"{s[key]['train_seconds']['mean']:.0f}"] for key, label in REGULARIZER_ROWS]
+    return (markdown_table(["method", "train acc", "test acc", "FGSM ε=0.05", "FGSM ε=0.1", "train s/run"], rows)
+            + "\n\n" + source("regularizers"))
+
+
+@table("decompose")
+def decompose(r: Results) -> str:
+    d = r["analyses"]["summary"]["decompose"]
+    per_seed = ", ".join(f"{v:.3f}" for v in d["r_A"]["values"])
+    rows = [
+        ["k₁ chosen on val (per seed)", ", ".join(f"{v:.0f}" for v in d["k1"]["values"]), "5 (fixed)"],
+        ["A_f (full)", pm(d["accuracy_full"]), "91.17"],
+        ["A_d (decomposed)", pm(d["accuracy_decomposed"]), "88.59"],
+        ["**r_A**", f"**{pm(d['r_A'], 3, 1)}** ({per_seed})", "0.972"],
+        ["agreement with the full prediction", pm(d["agreement"], 3, 1), "—"],
+        ["**retrained, the paper's protocol** (every parameter, 1 epoch)",
+         f"**{pm(d['accuracy_retrained'])}** ({100 * d['retrained_minus_full']['mean']:+.2f} ± "
+         f"{100 * d['retrained_minus_full']['std']:.2f} vs A_f)", "91.51 (+0.34)"],
+        ["matched control: full network, same retraining", pm(d["accuracy_control"]), "—"],
+        ["retrained up to 3 epochs (epoch chosen on val)", pm(d["accuracy_retrained_3_epochs"]), "—"],
+        ["matched control, up to 3 epochs", pm(d["accuracy_control_3_epochs"]), "—"],
+        ["influential → noise (Table 8)", pm(d["essentiality_influential"]), "48.97"],
+        ["random non-influential → noise", pm(d["essentiality_non_influential"]), "82.24"],
+        ["final-layer multiply-adds (share of full)", f"{pct(d['multiply_adds_ratio']['mean'])}%", "7.8%"],
+        ["top-5 influential ∩ diagnosis top-5 (of 5; chance "
+         f"{d['chance_intersection_topk']['mean'] * 5:.2f})",
+         f"{pm(d['intersection_vs_diagnosis_topk'], 2, 1)} (Jaccard {pm(d['jaccard_vs_diagnosis_topk'], 2, 1)})", "—"],
+    ]
+    return (markdown_table(["", "ours (test, %)", "paper, ResNet-20 / CIFAR-10"], rows)
+            + f"\n\nModels' test accuracy: {pm(r['analyses']['summary']['test_accuracy'])}.\n\n" + source("analyses"))
+
+
+@table("detectors")
+def detectors(r: Results) -> str:
+    s = r["analyses"]["summary"]
+    det, j20, st = s["detectors"], s.get("detectors_draws20"), s["stability"]
+
+    def both(fn: Callable[[dict], str], group: dict) -> list[str]:
+        return [fn(group["fgsm"]), fn(group["pgd"])]
+
+    rows = [
+        ["attack success rate (test, of correctly classified images)",
+         *both(lambda g: f"{pm(g['success_rate_test'], 1)}% ({g['adversarials_test']['mean']:.0f} ± "
+                         f"{g['adversarials_test']['std']:.0f} adversarials)", det)],
+        ["**feature-noise detector, combined** (`auroc_noise_combined`, fit on val)",
+         *both(lambda g: f"**{pm(g['auroc_noise_combined'], 3, 1)}**", det)],
+        ["… its cross-validated AUROC within val", *both(lambda g: pm(g["combined_auroc_calibration_cv"], 3, 1), det)],
+        ["… best single score (`auroc_noise`, chosen on val)", *both(lambda g: pm(g["auroc_noise"], 3, 1), det)],
+        ["… flip share only (`auroc_noise_flip`, chosen on val)", *both(lambda g: pm(g["auroc_noise_flip"], 3, 1), det)],
+    ]
+    if j20:
+        rows += [["combined, J = 20 draws (`--draws 20`, sensitivity check)",
+                  *both(lambda g: pm(g["auroc_noise_combined"], 3, 1), j20)],
+                 ["flip share only, J = 20", *both(lambda g: pm(g["auroc_noise_flip"], 3, 1), j20)]]
+    rows += [["**feature squeezing** (peer, `auroc_feature_squeezing`, setting chosen on val)",
+              *both(lambda g: f"**{pm(g['auroc_feature_squeezing'], 3, 1)}**", det)],
+             ["paper setting: absolute δ ≤ 0.3 at the last conv (Fig. 3)",
+              f"AUROC {pm(st['paper_auroc'], 2, 1)}, {pct(st['paper_keep_false_at_best']['mean'], 0)}% keep the "
+              "false label", "—"]]
+    per_seed = "; ".join(
+        f"{attack.upper()}: combined {' / '.join(f'{v:.3f}' for v in det[attack]['auroc_noise_combined']['values'])} "
+        f"against squeezing {' / '.join(f'{v:.3f}' for v in det[attack]['auroc_feature_squeezing']['values'])}"
+        for attack in ("fgsm", "pgd"))
+    return (markdown_table(["", "FGSM", "PGD (10 steps)"], rows) + f"\n\nPer seed {s['seeds']}: {per_seed}.\n\n"
+            + source("analyses"))
+
+
+@table("overheads")
+def overheads(r: Results) -> str:
+    to, ab = r["train_overhead"], r["ablation_speed"]
+    rows = [["`fit`'s training step vs a hand-written PyTorch loop (`train_overhead.py`)",
+             f"{to['ratio']:.2f}× ({to['ours_ms_per_step']:.0f} vs {to['plain_ms_per_step']:.0f} ms per step)",
+             to["goal"].replace("ratio ", ""), "train_overhead"],
+            [f"unit deletion, {ab['units']} units of `{ab['layer']}` on {ab['samples']} {ab['split']} images: batched "
+             "replay vs one evaluation per unit (`ablation_speed.py`)",
+             f"{ab['speedup']:.1f}× faster, identical per-unit accuracy: {ab['per_unit_accuracy_identical']}", "—",
+             "ablation_speed"]]
+    return markdown_table(["benchmark", "measured", "goal", "results file"],
+                          [[*row[:3], f"`{row[3]}.json`"] for row in rows]) + "\n\n" + source(
+        "train_overhead", "ablation_speed")
+
+
+@table("recipes")
+def recipes(r: Results) -> str:
+    rows = []
+    for file, note in (("recipes", ""), ("recipes_64px", ""), ("recipes_adamw", ""),
+                       ("recipes_precise_bn", "precise BN")):
+        for x in r[file]["rows"]:
+            rows.append([x["model"], x["arm"], f"{x['optimizer']} lr {x['lr']:g}", x["input_size"],
+                         "on" if note else "off", pct(x["val"]), f"`{file}.json`"])
+    return (markdown_table(["model", "arm", "optimiser", "px", "precise BN", "val acc %", "file"], rows)
+            + "\n\nmnist5k, 3 epochs from scratch, seed 0, validation accuracy.\n\n"
+            + source("recipes", "recipes_64px", "recipes_adamw", "recipes_precise_bn"))
+
+
+@table("architectures_summary")
+def architectures_summary(r: Results) -> str:
+    c = architecture_counts(r)
+    return (f"**{c['passed']} of {c['rows']} builders pass** train → diagnose → treat ({c['torchvision']} torchvision, "
+            f"{c['timm']} timm){missed_note(c)}; **{c['refused']} transformers are refused** in one line; "
+            f"{c['failed']} failed. "
+            f"The per-architecture times in `benchmarks/results/architectures.json` add up to "
+            f"{c['minutes']:.0f} min on 2 shared cores.")
+
+
+@table("architectures")
+def architectures(r: Results) -> str:
+    rows = [[x["spec"], x.get("min_input") or "–", x.get("input_size") or "–",
+             f"`{x['default_layer']}`" if x.get("default_layer") else "–", x["train"], x["diagnose"], x["treat"],
+             f"{x['seconds']:.0f}" if x.get("seconds") is not None else "–"] for x in r["architectures"]]
+    return (markdown_table(["model", "min input (px)", "run at (px)", "default layer", "train", "diagnose", "treat", "s"],
+                           rows, ["l", "r", "r", "l", "l", "l", "l", "r"]) + "\n\n" + source("architectures"))
+
+
+@table("scale")
+def scale(r: Results) -> str:
+    s = r["scale"]
+    rows = [["diagnosis, 1 process × 1 thread", f"{num(s['seconds_1proc'], 1)} s", "—"],
+            ["diagnosis, `torchrun --nproc_per_node 2` × 1 thread", f"{num(s['seconds_2proc'], 1)} s",
+             f"**speed-up {num(s['speedup_2proc'])}** (goal ≥ 1.6)"],
+            ["whole command incl. interpreter start and rendezvous",
+             f"{num(s['wall_seconds_1proc'], 1)} s vs {num(s['wall_seconds_2proc'], 1)} s",
+             f"speed-up {num(s['speedup_2proc_wall'])}"],
+            [f"peak RSS of `diagnose` over {thousands(s['images'])} generated {s['image_px']} px JPEGs",
+             f"**{thousands(s['peak_rss_mb'])} MB**", "goal < 2,000 MB"]]
+    return (markdown_table(["measurement", "measured", "ratio"], rows)
+            + f"\n\n{s['diagnosed_samples']} samples diagnosed, {s['cpus']} CPU cores.\n\n" + source("scale"))
+
+
+# ----------------------------------------------------------------------------------------------------- rewriting
+def pages(root: Path = ROOT) -> list[Path]:
+    """Every page that may hold generated blocks: README.md and docs/**/*.md."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def render(text: str, results: Results, where: str = "page") -> str:
+    """``text`` with every ``TABLE:name`` block regenerated; an unknown name or an unclosed block is an error."""
+    starts = START.findall(text)
+    closed = [m.group("name") for m in BLOCK.finditer(text)]
+    if starts != closed:
+        raise ValueError(f"{where}: unclosed or nested TABLE block: {sorted(set(starts) - set(closed)) or starts}")
+    unknown = sorted(set(starts) - TABLES.keys())
+    if unknown:
+        raise ValueError(f"{where}: no generator for TABLE {', '.join(unknown)} (benchmarks/readme_tables.py)")
+
+    def one(m: re.Match[str]) -> str:
+        name = m.group("name")
+        return f"<!-- TABLE:{name} -->\n\n{TABLES[name](results).strip()}\n\n<!-- /TABLE:{name} -->"
+
+    return BLOCK.sub(one, text)
+
+
+def stale(root: Path = ROOT, results: Results | None = None) -> dict[Path, str]:
+    """Pages whose blocks differ from the JSON, with the regenerated text."""
+    results = results or Results(root / "benchmarks" / "results")
+    out = {}
+    for page in pages(root):
+        old = page.read_text()
+        new = render(old, results, str(page.relative_to(root)))
+        if new != old:
+            out[page] = new
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report pages whose blocks differ; write nothing")
+    args = parser.parse_args(argv)
+    changed = stale()
+    for page, text in changed.items():
+        rel = page.relative_to(ROOT)
+        if args.check:
+            print(f"{rel}: generated blocks differ from benchmarks/results; run python benchmarks/readme_tables.py",
+                  file=sys.stderr)
+        else:
+            page.write_text(text)
+            print(f"rewrote {rel}", file=sys.stderr)
+    return 1 if (args.check and changed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

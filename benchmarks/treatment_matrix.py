@@ -1,0 +1,222 @@
+"""Treatment matrix (issue 18): does the shipped treatment hold across shortcut families × architectures × masks?
+
+Per cell (family, architecture, masks ∈ {exact, box}) and seed:
+
+* ``vanilla`` — trained on the family (shortcut in training data), ``clean`` — trained on ``family:clean``
+  (``matrix_baselines.py``: 8 epochs, the architecture's recipe, best validation epoch);
+* ``control`` — the vanilla model fine-tuned 3 epochs at its training lr with 16 annotated images per batch,
+  cross-entropy alone; ``default`` — ``api.treat`` with every option at its default (candidate search on held-out
+  swaps, verdict against that control, which it runs itself);
+* ``--methods`` adds, on the same fine-tune budget and without search: ``paper_eq6`` (space-wise, share form,
+  last two convs, λ auto), ``counterfactual`` (alone), ``last_layer`` (head re-fit only), ``input_gradient``
+  (masked input-gradient peer, its λ fraction chosen per family on the development seeds' swap accuracy);
+* ``do_no_harm`` — ``default`` applied to the ``clean`` model (nothing to repair: it must not get worse), exact
+  masks only.
+
+Annotations: the 20 lowest-confidence training images per class have masks (exact digit masks, or the bounding box
+of each, which is what the annotate page draws); a quarter is held out, as objects and backgrounds, for the swap
+meter.  Test accuracy chooses nothing.  Development seeds (100, 101) chose the shipped defaults; report seeds are
+0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.
+
+Usage: python benchmarks/treatment_matrix.py [--cells FAMILY/ARCH/MASKS,...] [--seeds 0,1,2] [--methods ...]
+Last stdout line: ``{"cells": [{family, arch, masks, method, test_mean, test_std, swap_mean, gap_recovered,
+paired_vs_control}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matrix_baselines import CACHE, baseline, recipe
+from modeldoctor import api
+from modeldoctor.core.files import write_json
+from modeldoctor.data.bundle import DataBundle
+from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence
+from modeldoctor.doctor.arms import split_metrics
+from modeldoctor.doctor.search import meter_splits
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEV_SEEDS = (100, 101)
+REPORT_SEEDS = (0, 1, 2)
+FINETUNE_EPOCHS = 3
+PER_CLASS = 20
+PEER_FRACTIONS = (0.01, 0.1, 1.0)
+DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
+                 "border-mnist/simple-cnn-s2/exact", "border-mnist/simple-cnn-s2/box"]
+METHODS: dict[str, dict[str, Any]] = {
+    "paper_eq6": {"constraints": ("space",), "form": "share", "last_two": True},
+    "counterfactual": {"constraints": ("counterfactual",)},
+    "last_layer": {"candidates": ("last-layer",)},
+    "input_gradient": {"constraints": ("input-gradient",)},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def box_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The bounding box of every exact mask, filled (what a user drawing boxes gives)."""
+    boxes = {}
+    for sid, m in masks.items():
+        rows, cols = torch.nonzero(m.any(1)).flatten(), torch.nonzero(m.any(0)).flatten()
+        box = torch.zeros_like(m)
+        if len(rows):
+            box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        boxes[sid] = box
+    return boxes
+
+
+def accuracies(metrics: dict[str, Any]) -> dict[str, float]:
+    return {split: float(m["accuracy"]) for split, m in metrics.items() if isinstance(m, dict) and "accuracy" in m}
+
+
+def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor], arch: str,
+              seed: int, **options: Any) -> dict[str, Any]:
+    path = CACHE / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    started = time.time()
+    options = dict(options)
+    if options.pop("last_two", False):
+        options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
+    train_cfg = recipe(arch, seed, epochs=FINETUNE_EPOCHS)
+    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=FINETUNE_EPOCHS,
+                       seed=seed, train_config=train_cfg, **options)
+    row = {"original": accuracies(result.original), "treated": accuracies(result.treated_metrics),
+           "control": accuracies(result.control_metrics) if result.control_metrics else None,
+           "chosen": result.chosen, "candidates": result.candidates, "verdict": result.verdict,
+           "lambdas": result.lambdas, "weight_change": result.weight_change, "seconds": time.time() - started}
+    write_json(path, row)
+    log(f"{key}: treated {row['treated']} control {row['control']} ({row['seconds']:.0f}s) {result.chosen}")
+    return row
+
+
+def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,
+              masks: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
+    """The clean reference on the family's test split and on the same swap composites ``treat`` measures with."""
+    path = CACHE / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ids = [sid for sid in data.train.ids if sid in masks]
+    chosen = lowest_confidence(vanilla, data.train, ids, PER_CLASS, data.num_classes)
+    bank = MaskBank.build(data.train, masks, chosen, data.input_size)
+    _, held = holdout_split(bank.pool, data.train.labels, 0.25, seed)
+    swap = meter_splits(data.train, bank, held, seed).report
+    row = accuracies(split_metrics(clean, data.val, data.test, data.num_classes, swap))
+    write_json(path, row)
+    return row
+
+
+def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None) -> dict[str, Any]:
+    vanilla, data = baseline(family, arch, seed)
+    clean, _ = baseline(f"{family}:clean", arch, seed)
+    masks = data.masks if kind == "exact" else box_masks(data.masks)
+    tag = f"{family.replace(':', '_')}__{arch}__{kind}__seed{seed}"
+    default = treat_run(f"run__{tag}__default", vanilla, data, masks, arch, seed)
+    rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
+            "clean": clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed),
+            "_default": default}
+    if kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
+        harm = treat_run(f"run__{tag}__do_no_harm", clean, data, masks, arch, seed)
+        rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
+    for method in methods:
+        options = dict(METHODS[method])
+        if method == "input_gradient":
+            options["lam_fraction"] = peer
+        rows[method] = treat_run(f"run__{tag}__{method}", vanilla, data, masks, arch, seed, control=False,
+                                 **options)["treated"]
+    return rows
+
+
+def peer_fraction(family: str, arch: str, kind: str) -> float:
+    """The input-gradient peer's λ fraction: best mean swap accuracy over the development seeds."""
+    scores = {}
+    for fraction in PEER_FRACTIONS:
+        swaps = []
+        for seed in DEV_SEEDS:
+            vanilla, data = baseline(family, arch, seed)
+            masks = data.masks if kind == "exact" else box_masks(data.masks)
+            tag = f"{family}__{arch}__{kind}__seed{seed}__peer{fraction}"
+            swaps.append(treat_run(f"run__{tag}", vanilla, data, masks, arch, seed, control=False,
+                                   constraints=("input-gradient",), lam_fraction=fraction)["treated"]["swap"])
+        scores[fraction] = sum(swaps) / len(swaps)
+    return max(scores, key=lambda f: scores[f])
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(t) > 1 else 0.0}
+
+
+def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    seeds = sorted(per_seed)
+    cells = []
+    arms = [a for a in per_seed[seeds[0]] if not a.startswith("_")]
+    for arm in arms:
+        test = [per_seed[s][arm]["test"] for s in seeds]
+        swap = [per_seed[s][arm].get("swap", float("nan")) for s in seeds]
+        val = [per_seed[s][arm]["val"] for s in seeds]
+        reference = "do_no_harm_control" if arm == "do_no_harm" else "control"
+        gap = [(per_seed[s][arm]["test"] - per_seed[s]["vanilla"]["test"])
+               / max(per_seed[s]["clean"]["test"] - per_seed[s]["vanilla"]["test"], 1e-9) for s in seeds]
+        paired = [per_seed[s][arm]["test"] - per_seed[s][reference]["test"] for s in seeds]
+        paired_swap = [per_seed[s][arm].get("swap", float("nan")) - per_seed[s][reference].get("swap", float("nan"))
+                       for s in seeds]
+        cells.append({"family": family, "arch": arch, "masks": kind, "method": arm, "seeds": seeds,
+                      "test_mean": stats(test)["mean"], "test_std": stats(test)["std"],
+                      "swap_mean": stats(swap)["mean"], "swap_std": stats(swap)["std"],
+                      "val_mean": stats(val)["mean"], "val_std": stats(val)["std"],
+                      "swap_minus_test": stats(swap)["mean"] - stats(test)["mean"],
+                      "gap_recovered": stats(gap)["mean"], "paired_vs_control": stats(paired)["mean"],
+                      "paired_vs_control_std": stats(paired)["std"], "paired_swap_vs_control": stats(paired_swap)["mean"],
+                      "control_std": stats([per_seed[s][reference]["test"] for s in seeds])["std"]})
+    cells.append({"family": family, "arch": arch, "masks": kind, "method": "verdict", "seeds": seeds,
+                  "chosen": [per_seed[s]["_default"]["chosen"] for s in seeds],
+                  "use_treated": [per_seed[s]["_default"]["verdict"].get("use_treated") for s in seeds],
+                  "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"]})
+    return cells
+
+
+def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    return cell["family"], cell["arch"], cell["masks"], cell["method"], tuple(cell["seeds"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cells", default=",".join(DEFAULT_CELLS))
+    ap.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)))
+    ap.add_argument("--methods", default="", help=f"comma list of {', '.join(METHODS)}")
+    ap.add_argument("--out", default="treatment_matrix.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    out_path = RESULTS / args.out
+    report: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {"cells": []}
+    report["protocol"] = __doc__
+    for cell in args.cells.split(","):
+        family, arch, kind = cell.split("/")
+        peer = peer_fraction(family, arch, kind) if "input_gradient" in methods else None
+        per_seed = {s: seed_rows(family, arch, kind, s, methods, peer) for s in seeds}
+        fresh = summarise(family, arch, kind, per_seed)
+        replaced = {cell_key(f) for f in fresh}
+        report["cells"] = [c for c in report["cells"] if cell_key(c) not in replaced] + fresh
+        if peer is not None:
+            report.setdefault("peer_fraction", {})[cell] = peer
+        write_json(out_path, report)
+    keys = ("family", "arch", "masks", "method", "test_mean", "test_std", "swap_mean", "gap_recovered",
+            "paired_vs_control")
+    print(json.dumps({"cells": [{k: (round(c[k], 4) if isinstance(c.get(k), float) else c.get(k)) for k in keys}
+                                for c in report["cells"] if c["method"] != "verdict"]}))
+
+
+if __name__ == "__main__":
+    main()

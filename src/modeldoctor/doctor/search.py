@@ -1,0 +1,128 @@
+"""Choosing the treatment on the user's own swap meter, and saying honestly whether it beat the control.
+
+The held-out annotated images (never trained on, as object or as background) are split per class into two
+halves of *objects*; each half is pasted onto the held-out backgrounds of other classes:
+
+* ``select`` composites choose the candidate and each arm's checkpoint;
+* ``verdict`` composites — objects no choice has seen — compare the chosen candidate with the matched control.
+
+The verdict is a paired difference: per composite, correct under treated minus correct under control, averaged
+per object (composites of one object are not independent) and over objects, with its standard error
+``se = std(object means) / √objects``.  The treated arm is recommended only when ``gain > 2·se``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from modeldoctor.core.errors import UserError
+from modeldoctor.data.bundle import ImageSplit
+from modeldoctor.data.swap import background_swap
+from modeldoctor.doctor.annotation import MaskBank, holdout_split
+from modeldoctor.training import predict
+
+# name → TreatConfig changes; "last-layer" re-fits only the head (doctor/last_layer.py).
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "counterfactual": {"constraints": ("counterfactual",)},
+    "counterfactual-light": {"constraints": ("counterfactual",), "composites": 16, "lam_counterfactual": 1.0},
+    "counterfactual+space": {"constraints": ("counterfactual", "space"), "lam_fraction": 1.0, "term_cap": 1.0},
+    "space": {"constraints": ("space",), "term_cap": 1.0},
+    "last-layer": {"constraints": ()},
+}
+# Chosen on development seeds 100–101 of shortcut-mnist and border-mnist (simple-cnn-s2), never a report seed.
+DEFAULT_CANDIDATES = ("counterfactual", "last-layer")
+DONORS_PER_OBJECT = 8
+SIGNIFICANCE = 2.0  # gain must exceed this many standard errors
+
+
+def check_candidates(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown or not names:
+        raise UserError(f"unknown treatment candidate(s) {unknown}; choose from {', '.join(CANDIDATES)}")
+    return tuple(names)
+
+
+@dataclass
+class Meter:
+    """The two swap splits of a run (either may be ``None`` when too few images were held out)."""
+
+    select: ImageSplit | None
+    verdict: ImageSplit | None
+
+    @property
+    def report(self) -> ImageSplit | None:
+        """The split every arm's ``swap`` accuracy is reported on: the verdict half when there is one."""
+        return self.verdict if self.verdict is not None else self.select
+
+
+def meter_splits(split: ImageSplit, bank: MaskBank, held: list[int], seed: int) -> Meter:
+    """Select / verdict composites from the held-out annotated images ``held`` (split indices) only."""
+    if not held:
+        return Meter(None, None)
+    chooser, judge = holdout_split(held, split.labels, 0.5, seed + 1)
+    masks = bank.by_index()
+
+    def composites(objects: list[int], salt: int) -> ImageSplit | None:
+        if not objects:
+            return None
+        return background_swap(split, masks, objects, held, per_object=DONORS_PER_OBJECT, seed=seed + salt)
+
+    return Meter(composites(chooser, 0), composites(judge, 1))
+
+
+def correct(model: nn.Module, split: ImageSplit) -> torch.Tensor:
+    logits, labels = predict(model, split)
+    return (logits.argmax(1) == labels).double()
+
+
+def paired_gain(treated: nn.Module, reference: nn.Module, split: ImageSplit) -> tuple[float, float, int]:
+    """(mean gain, its standard error, objects) of ``treated`` over ``reference`` on swap composites ``split``
+    (ids ``"<object>@<donor>"``), clustered by object."""
+    diff = correct(treated, split) - correct(reference, split)
+    groups: dict[str, list[float]] = defaultdict(list)
+    for sid, d in zip(split.ids, diff.tolist()):
+        groups[sid.split("@")[0]].append(d)
+    means = torch.tensor([sum(v) / len(v) for v in groups.values()], dtype=torch.float64)
+    se = float(means.std() / len(means) ** 0.5) if len(means) > 1 else float("inf")
+    return float(means.mean()), se, len(means)
+
+
+def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: str,
+            reference_name: str = "control", original: nn.Module | None = None) -> dict[str, Any]:
+    """``{"winner", "candidate", "swap_gain", "swap_gain_se", "use_treated", "objects", "message", ...}``; with
+    ``original`` also the gain over the untreated model (a fine-tune can beat its control by undoing the control's
+    own damage while still not beating the model it started from)."""
+    split = meter.report
+    if split is None:
+        return {"winner": None, "candidate": candidate, "use_treated": False, "swap_gain": None, "swap_gain_se": None,
+                "message": "no held-out annotated images, so nothing can tell whether the treatment helped; "
+                           "annotate more images or raise --holdout-annotated"}
+    gain, se, objects = paired_gain(treated, reference, split)
+    use = gain > SIGNIFICANCE * se and gain > 0
+    shared = "" if meter.verdict is not None else " (too few held-out images: the same composites chose it)"
+    if use:
+        message = (f"treated ({candidate}) beats the {reference_name} on held-out background swaps by "
+                   f"{100 * gain:+.1f} ± {100 * se:.1f} points: use treated.pt{shared}")
+    else:
+        message = (f"no candidate beat the {reference_name} on held-out background swaps by more than its noise "
+                   f"(best: {candidate}, {100 * gain:+.1f} ± {100 * se:.1f} points): keep the "
+                   f"{'control' if reference_name == 'control' else 'original model'}{shared}")
+    result: dict[str, Any] = {"winner": "treated" if use else reference_name, "candidate": candidate, "swap_gain": gain,
+                              "swap_gain_se": se, "use_treated": use, "objects": objects,
+                              "composites": len(split), "message": message}
+    if original is not None:
+        gain0, se0, _ = paired_gain(treated, original, split)
+        result.update(swap_gain_vs_original=gain0, swap_gain_vs_original_se=se0)
+        if use and not gain0 > SIGNIFICANCE * se0:
+            result["message"] += (f"; but it is no better than your original model on them ({100 * gain0:+.1f} ± "
+                                  f"{100 * se0:.1f}): the model may not need this treatment")
+    return result
+
+
+__all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "check_candidates", "meter_splits", "paired_gain", "verdict"]

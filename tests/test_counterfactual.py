@@ -1,0 +1,134 @@
+"""Counterfactual backgrounds, the last-layer re-fit, the swap verdict and the search: each against an independent
+reference (a hand loop, scikit-learn, hand-computed statistics) and end to end on a tiny background-shortcut set."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from modeldoctor import api
+from modeldoctor.data.bundle import ImageSplit
+from modeldoctor.data.masks import expand_mask
+from modeldoctor.data.swap import erase_object
+from modeldoctor.doctor.annotation import MaskBank
+from modeldoctor.doctor.counterfactual import Composer
+from modeldoctor.doctor.last_layer import refit_head
+from modeldoctor.doctor.search import paired_gain
+from modeldoctor.training import TrainConfig, fit
+from toys import TinyNet, background_shortcut
+
+
+@pytest.fixture(scope="module")
+def shortcut():
+    torch.manual_seed(0)
+    data = background_shortcut()
+    model = TinyNet()
+    fit(model, data.train, data.val, 4, TrainConfig(epochs=10, batch_size=32, lr=0.05))
+    return data, model
+
+
+def test_erase_keeps_background_texture_and_removes_the_object():
+    g = torch.Generator().manual_seed(0)
+    image = 0.5 + 0.1 * torch.randn(1, 24, 24, generator=g)
+    mask = torch.zeros(24, 24, dtype=torch.bool)
+    mask[8:14, 9:15] = True
+    image[0][mask] = 1.0
+    out = erase_object(image, mask, grow=1)
+    hole = torch.zeros_like(mask)
+    hole[7:15, 8:16] = True
+    assert out[0][hole].max() < 0.95  # no object pixel left
+    assert torch.equal(out[0][~hole], image[0][~hole])  # the background is untouched
+    # the fill carries the background's noise (a smooth fill would have a far smaller spread)
+    assert abs(float(out[0][hole].std()) - 0.1) < 0.03
+
+
+def test_composer_pastes_objects_on_other_classes_backgrounds():
+    data = background_shortcut(n_train=40)
+    bank = MaskBank.build(data.train, data.masks, list(range(12)), 20)
+    composer = Composer(data.train, bank)
+    objects, donors = composer.draw(30, torch.Generator().manual_seed(1))
+    x = composer.compose(objects, donors) * data.train.std + data.train.mean
+    for n, (o, d) in enumerate(zip(objects.tolist(), donors.tolist())):
+        i, j = bank.pool[o], bank.pool[d]
+        assert int(data.train.labels[i]) != int(data.train.labels[j])
+        mask = data.masks[data.train.ids[i]]
+        assert torch.allclose(x[n][0][mask], data.train.raw(i)[0][mask], atol=1e-5)
+        donor_hole = expand_mask(data.masks[data.train.ids[j]], 2)  # what erase_object fills (grown by 2)
+        outside = ~(mask | donor_hole)  # neither object: the donor's own background
+        assert torch.allclose(x[n][0][outside], data.train.raw(j)[0][outside], atol=1e-5)
+
+
+def test_refit_head_matches_scikit_learn_and_touches_only_the_head():
+    data = background_shortcut(n_train=80)
+    bank = MaskBank.build(data.train, data.masks, list(range(40)), 20)
+    composer = Composer(data.train, bank)
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    alpha = 1e-2
+    refit = refit_head(model, composer, 4, per_object=5, alpha=alpha, steps=500, seed=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left as found
+    changed = [k for k, v in refit.state_dict().items() if not torch.equal(before[k], v)]
+    assert set(changed) <= {"fc.weight", "fc.bias"}
+    x, y = composer.dataset(5, 3)
+    with torch.no_grad():
+        features = torch.relu(model.conv2(torch.relu(model.conv1(x)))).amax((2, 3)).numpy()
+    # sklearn: ½‖w‖² + C Σ log-loss  ⇔  mean log-loss + ‖w‖² / (2 C N)
+    reference = LogisticRegression(C=1 / (2 * alpha * len(y)), max_iter=5000, tol=1e-10).fit(features, y.numpy())
+    np.testing.assert_allclose(refit.fc.weight.detach().numpy() - refit.fc.weight.detach().numpy().mean(0),
+                               reference.coef_ - reference.coef_.mean(0), atol=2e-3)
+
+
+def test_paired_gain_by_hand():
+    class Fixed(nn.Module):
+        def __init__(self, predictions: list[int]) -> None:
+            super().__init__()
+            self.register_buffer("p", torch.tensor(predictions))
+            self.anchor = nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = x[:, 0, 0, 0].long()
+            return nn.functional.one_hot(self.p[rows], 3).float()
+
+    ids = ["a@1", "a@2", "b@1", "b@2", "c@1", "c@2"]
+    labels = [0, 0, 1, 1, 2, 2]
+    images = torch.arange(6).float().view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
+    split = ImageSplit(labels, ids, [0.0], [1.0], images=images)
+    treated = Fixed([0, 0, 1, 0, 2, 2])  # per object: a 2/2, b 1/2, c 2/2
+    control = Fixed([0, 1, 0, 0, 2, 0])  # per object: a 1/2, b 0/2, c 1/2
+    gain, se, objects = paired_gain(treated, control, split)
+    # object means of the difference: 0.5, 0.5, 0.5 → mean 0.5, std 0
+    assert objects == 3 and gain == pytest.approx(0.5) and se == pytest.approx(0.0)
+
+
+def test_shipped_default_beats_its_control_on_test(shortcut):
+    data, model = shortcut
+    result = api.treat(model, None, data, annotate_per_class=20, epochs=3, batch_size=32, lr=0.05)
+    treated, control = result.treated_metrics["test"]["accuracy"], result.control_metrics["test"]["accuracy"]
+    assert treated > control + 0.2, (treated, control, result.candidates)
+    assert result.verdict["use_treated"] and result.verdict["winner"] == "treated"
+    assert result.treated_metrics["swap"]["accuracy"] > result.control_metrics["swap"]["accuracy"]
+
+
+def test_test_labels_change_nothing_treat_selects(shortcut):
+    data, model = shortcut
+    kwargs = {"annotate_per_class": 10, "epochs": 1, "batch_size": 32, "lr": 0.05, "control": False,
+              "candidates": ("counterfactual", "last-layer")}
+    first = api.treat(model, None, data, **kwargs)
+    shuffled = dataclasses.replace(data, test=ImageSplit(
+        data.test.labels[torch.randperm(len(data.test), generator=torch.Generator().manual_seed(5))].tolist(),
+        data.test.ids, data.mean, data.std, images=data.test.images))
+    second = api.treat(model, None, shuffled, **kwargs)
+    assert first.chosen == second.chosen
+    assert [c["select_swap"] for c in first.candidates] == [c["select_swap"] for c in second.candidates]
+    assert first.verdict["swap_gain"] == second.verdict["swap_gain"]
+    for a, b in zip(first.treated.state_dict().values(), second.treated.state_dict().values()):
+        assert torch.equal(a, b)
