@@ -94,6 +94,9 @@ def probe_min_input(model: nn.Module, in_channels: int) -> int:
     fixed = fixed_input_size(model)
     if fixed is not None and _works(trial, in_channels, fixed):
         return fixed
+    partition = getattr(model, "partition_size", None)  # torchvision MaxViT: 5 halvings, then p × p partitions
+    if isinstance(partition, int) and _works(trial, in_channels, 32 * partition):
+        return 32 * partition  # probing larger sizes first would run out of memory before failing
     size = 1
     while not _works(trial, in_channels, size):
         if size >= LARGEST_PROBE:
