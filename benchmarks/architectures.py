@@ -2,7 +2,9 @@
 (1 step), each in its own process (one architecture's crash or memory cannot take down the rest).
 
 Writes benchmarks/results/architectures.json (docs/architectures.md generates its table from it) and architectures.md;
-the last stdout line is one JSON object: how many passed, were refused (transformers) and failed.
+the last stdout line is one JSON object: how many passed, were refused (no layer yields a spatial feature map) and
+failed.  Transformers (torchvision vit_* / swin_* / swin_v2_* / maxvit_t, timm vit / deit / swin / maxvit /
+efficientformer) go through the same pipeline on token maps (core/tokens.py).
 
     python benchmarks/architectures.py [--only resnet18,timm:convnext_nano] [--timeout 900]
 
@@ -26,14 +28,19 @@ CHILD = ("import json, sys; from modeldoctor.api.architectures import check_arch
 
 
 def run_one(spec: str, timeout: float) -> dict:
+    """One spec in its own process; a crash or timeout is a row too, with the seconds it took."""
+    started = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-c", CHILD, spec], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"spec": spec, "train": f"fail: over {timeout:.0f} s", "diagnose": "-", "treat": "-"}
+        return {"spec": spec, "train": f"fail: over {timeout:.0f} s", "diagnose": "-", "treat": "-",
+                "seconds": round(time.perf_counter() - started, 2)}
     lines = done.stdout.strip().splitlines()
     if done.returncode or not lines:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"spec": spec, "train": f"fail: exit {done.returncode}", "diagnose": "-", "treat": "-", "note": tail}
+        why = " (SIGKILL: out of memory?)" if done.returncode == -9 else ""
+        return {"spec": spec, "train": f"fail: exit {done.returncode}", "diagnose": "-", "treat": "-",
+                "note": tail + why, "seconds": round(time.perf_counter() - started, 2)}
     return json.loads(lines[-1])
 
 

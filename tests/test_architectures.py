@@ -1,7 +1,7 @@
-"""Minimum input sizes are probed (and cached), default layers are spatial and on the main path, transformers are
-refused; every listed architecture builds for 1 and 3 input channels and trains at its probed minimum (one pixel
-less must fail, so the probe is exact); and (slow) every torchvision classification builder and a few timm
-families go through train → diagnose → treat.
+"""Minimum input sizes are probed (and cached), default layers are spatial and on the main path, fixed-size
+transformers say their size; every listed architecture builds for 1 and 3 input channels and trains at its probed
+minimum (one pixel less must fail, so the probe is exact); and (slow) every torchvision classification builder and a
+few timm families, transformers included, go through train → diagnose → treat.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from modeldoctor.api.architectures import TRANSFORMER_PREFIXES, architecture_specs, check_architecture
+from modeldoctor.api.architectures import architecture_specs, check_architecture
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.outputs import select_logits
 from modeldoctor.models import probe
@@ -87,10 +87,9 @@ def test_min_input_is_cached_on_disk_per_library_version(monkeypatch: pytest.Mon
     assert probe.remembered(key, lambda: 5) == 5  # a damaged cache is probed again and rewritten
 
 
-def test_transformers_are_refused_in_one_line() -> None:
-    for spec in ("vit_b_16", "swin_t", "timm:vit_tiny_patch16_224"):
-        with pytest.raises(UserError, match=f"{spec} is a transformer .* choose a CNN"):
-            build_model(spec, 3, 3)
+def test_fixed_size_transformers_say_their_size_in_one_line() -> None:
+    with pytest.raises(UserError, match="vit_b_32 takes 224 px inputs only .* pass --input-size 224"):
+        build_model("vit_b_32", 3, 3, 256)
 
 
 def test_layers_json_names_a_spatial_main_path_default(capsys: pytest.CaptureFixture) -> None:
@@ -116,8 +115,5 @@ def test_family_representatives_are_torchvision_builders() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", architecture_specs(representatives=not os.environ.get("MODELDOCTOR_ALL_ARCHITECTURES")))
 def test_every_builder_goes_through_train_diagnose_treat(spec: str) -> None:
-    check = check_architecture(spec)
-    if spec.removeprefix("timm:").startswith(TRANSFORMER_PREFIXES):
-        assert check.train == "refused" and "is a transformer" in check.note, check
-    else:
-        assert check.passed, check
+    check = check_architecture(spec)  # transformers included: their layers are read as token maps
+    assert check.passed, check

@@ -8,19 +8,9 @@ from modeldoctor.core.replay import draw_noise
 from modeldoctor.doctor.diagnosis import correlation_index, diagnose, sample_seeds
 from modeldoctor.io.diagnosis_files import load_diagnosis, save_diagnosis
 from modeldoctor.models.zoo import build_model
+from toys import Items
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Items(Dataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], int(self.y[i]), i
 
 
 class GapLinear(nn.Module):

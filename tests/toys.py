@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 
 class Toy(nn.Module):
@@ -28,6 +29,36 @@ def centre_masks(n: int, size: int = 8) -> torch.Tensor:
     m = torch.zeros(n, size, size, dtype=torch.bool)
     m[:, 3:5, 3:5] = True
     return m
+
+
+class Items(Dataset):
+    """(image, label, index) items over two tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i]), i
+
+
+def layer_gradient(model: nn.Module, layer: str, x: torch.Tensor, target: int | None = None) -> torch.Tensor:
+    """∂(Σ logits, or the logit of ``target``)/∂(raw output of ``layer``) by plain autograd, the hook removed."""
+    held = {}
+
+    def hook(module, inputs, output):
+        held["z"] = output.detach().requires_grad_(True)
+        return held["z"]
+
+    handle = model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    score = logits.sum() if target is None else logits[:, target].sum()
+    return torch.autograd.grad(score, held["z"])[0]
 
 
 SHAPES = 4

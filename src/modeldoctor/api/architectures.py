@@ -24,10 +24,11 @@ from modeldoctor.doctor.diagnosis import diagnose
 from modeldoctor.models.zoo import build_model, min_input_size
 from modeldoctor.training import TrainConfig, fit
 
-# timm families checked besides every torchvision classification builder; ViT must be refused.
+# timm families checked besides every torchvision classification builder (transformers read as token maps,
+# core/tokens.py); the full timm sweep of layouts is tests/test_token_architectures.py.
 TIMM_FAMILIES = ["timm:convnext_nano", "timm:regnety_002", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",
-                 "timm:resnet18", "timm:vit_tiny_patch16_224"]
-TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
+                 "timm:resnet18", "timm:vit_tiny_patch16_224", "timm:deit_tiny_distilled_patch16_224",
+                 "timm:swin_tiny_patch4_window7_224", "timm:maxvit_tiny_tf_224", "timm:efficientformer_l1"]
 
 
 # The smallest member of every torchvision family (and variant with its own blocks: MobileNet-V2/V3, EfficientNet
@@ -35,7 +36,7 @@ TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
 FAMILY_REPRESENTATIVES = ["alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
                           "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2", "mobilenet_v3_small",
                           "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5",
-                          "squeezenet1_1", "swin_t", "vgg11_bn", "vit_b_16", "wide_resnet50_2"]
+                          "squeezenet1_1", "swin_t", "swin_v2_t", "vgg11_bn", "vit_b_16", "wide_resnet50_2"]
 
 
 def architecture_specs(representatives: bool = False) -> list[str]:
@@ -89,7 +90,8 @@ def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = 3) 
 
 def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> ArchitectureCheck:
     """Run ``spec`` through train (1 step) → diagnose (default layer, T = 1, J = 2) → treat (1 step, space +
-    channel, no control); every failure is recorded, not raised.  A transformer is ``"refused"`` at build."""
+    channel, no control); every failure is recorded, not raised.  A model without any layer that yields a
+    spatial feature map is ``"refused"`` at build."""
     check = ArchitectureCheck(spec)
     started = time.perf_counter()
     stage = "train"

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modeldoctor.core.layers import LayerRef, conv_layer_names, resolve_layers, sample_shape, train_mode
+from modeldoctor.core.layers import LayerRef, all_layers, conv_layer_names, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.doctor.diagnosis import Diagnosis, DiagnosisOptions, diagnose
@@ -61,7 +61,8 @@ def diagnose_model(model: nn.Module, data: DataBundle, layers: str | Sequence[La
                    batch_size: int = 128, class_names: Sequence[str] | None = None, model_spec: str | None = None,
                    progress: bool = False, masks: Mapping[str, torch.Tensor] | None = None,
                    shortcut_per_class: int = 20) -> DiagnoseResult:
-    """Eq. 3–4 on ``split`` of ``data`` (``layers``: names, ``"all"`` = every Conv2d, default the last conv) and,
+    """Eq. 3–4 on ``split`` of ``data`` (``layers``: names, ``"all"`` = every Conv2d and, in transformers, every
+    token norm whose patches reach the logits; default :func:`~modeldoctor.core.layers.default_layer`) and,
     with ``lowest`` = K > 0, the K lowest-confidence images per class, both from one scoring pass over the split.
     ``class_names`` (default: the data's) and ``model_spec`` are recorded in the diagnosis.  With object
     ``masks`` (by sample id of ``split``) also the shortcut check (:func:`shortcut_check`) on up to
@@ -69,7 +70,8 @@ def diagnose_model(model: nn.Module, data: DataBundle, layers: str | Sequence[La
     dataset = data.split(split)
     started = time.perf_counter()
     with train_mode(model, False):
-        names = conv_layer_names(model) if layers == "all" else resolve_layers(model, layers, sample_shape(dataset))
+        shape = sample_shape(dataset)
+        names = all_layers(model, shape) if layers == "all" else resolve_layers(model, layers, shape)
         replay = NoiseReplay(model, names)
         logger.info("scoring %d %s samples", len(dataset), split)
         scores = score_samples(replay, dataset, batch_size)

@@ -58,6 +58,7 @@ def check_fits(model: nn.Module, data: DataBundle, name: str) -> None:
     if logits.shape[-1] != data.num_classes:
         raise UserError(f"{name} has {logits.shape[-1]} outputs but {data.spec} has {data.num_classes} classes; "
                         "use the data the model was trained on or --classes with one name per output")
+    require_cnn(model, name, (int(x.shape[1]), int(x.shape[2]), int(x.shape[3])))
 
 
 def from_model(model: nn.Module, data: DataBundle, spec: str | None = None, class_names: Sequence[str] | None = None,

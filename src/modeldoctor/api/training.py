@@ -102,10 +102,13 @@ def evaluate_model(model: nn.Module, data: DataBundle, splits: Sequence[str] = (
 
 
 def list_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, Any]:
-    """Every Conv2d that runs, with its depth index, output shape for one input of ``input_shape``, whether that
-    output is spatial (> 1×1) and on the main path (both needed for a default), and the default layer."""
+    """Every candidate layer that runs (:func:`~modeldoctor.core.layers.layer_table`: Conv2d layers, and token or
+    channels-last norms and blocks), with its depth index, layout (nchw, nhwc, tokens P+HxW), feature-map shape for
+    one input of ``input_shape``, whether that map is spatial (> 1×1) and on the main path (both needed for a
+    default), and the default layer."""
     table = layer_table(model, input_shape)
     default = default_layer(model, input_shape)
     return {"input_shape": list(input_shape), "default": default,
-            "layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "out_shape": list(t.out_shape),
+            "layers": [{"name": t.name, "kind": t.kind, "depth": t.depth, "layout": t.layout,
+                        "out_shape": list(t.out_shape),
                         "spatial": t.spatial, "main_path": t.main_path, "default": t.name == default} for t in table]}

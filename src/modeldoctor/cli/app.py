@@ -26,6 +26,7 @@ from modeldoctor.cli.checks import check_out, check_ranges
 from modeldoctor.cli.relaunch import peer_lost_line
 from modeldoctor.core import device, distributed
 from modeldoctor.core.errors import UserError
+from modeldoctor.core.tokens import LAYOUT_HELP, token_layouts
 from modeldoctor.data.bundle import loader_workers
 from modeldoctor.io.diagnosis_files import finite
 
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+        p.add_argument("--token-layout", default=None, metavar="LAYOUT",
+                       help=f"how layer outputs are read as channels × positions: {LAYOUT_HELP} (default: auto, "
+                            "found from each output's shape and the input size)")
         add_scale_arguments(p, amp=name in AMP_COMMANDS)
         p.set_defaults(run=module.run)
     return parser
@@ -146,7 +150,8 @@ def _command(argv: Sequence[str] | None) -> int:
         speaker = distributed.is_main()
         quiet = args.quiet or not speaker
         with _stderr_reporting(args.command, logging.WARNING if quiet else logging.INFO), \
-                device.using(chosen, getattr(args, "amp", "off")), loader_workers(args.workers):
+                device.using(chosen, getattr(args, "amp", "off")), loader_workers(args.workers), \
+                token_layouts(args.token_layout):
             result = args.run(args)
             distributed.barrier()  # every rank leaves together, after rank 0's files are written
     except UserError as exc:

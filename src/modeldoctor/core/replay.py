@@ -6,6 +6,10 @@ We trace the model with ``torch.fx`` (the graph shares the model's modules and p
 graph once keeping every intermediate value, and replay only the nodes that depend on r, with every
 tensor from before r that the tail reads (skip connections) repeated J times along the batch.
 
+Token layers (ViT sequences, channels-last maps) are replayed on their feature map m = to_map(output)
+(:mod:`modeldoctor.core.tokens`): noise is added to m, the tail gets from_map(m + σ), special tokens unchanged, and
+gradients are taken w.r.t. m, so every consumer sees (B, K, H, W).
+
 Models that cannot be traced, or whose tail replay does not reproduce the full forward, fall back to one
 batched full pass over J copies of the input with the noise added by a forward hook: the same numbers,
 at the cost of the head.
@@ -27,6 +31,7 @@ from torch import nn
 from modeldoctor.core.errors import UserError
 from modeldoctor.core.layers import LayerHooks, LayerRef, resolve_layers, train_mode
 from modeldoctor.core.outputs import select_logits
+from modeldoctor.core.tokens import LAYOUT_HELP, TokenLayout, as_map, from_map, layout_for
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +46,10 @@ class ForwardState:
 
     x: torch.Tensor
     logits: torch.Tensor
-    features: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor]  # feature maps (B, K, H, W)
     env: dict[fx.Node, Any] = field(default_factory=dict, repr=False)
     training: bool = False
+    layouts: dict[str, TokenLayout | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +86,10 @@ class NoiseReplay:
                  force_fallback: bool = False) -> None:
         self.model = model
         self.layers = resolve_layers(model, layers)
+        nested = [(a, b) for a in self.layers for b in self.layers if b.startswith(a + ".")]
+        if nested:
+            raise UserError(f"layer {nested[0][1]!r} lies inside layer {nested[0][0]!r}; choose one of them "
+                            "(or run them separately)")
         self._graphs: dict[bool, fx.GraphModule | None] = {}
         self._checked: set[str] = set()
         self.fallback_reason: str | None = "forced" if force_fallback else None
@@ -93,9 +103,9 @@ class NoiseReplay:
         training = self.model.training
         gm = None if self.uses_fallback else self._graph(training)
         if gm is None:
-            with _no_inplace(self.model), _capture(self.model, self.layers) as feats:
+            with _no_inplace(self.model), _capture(self.model, self.layers, tuple(x.shape)) as (feats, layouts):
                 logits = select_logits(self.model(x))
-            return ForwardState(x, logits, dict(feats), training=training)
+            return ForwardState(x, logits, dict(feats), training=training, layouts=dict(layouts))
         state = self._graph_state(gm, x, training)
         if not training and not self._checked:
             # Two samples show whether the graph reproduces the model; checking the whole batch would cost
@@ -106,8 +116,10 @@ class NoiseReplay:
     def _graph_state(self, gm: fx.GraphModule, x: torch.Tensor, training: bool) -> ForwardState:
         with _no_inplace(self.model):
             env, out = _run_graph(gm, x)
-        feats = {name: env[_node_of(gm, name)] for name in self.layers}
-        return ForwardState(x, select_logits(out), feats, env, training)
+        raw = {name: env[_node_of(gm, name)] for name in self.layers}
+        layouts = {name: _layout(self.model, name, raw[name], tuple(x.shape)) for name in self.layers}
+        feats = {name: as_map(layouts[name], raw[name]) for name in self.layers}
+        return ForwardState(x, select_logits(out), feats, env, training, layouts)
 
     def gradients(self, state: ForwardState, layer: str, classes: Sequence[torch.Tensor], noise_draws: int,
                   delta: float, output: Output = "logit", create_graph: bool = False,
@@ -141,17 +153,29 @@ class NoiseReplay:
 
     # -- tail replay ---------------------------------------------------------------------------------
     def replay_tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int) -> torch.Tensor:
-        """Logits of the network with ``layer``'s output replaced by ``flat_noisy`` ((J·B, C, H, W), copy-major).
+        """Logits of the network with ``layer``'s feature map replaced by ``flat_noisy`` ((J·B, C, H, W),
+        copy-major).
 
         Only the tail after ``layer`` runs; every earlier tensor the tail reads is repeated J times.
         """
+        layout = state.layouts.get(layer)
         if self.uses_fallback or not state.env:
-            return self._full_pass_with(state.x, layer, flat_noisy, J)
+            return self._full_pass_with(state.x, layer, flat_noisy, J, layout)
+        try:
+            return self._tail(state, layer, flat_noisy, J, layout)
+        except RuntimeError as exc:  # a train-mode state is never checked: a tail that fails batched falls back here
+            self._fall_back(f"the tail after {layer} cannot be replayed ({type(exc).__name__}: {exc})")
+            return self._full_pass_with(state.x, layer, flat_noisy, J, layout)
+
+    def _tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int,
+              layout: TokenLayout | None) -> torch.Tensor:
         gm = self._graph(state.training)
         assert gm is not None  # state.env is only filled by a traced graph
         split = _node_of(gm, layer)
         batched = _batched_nodes(gm)
-        env: dict[fx.Node, Any] = {split: flat_noisy}
+        raw = state.env[split]
+        like = raw.repeat(J, *([1] * (raw.dim() - 1))) if layout is not None and layout.prefix else raw
+        env: dict[fx.Node, Any] = {split: from_map(layout, flat_noisy, like)}
         repeated: dict[fx.Node, Any] = {}
 
         def value(n: fx.Node) -> Any:
@@ -172,9 +196,10 @@ class NoiseReplay:
             env[node] = _call(gm, node, args, kwargs)
         return select_logits(out)
 
-    def _full_pass_with(self, x: torch.Tensor, layer: str, flat_noisy: torch.Tensor, J: int) -> torch.Tensor:
+    def _full_pass_with(self, x: torch.Tensor, layer: str, flat_noisy: torch.Tensor, J: int,
+                        layout: TokenLayout | None) -> torch.Tensor:
         with LayerHooks(self.model) as hooks:
-            hooks.add(layer, lambda module, inputs, output: flat_noisy)
+            hooks.add(layer, lambda module, inputs, output: from_map(layout, flat_noisy, output))
             return select_logits(self.model(x.repeat(J, *([1] * (x.dim() - 1)))))
 
     # -- tracing and its check -----------------------------------------------------------------------
@@ -199,7 +224,9 @@ class NoiseReplay:
         return gm
 
     def _check_against_model(self, state: ForwardState) -> None:
-        """Once per layer: the replay with J=1, δ=0 must reproduce the full forward, or we fall back."""
+        """Once per layer: the replay of J=2 noise-free copies must reproduce the full forward twice, or we fall back
+        (two copies catch a tail that reads the batch size from the input, e.g. torchvision ViT's
+        ``reshape(n, hidden, h·w)`` after its patch-embedding conv)."""
         with torch.no_grad(), _no_inplace(self.model):
             reference = select_logits(self.model(state.x))
             ok = torch.allclose(state.logits, reference, rtol=1e-4, atol=1e-5)
@@ -207,8 +234,9 @@ class NoiseReplay:
                 if not ok:
                     break
                 try:
-                    replayed = self.replay_tail(state, name, state.features[name], 1)
-                    ok = torch.allclose(replayed, reference, rtol=1e-4, atol=1e-5)
+                    feature = state.features[name]
+                    replayed = self.replay_tail(state, name, feature.repeat(2, *([1] * (feature.dim() - 1))), 2)
+                    ok = torch.allclose(replayed, reference.repeat(2, 1), rtol=1e-4, atol=1e-5)
                 except Exception as exc:  # noqa: BLE001 - a tail that cannot run batched means: fall back
                     self._fall_back(f"the tail after {name} cannot be replayed ({type(exc).__name__}: {exc})")
                     return
@@ -332,15 +360,27 @@ def _no_inplace(model: nn.Module) -> Iterator[None]:
             setattr(m, "inplace", True)  # noqa: B010
 
 
+def _layout(model: nn.Module, name: str, output: Any, x_shape: tuple[int, ...]) -> TokenLayout | None:
+    """The layer's token layout; a sequence that is no feature map of the input is refused in one line."""
+    layout = layout_for(model, model.get_submodule(name), output, x_shape)
+    if layout is None and isinstance(output, torch.Tensor) and output.dim() == 3:
+        raise UserError(f"layer {name!r} outputs {tuple(output.shape)}, which is no patch grid of a "
+                        f"{tuple(x_shape[-2:])} input; pass --token-layout ({LAYOUT_HELP}) or choose another layer")
+    return layout
+
+
 @contextlib.contextmanager
-def _capture(model: nn.Module, layers: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Fallback capture: keep each layer's output with its graph (no clone: in-place ops are off)."""
+def _capture(model: nn.Module, layers: list[str], x_shape: tuple[int, ...]
+             ) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, TokenLayout | None]]]:
+    """Fallback capture: keep each layer's feature map with its graph (no clone: in-place ops are off)."""
     feats: dict[str, torch.Tensor] = {}
+    layouts: dict[str, TokenLayout | None] = {}
     with LayerHooks(model) as hooks:
         for name in layers:
             def hook(module, inputs, output, name=name):
                 if name in feats:
                     raise UserError(f"layer {name!r} runs more than once per forward pass; choose a layer that runs once")
-                feats[name] = output
+                layouts[name] = _layout(model, name, output, x_shape)
+                feats[name] = as_map(layouts[name], output)
             hooks.add(name, hook)
-        yield feats
+        yield feats, layouts

@@ -88,8 +88,13 @@ def surrogate_relus(model: nn.Module, beta: float) -> Iterator[list[SurrogateReL
 @contextlib.contextmanager
 def twice_differentiable(model: nn.Module) -> Iterator[None]:
     """Swap ``nn.Hardsigmoid`` / ``nn.Hardswish`` (MobileNet-V3, EfficientNet-style SE blocks) for the same formula
-    in clamp ops until exit, so Eq. 5–6's gradient-of-gradient can pass through them."""
-    with swapped_modules(model, nn.Hardsigmoid, ClampHardsigmoid), swapped_modules(model, nn.Hardswish, ClampHardswish):
+    in clamp ops until exit, and run scaled dot-product attention (ViT, Swin) with its math kernel, whose ops all have
+    a double backward (the fused flash / memory-efficient kernels have none), so Eq. 5–6's gradient-of-gradient can
+    pass through them."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with swapped_modules(model, nn.Hardsigmoid, ClampHardsigmoid), swapped_modules(model, nn.Hardswish, ClampHardswish), \
+            sdpa_kernel(SDPBackend.MATH):
         yield
 
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from modeldoctor.core import distributed
 from modeldoctor.core.device import model_device
 from modeldoctor.core.errors import UserError
-from modeldoctor.core.layers import LayerRef, conv_layer_names, resolve_layers, sample_shape, train_mode
+from modeldoctor.core.layers import LayerRef, all_layers, layer_depth, resolve_layers, sample_shape, train_mode
 from modeldoctor.core.replay import NoiseReplay
 from modeldoctor.data.bundle import batch_loader
 from modeldoctor.doctor.relevance import DEFAULT_METHOD, DEFAULT_PARAMS, relevant_kernels
@@ -81,7 +81,7 @@ class LayerDiagnosis:
     """One layer's accumulators: ``sums[n, k]`` = Σ over class-n samples of the per-sample Eq. 4 value."""
 
     name: str
-    depth: int  # index among the model's Conv2d layers (−1 when the layer is not a Conv2d)
+    depth: int  # core/layers.layer_depth: index among the Conv2d layers (transformers: among candidate layers), or −1
     shape: tuple[int, ...]  # (channels, height, width) of the feature map
     scale: float  # RMS of the layer's activation over the scored data
     delta: float  # the absolute noise range used
@@ -180,7 +180,8 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
              class_names: Sequence[str] | None = None, scores: SampleScores | None = None,
              model_spec: str | None = None, force_fallback: bool = False, progress: bool = False,
              options: DiagnosisOptions | None = None) -> Diagnosis:
-    """Eq. 3–4 for every layer in ``layers`` (default: the last conv layer; ``"all"``: every Conv2d).
+    """Eq. 3–4 for every layer in ``layers`` (default: :func:`~modeldoctor.core.layers.default_layer`; ``"all"``:
+    :func:`~modeldoctor.core.layers.all_layers`, every Conv2d and, in transformers, every token block and norm).
 
     ``options``: a :class:`DiagnosisOptions` configured once (e.g. shared by several calls or read back from a
     saved diagnosis); when given, the individual option arguments (``noise_draws`` … ``profiles_per_class``) must
@@ -198,7 +199,8 @@ def diagnose(model: nn.Module, data: Dataset | DataLoader, layers: LayerRef | Se
     opts = options or keywords
     opts.validate()
     dataset, batch_size = as_dataset(data, batch_size)
-    names = conv_layer_names(model) if layers == "all" else resolve_layers(model, layers, sample_shape(dataset))
+    names = all_layers(model, sample_shape(dataset)) if layers == "all" else resolve_layers(model, layers,
+                                                                                           sample_shape(dataset))
     with train_mode(model, False):
         replay = NoiseReplay(model, names, force_fallback=force_fallback)
         started = time.perf_counter()
@@ -219,13 +221,12 @@ def _empty(model: nn.Module, layers: list[str], scores: SampleScores, opts: Diag
     names = list(class_names) if class_names is not None else [str(c) for c in range(N)]
     if len(names) != N:
         raise UserError(f"{len(names)} class names given but the model outputs {N} classes; pass one name per class")
-    convs = conv_layer_names(model)
     per_layer = {}
     for name in layers:
         shape = scores.feature_shapes[name]
         scale = scores.feature_rms[name]
         abs_delta = opts.delta * scale if opts.delta_mode == "relative" else opts.delta
-        per_layer[name] = LayerDiagnosis(name, convs.index(name) if name in convs else -1, shape, scale, abs_delta,
+        per_layer[name] = LayerDiagnosis(name, layer_depth(model, name), shape, scale, abs_delta,
                                          torch.zeros(N, shape[0], dtype=torch.float64),
                                          torch.zeros(N, dtype=torch.long),
                                          torch.full((N, P, shape[0]), float("nan")))

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from modeldoctor.core.errors import UserError
-from modeldoctor.models.probe import cache_key, probe_min_input, remembered, require_cnn
+from modeldoctor.models.probe import cache_key, fixed_input_size, probe_min_input, remembered, require_cnn
+from modeldoctor.models.vit import TinyViT
 
 
 class SimpleCNN(nn.Module):
@@ -95,6 +96,7 @@ BUILTINS: dict[str, Callable[..., nn.Module]] = {
     "simple-cnn-s2": lambda num_classes, in_channels: SimpleCNN(num_classes, in_channels, width=16, stem_stride=2),
     "resnet20": lambda num_classes, in_channels: CifarResNet(20, num_classes, in_channels),
     "resnet32": lambda num_classes, in_channels: CifarResNet(32, num_classes, in_channels),
+    "tiny-vit": lambda num_classes, in_channels: TinyViT(num_classes, in_channels),
 }
 
 
@@ -118,13 +120,20 @@ def min_input_size(spec: str, in_channels: int = 3) -> int:
 def build_model(spec: str, num_classes: int, in_channels: int = 3, input_size: int | None = None) -> nn.Module:
     """Build an untrained model from a spec string, with ``num_classes`` outputs and ``in_channels`` inputs.
 
-    Raises :class:`UserError` for unknown names, transformers, and inputs below the architecture's minimum size.
+    Raises :class:`UserError` for unknown names, models without any layer that yields a spatial feature map
+    (:func:`~modeldoctor.models.probe.require_cnn`), and inputs below the architecture's minimum size.
     """
     model = _construct(spec, num_classes, in_channels)
     require_cnn(model, spec)
     if input_size is not None and input_size < (need := min_input_size(spec, in_channels)):
         raise UserError(f"{spec} needs inputs of at least {need} px, got {input_size} px; "
                         f"pass --input-size {need} or larger")
+    fixed = fixed_input_size(model)
+    if input_size is not None and fixed is not None and input_size != fixed:
+        raise UserError(f"{spec} takes {fixed} px inputs only (its position embeddings are fixed), got {input_size} px;"
+                        f" pass --input-size {fixed}")
+    if input_size is not None:
+        require_cnn(model, spec, (in_channels, input_size, input_size))
     return model
 
 

@@ -35,7 +35,8 @@ from modeldoctor.io.loading import load_model_and_data, read_object_masks
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_args(p)
     p.add_argument("--layers", default=None, metavar="NAME[,NAME...]|all",
-                   help="dotted layer names (`modeldoctor layers` lists them); 'all' = every conv; default: the last conv")
+                   help="dotted layer names (`modeldoctor layers` lists them); 'all' = every conv; default: the last conv "
+                        "(transformers: the deepest layer whose patches reach the logits)")
     p.add_argument("--noise-draws", type=int, default=10, metavar="J", help="noise draws per sample (default 10)")
     p.add_argument("--samples-per-class", type=int, default=100, metavar="T",
                    help="most confident correct training samples per class (default 100)")

@@ -1,5 +1,6 @@
-"""List a model's candidate layers (every Conv2d) with output shapes, depth index, and which are spatial (> 1×1)
-and on the main path; `default` names the layer the commands use when none is given.
+"""List a model's candidate layers (every Conv2d; token / channels-last norms and blocks) with layout, feature-map
+shape, depth index, and which are spatial (> 1×1) and on the main path; `default` names the layer the commands use
+when none is given (a transformer's: the deepest layer whose patch positions reach the logits).
 
 Example: modeldoctor layers --model resnet20 --input-size 32 --in-channels 1 --json
 """
