@@ -115,7 +115,15 @@ def architecture_counts(r: Results) -> dict[str, Any]:
 
 def missed_note(counts: dict[str, Any]) -> str:
     missed = counts["missed_transformers"]
-    return f" — {len(missed)} of them transformers the refusal check misses ({', '.join(missed)})" if missed else ""
+    return (f" — measured before transformer support, when {len(missed)} transformers were still read as CNNs "
+            f"({', '.join(missed)})") if missed else ""
+
+
+def transformer_counts(r: Results) -> str:
+    rows = r["architectures_transformers"]
+    passed = [x["spec"] for x in rows if all(x[s] == "pass" for s in ("train", "diagnose", "treat"))]
+    return (f"transformers since (token maps): {len(passed)} of {len(rows)} builders checked pass "
+            f"({', '.join(passed)}); the others ran out of memory or time on 2 shared cores")
 
 
 def recipe_val(r: Results, file: str, model: str, arm: str) -> float:
@@ -173,7 +181,7 @@ def at_a_glance(r: Results) -> str:
          f"{pct(dec['accuracy_control']['mean'], 2)})"),
         ("Does it take any CNN, and yours?",
          f"{arch['passed']} of {arch['rows']} builders ({arch['torchvision']} torchvision, {arch['timm']} timm) pass "
-         f"train → diagnose → treat{missed_note(arch)}; {arch['refused']} transformers refused in one line; "
+         f"train → diagnose → treat{missed_note(arch)}, {arch['refused']} then refused; {transformer_counts(r)}; "
          "MobileNet-V3-small from "
          f"chance ({pct(recipe_val(r, 'recipes', 'mobilenet_v3_small', 'family_recipe'))}%) to "
          f"{pct(recipe_val(r, 'recipes_precise_bn', 'mobilenet_v3_small', 'family_recipe'))}% validation with "
@@ -507,7 +515,7 @@ def recipes(r: Results) -> str:
 def architectures_summary(r: Results) -> str:
     c = architecture_counts(r)
     return (f"**{c['passed']} of {c['rows']} builders pass** train → diagnose → treat ({c['torchvision']} torchvision, "
-            f"{c['timm']} timm){missed_note(c)}; **{c['refused']} transformers are refused** in one line; "
+            f"{c['timm']} timm){missed_note(c)}; {c['refused']} transformers were then refused in one line; "
             f"{c['failed']} failed. "
             f"The per-architecture times in `benchmarks/results/architectures.json` add up to "
             f"{c['minutes']:.0f} min on 2 shared cores.")
@@ -520,6 +528,13 @@ def architectures(r: Results) -> str:
              f"{x['seconds']:.0f}" if x.get("seconds") is not None else "–"] for x in r["architectures"]]
     return (markdown_table(["model", "min input (px)", "run at (px)", "default layer", "train", "diagnose", "treat", "s"],
                            rows, ["l", "r", "r", "l", "l", "l", "l", "r"]) + "\n\n" + source("architectures"))
+
+
+@table("architectures_transformers")
+def architectures_transformers(r: Results) -> str:
+    rows = [[x["spec"], x["train"], x["diagnose"], x["treat"], x.get("note", "")] for x in r["architectures_transformers"]]
+    return (transformer_counts(r) + ".\n\n" + markdown_table(["model", "train", "diagnose", "treat", "note"], rows)
+            + "\n\n" + source("architectures_transformers"))
 
 
 @table("scale")

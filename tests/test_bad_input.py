@@ -35,7 +35,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["train", "--model", "simple-cnn", "--out", "a_file"], "--out a_file exists and is not a directory"),
     (["train", "--model", "simple-cnn", "--out", "a_file/sub"], "lies under the file a_file"),
     (["train", "--model", "convnext_tiny", "--input-size", "16", "--out", "o"], "needs inputs of at least 32 px"),
-    (["layers", "--model", "vit_b_16"], "vit_b_16 is a transformer"),
+    (["layers", "--model", "vit_b_16", "--input-size", "16"], "vit_b_16 needs inputs of at least 224 px"),
     (["diagnose", *CKPT, "--noise-draws", "0"], "--noise-draws must be ≥ 1"),
     (["diagnose", *CKPT, "--samples-per-class", "0"], "--samples-per-class must be ≥ 1"),
     (["diagnose", *CKPT, "--delta", "-0.1"], "--delta must be ≥ 0"),
