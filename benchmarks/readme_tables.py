@@ -199,10 +199,13 @@ def at_a_glance(r: Results) -> str:
 
 
 MATRIX_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean"), ("control (plain fine-tune)", "control"),
-               ("**treat, shipped default**", "default"), ("paper Eq. 6 (share, last two convs)", "paper_eq6"),
+               ("**treat, shipped default** (treated arm)", "default"),
+               ("what the verdict recommends (treated or control)", "recommended"),
+               ("paper Eq. 6 (share, last two convs)", "paper_eq6"),
                ("counterfactual backgrounds alone", "counterfactual"), ("last layer alone", "last_layer"),
                ("masked input-gradient peer", "input_gradient"), ("default on the clean model", "do_no_harm"),
-               ("control on the clean model", "do_no_harm_control")]
+               ("control on the clean model", "do_no_harm_control"),
+               ("recommended on the clean model", "do_no_harm_recommended")]
 ON_OBJECT = {"tint-mnist"}  # families whose cue sits on the object: masks cannot help
 
 

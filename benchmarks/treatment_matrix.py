@@ -10,6 +10,8 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
 * ``--methods`` adds, on the same fine-tune budget and without search: ``paper_eq6`` (space-wise, share form,
   last two convs, λ auto), ``counterfactual`` (alone), ``last_layer`` (head re-fit only), ``input_gradient``
   (masked input-gradient peer, its λ fraction chosen per family on the development seeds' swap accuracy);
+* ``recommended`` — per seed, the treated arm where the verdict says to use it, else the control: what a user
+  who follows the verdict ends up with;
 * ``do_no_harm`` — ``default`` applied to the ``clean`` model (nothing to repair: it must not get worse), exact
   masks only.
 
@@ -124,9 +126,12 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
             "clean": clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed),
             "_default": default}
+    # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
+    rows["recommended"] = default["treated"] if default["verdict"].get("use_treated") else default["control"]
     if kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
         harm = treat_run(f"run__{tag}__do_no_harm", clean, data, masks, arch, seed)
         rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
+        rows["do_no_harm_recommended"] = harm["treated"] if harm["verdict"].get("use_treated") else harm["control"]
     for method in methods:
         options = dict(METHODS[method])
         if method == "input_gradient":
@@ -164,7 +169,7 @@ def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, A
         test = [per_seed[s][arm]["test"] for s in seeds]
         swap = [per_seed[s][arm].get("swap", float("nan")) for s in seeds]
         val = [per_seed[s][arm]["val"] for s in seeds]
-        reference = "do_no_harm_control" if arm == "do_no_harm" else "control"
+        reference = "do_no_harm_control" if arm.startswith("do_no_harm") else "control"
         gap = [(per_seed[s][arm]["test"] - per_seed[s]["vanilla"]["test"])
                / max(per_seed[s]["clean"]["test"] - per_seed[s]["vanilla"]["test"], 1e-9) for s in seeds]
         paired = [per_seed[s][arm]["test"] - per_seed[s][reference]["test"] for s in seeds]
