@@ -68,8 +68,8 @@ def test_treatment_section_leads_with_the_verdict_and_lists_candidates():
     treat = _treat((0.585, 0.547), (0.92, 0.847))
     treat["verdict"] = {"winner": "treated", "candidate": "space", "swap_gain": 0.12, "swap_gain_se": 0.02,
                         "use_treated": True, "message": "Use the treated model: swap +12 ± 2 points over the control."}
-    treat["candidates"] = [{"name": "space", "swap": 0.847, "val": 0.9, "seconds": 30.0},
-                           {"name": "input-gradient", "swap": 0.7, "val": 0.91, "seconds": 20.0}]
+    treat["candidates"] = [{"name": "space", "select_swap": 0.847, "trial_epochs": None, "seconds": 30.0},
+                           {"name": "input-gradient", "select_swap": 0.7, "trial_epochs": None, "seconds": 20.0}]
     section = treatment_section(treat, ["a", "b"])
     assert section.intro.startswith("Use the treated model: swap +12 ± 2 points")
     assert "space (chosen)" in section.tables[1] and "84.70%" in section.tables[1] and "input-gradient" in section.tables[1]
