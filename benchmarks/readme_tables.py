@@ -142,8 +142,10 @@ def matrix_glance(r: Results) -> str:
     parts = [f"{c['family']} ({c['arch']}, {c['masks']} masks) {pct(c['test_mean'])} ± {pct(c['test_std'])} vs "
              f"control {pct(c['test_mean'] - c['paired_vs_control'])}, {pct(c['gap_recovered'], 0)}% of the gap"
              for c in cells]
+    verdicts = [u for c in r["treatment_matrix"]["cells"] if c["method"] == "verdict" for u in c["use_treated"]]
     lead = "shipped default (counterfactual backgrounds or last layer, chosen on held-out swaps), 3 seeds: "
-    return lead + "; ".join(parts)
+    return (lead + "; ".join(parts) + f". Its verdict recommended the treated arm in {sum(map(bool, verdicts))} of "
+            f"{len(verdicts)} runs (underpowered: see the treatment matrix); tint-mnist's cue is on the object")
 
 
 @table("at_a_glance")
