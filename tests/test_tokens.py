@@ -194,9 +194,12 @@ def test_refusal_by_capability() -> None:
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     with pytest.raises(UserError, match="mlp has no Conv2d, norm or block layer"):
         require_cnn(mlp, "mlp")
-    pooled = nn.Sequential(nn.Conv2d(1, 2, 4), nn.Flatten(), nn.Linear(2, 2))
+    # A CNN is accepted at any size it runs at (a 1-px ResNet trains; Eq. 3-4 work on 1x1 maps), a model with only
+    # norm / block layers must give a spatial map.
+    require_cnn(nn.Sequential(nn.Conv2d(1, 2, 4), nn.Flatten(), nn.Linear(2, 2)), "pooled", (1, 4, 4))
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(16, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     with pytest.raises(UserError, match="no layer whose output is a spatial feature map for 4x4 inputs"):
-        require_cnn(pooled, "pooled", (1, 4, 4))
+        require_cnn(flat, "flat", (1, 4, 4))
 
 
 def test_grad_cam_summed_map_and_explain_read_the_patch_grid() -> None:

@@ -68,7 +68,8 @@ def require_cnn(model: nn.Module, spec: str, input_shape: tuple[int, int, int] |
     except _TOO_SMALL as exc:
         raise UserError(f"{spec} cannot run on {size} inputs ({str(exc).splitlines()[0][:100]}); "
                         "pass another --input-size") from None
-    if not any(t.spatial for t in table):
+    # A CNN is accepted at any size it runs at (its minimum input is probed separately; a 1-px ResNet trains).
+    if not any(t.spatial for t in table) and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         raise UserError(f"{spec} has no layer whose output is a spatial feature map for {size} inputs (no Conv2d, "
                         "token sequence on a patch grid or channels-last map with more than one position); "
                         "pass a larger --input-size or --token-layout")
