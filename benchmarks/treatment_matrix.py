@@ -117,7 +117,8 @@ def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: 
     return row
 
 
-def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None) -> dict[str, Any]:
+def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None,
+              harm: bool = True) -> dict[str, Any]:
     vanilla, data = baseline(family, arch, seed)
     clean, _ = baseline(f"{family}:clean", arch, seed)
     masks = data.masks if kind == "exact" else box_masks(data.masks)
@@ -128,7 +129,7 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
             "_default": default}
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
     rows["recommended"] = default["treated"] if default["verdict"].get("use_treated") else default["control"]
-    if kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
+    if harm and kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
         harm = treat_run(f"run__{tag}__do_no_harm", clean, data, masks, arch, seed)
         rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
         rows["do_no_harm_recommended"] = harm["treated"] if harm["verdict"].get("use_treated") else harm["control"]
@@ -200,6 +201,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)))
     ap.add_argument("--methods", default="", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--out", default="treatment_matrix.json")
+    ap.add_argument("--no-harm", action="store_true", help="skip the do-no-harm cell (treating the clean model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -210,7 +212,7 @@ def main() -> None:
     for cell in args.cells.split(","):
         family, arch, kind = cell.split("/")
         peer = peer_fraction(family, arch, kind) if "input_gradient" in methods else None
-        per_seed = {s: seed_rows(family, arch, kind, s, methods, peer) for s in seeds}
+        per_seed = {s: seed_rows(family, arch, kind, s, methods, peer, not args.no_harm) for s in seeds}
         fresh = summarise(family, arch, kind, per_seed)
         replaced = {cell_key(f) for f in fresh}
         report["cells"] = [c for c in report["cells"] if cell_key(c) not in replaced] + fresh
