@@ -1,9 +1,11 @@
-"""Treat a trained classifier with the channel- and space-wise constraints (Eq. 7), against a matched control.
+"""Treat a trained classifier that reads the background, against a matched control, and say whether it helped.
 
-The treatment fine-tunes the given weights (never a restart) with the checkpoint's own optimiser settings.
-By default the same fine-tune without the constraints (same data order, epochs, optimiser, seed) runs too;
-original / control / treated are reported on validation, test and background-swap composites of held-out
-annotated images (a shortcut meter), and both arms keep the epoch with the best swap accuracy.
+The treatment fine-tunes the given weights (never a restart) with the checkpoint's own optimiser settings.  By
+default (``--constraints auto``) it tries counterfactual backgrounds and a last-layer re-fit and keeps the better on
+held-out background swaps; ``--constraints space,channel`` runs the paper's Eq. 5-7.  The same fine-tune without the
+treatment's terms (same data order, epochs, optimiser, seed) runs too; original / control / treated are reported on
+validation, test and swap composites of held-out annotated objects on held-out backgrounds, and the verdict says
+whether the treated arm beat the control by more than its noise.
 
 Example: modeldoctor treat --checkpoint runs/base/model.pt --data shortcut-mnist --masks builtin --out runs/treat --json
 """
