@@ -90,8 +90,9 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     """Fine-tune copies of ``model``: ``"treated"`` with ``cfg``'s constraints and ``"control"`` without.
 
     With ``candidates`` (names of :data:`modeldoctor.doctor.search.CANDIDATES`) the treated arm is the candidate
-    with the best ``select`` swap accuracy after ``trial_epochs`` (each a trial of the full schedule; the chosen
-    one then continues to the end), and ``"verdict"`` says whether it beat the control on the ``verdict`` swaps.
+    with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
+    own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
+    ``verdict`` swaps.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
