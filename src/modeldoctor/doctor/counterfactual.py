@@ -19,7 +19,8 @@ import torch
 
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import ImageSplit
-from modeldoctor.data.swap import erase_object, paste_object
+from modeldoctor.data.masks import expand_mask
+from modeldoctor.data.swap import erase_object
 from modeldoctor.doctor.annotation import MaskBank
 
 
@@ -27,19 +28,21 @@ class Composer:
     """Composites of ``bank``'s annotated images of ``split`` (their backgrounds erased once, kept in memory)."""
 
     def __init__(self, split: ImageSplit, bank: MaskBank, grow: int = 0) -> None:
-        self.split, self.bank, self.grow = split, bank, grow
+        self.split, self.bank = split, bank
         self.pool = list(bank.pool)
         self.labels = split.labels[self.pool]
-        masks = bank.by_index()
-        self.backgrounds = torch.stack([erase_object(split.raw(i), masks[i]) for i in self.pool])
-        self.masks = torch.stack([masks[i] for i in self.pool])
         if len(set(self.labels.tolist())) < 2:
             raise UserError("counterfactual backgrounds need annotated images of at least two classes; annotate more")
+        masks = bank.by_index()
+        # Everything a composite needs, once: every training step composes a batch from these (no per-image decode).
+        self.images = torch.stack([split.raw(i) for i in self.pool])
+        self.backgrounds = torch.stack([erase_object(self.images[r], masks[i]) for r, i in enumerate(self.pool)])
+        self.keep = expand_mask(torch.stack([masks[i] for i in self.pool]), grow).unsqueeze(1)  # (P, 1, H, W)
 
     def compose(self, objects: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
-        """Normalised composites (N, C, H, W): pool row ``objects[n]``'s object on pool row ``donors[n]``'s background."""
-        images = torch.stack([paste_object(self.split.raw(self.pool[int(o)]), self.masks[int(o)],
-                                           self.backgrounds[int(d)], self.grow) for o, d in zip(objects, donors)])
+        """Normalised composites (N, C, H, W): pool row ``objects[n]``'s object on pool row ``donors[n]``'s background
+        (:func:`modeldoctor.data.swap.paste_object`, batched)."""
+        images = torch.where(self.keep[objects], self.images[objects], self.backgrounds[donors])
         return (images - self.split.mean) / self.split.std
 
     def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
