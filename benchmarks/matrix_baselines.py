@@ -26,8 +26,15 @@ CACHE = Path(__file__).resolve().parent / "results" / "cache" / "matrix"
 EPOCHS = 8
 
 
+# Chosen on validation: MobileNet-V3's RMSProp reference recipe left the seed-0 shortcut-mnist baseline at chance
+# (11.6% validation, 12.1% with batch statistics; its clean twin 74.4%), so the matrix trains it with SGD, which
+# reached 92.6% validation on mnist5k in benchmarks/recipes.py.
+RECIPE_OVERRIDES = {"mobilenet_v3_small": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4}}
+
+
 def recipe(arch: str, seed: int, epochs: int = EPOCHS) -> TrainConfig:
-    return TrainConfig(**{"epochs": epochs, "batch_size": 64, "schedule": "cosine", "seed": seed, **recipe_for(arch)})
+    return TrainConfig(**{"epochs": epochs, "batch_size": 64, "schedule": "cosine", "seed": seed,
+                          **RECIPE_OVERRIDES.get(arch, recipe_for(arch))})
 
 
 def baseline(spec: str, arch: str, seed: int, bundle: DataBundle | None = None) -> tuple[torch.nn.Module, DataBundle]:

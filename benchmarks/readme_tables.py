@@ -356,15 +356,30 @@ def treat_speed(r: Results) -> str:
                 + (f" + {s['composites']} counterfactual composites" if "composites" in s else "")
                 + (f", J = {s['noise_draws']}" if "noise_draws" in s else "")
                 + (f", `{s['layer']}`" if "layer" in s else ""))
-        rows.append([label, what, f"{num(s['ratio_time'])}×", f"{num(s['ratio_memory'])}×"])
+        images = f"{num(s['ratio_images'])}× ({num(s['ratio_time_per_image'])}× per image)" if "ratio_images" in s else "1×"
+        rows.append([label, what, images, f"{num(s['ratio_time'])}×", f"{num(s['ratio_memory'])}×"])
     whole = ""
     if "whole_treat" in d:
         w = d["whole_treat"]
         whole = (f"\n\nThe whole default `treat` (control, both candidates, verdict) on {w['data']} / {w['model']}: "
                  f"{w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s for its control arm alone, "
                  f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
-    return (markdown_table(["setting", "model and batch", "time / plain step", "memory / plain step"], rows)
+    return (markdown_table(["setting", "model and batch", "images / plain step", "time / plain step",
+                            "memory / plain step"], rows)
             + whole + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
+
+
+@table("composites_cost")
+def composites_cost(r: Results) -> str:
+    d = r["composites_cost"]
+    rows = [[k, f"{num(c['ratio_images'])}×", f"{num(c['ratio_time'])}×", f"{num(c['ratio_memory'])}×",
+             f"{pct(c['test_mean'])} ± {pct(c['test_std'])}", f"{pct(c['swap_mean'])} ± {pct(c['swap_std'])}",
+             f"{100 * c['paired_test_mean']:+.1f} ± {pct(c['paired_test_std'])}"] for k, c in d["counts"].items()]
+    return (markdown_table(["composites per batch", "images / plain step", "time / plain step", "memory / plain step",
+                            "test", "swap", "test − control (paired)"], rows)
+            + f"\n\nCounterfactual term alone, {d['arch']}, {' and '.join(d['families'])} (exact masks), development "
+              f"seeds {', '.join(map(str, d['seeds']))}: mean ± std over the {2 * len(d['seeds'])} runs.\n\n"
+            + source("composites_cost"))
 
 
 @table("clean")

@@ -12,6 +12,7 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
   (masked input-gradient peer, its λ fraction chosen per family on the development seeds' swap accuracy);
 * ``recommended`` — per seed, the treated arm where the verdict says to use it, else the control: what a user
   who follows the verdict ends up with;
+* masks ``grabcut`` — the boxes cut to the object by GrabCut (``treat --refine-masks``);
 * ``do_no_harm`` — ``default`` applied to the ``clean`` model (nothing to repair: it must not get worse), exact
   masks only.
 
@@ -40,6 +41,7 @@ from matrix_baselines import CACHE, baseline, recipe
 from modeldoctor import api
 from modeldoctor.core.files import write_json
 from modeldoctor.data.bundle import DataBundle
+from modeldoctor.data.refine import refine_masks
 from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence
 from modeldoctor.doctor.arms import split_metrics
 from modeldoctor.doctor.search import meter_splits
@@ -74,6 +76,20 @@ def box_masks(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
         boxes[sid] = box
     return boxes
+
+
+def cell_masks(data: DataBundle, kind: str) -> dict[str, torch.Tensor]:
+    """``exact`` masks, their ``box``es, or the boxes cut to the object by GrabCut (``grabcut``: what
+    ``treat --refine-masks`` does to a user's boxes, here for every training image, so the clean reference's swap
+    composites are the same ones)."""
+    if kind == "exact":
+        return data.masks
+    boxes = box_masks(data.masks)
+    if kind == "box":
+        return boxes
+    if kind == "grabcut":
+        return refine_masks(data.train, boxes)
+    raise SystemExit(f"unknown mask kind {kind!r}; choose exact, box or grabcut")
 
 
 def accuracies(metrics: dict[str, Any]) -> dict[str, float]:
@@ -121,7 +137,7 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
               harm: bool = True) -> dict[str, Any]:
     vanilla, data = baseline(family, arch, seed)
     clean, _ = baseline(f"{family}:clean", arch, seed)
-    masks = data.masks if kind == "exact" else box_masks(data.masks)
+    masks = cell_masks(data, kind)
     tag = f"{family.replace(':', '_')}__{arch}__{kind}__seed{seed}"
     default = treat_run(f"run__{tag}__default", vanilla, data, masks, arch, seed)
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
@@ -149,7 +165,7 @@ def peer_fraction(family: str, arch: str, kind: str) -> float:
         swaps = []
         for seed in DEV_SEEDS:
             vanilla, data = baseline(family, arch, seed)
-            masks = data.masks if kind == "exact" else box_masks(data.masks)
+            masks = cell_masks(data, kind)
             tag = f"{family}__{arch}__{kind}__seed{seed}__peer{fraction}"
             swaps.append(treat_run(f"run__{tag}", vanilla, data, masks, arch, seed, control=False,
                                    constraints=("input-gradient",), lam_fraction=fraction)["treated"]["swap"])

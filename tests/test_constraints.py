@@ -327,3 +327,63 @@ def test_competitor_choices():
     s, w = competitor_classes(logits, y, first, "wrong_top1")
     assert s.tolist() == [0, 1] and w.tolist() == [0, 1]
     assert first_classes(logits, y, "pred").tolist() == [0, 1]
+
+
+class SkipNet(nn.Module):
+    """stem → residual block (conv, BN, ReLU, conv, BN, ``act``, + identity, ReLU) → mean → fc: a ResNet in
+    miniature whose tail after ``conv2`` holds ``act``."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.conv1, self.bn1, self.act = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), act
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        out = self.act(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(h))))))
+        return self.fc(torch.relu(out + h).mean((2, 3)))
+
+
+def naive_share_eq6(model: nn.Module, layer: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    masks: torch.Tensor) -> torch.Tensor:
+    """Eq. 6's share form with the whole graph kept, image by image: Σ_bg |∂ŷ_y/∂m| / Σ |∂ŷ_y/∂m| (J = 1, δ = 0)."""
+    shares = []
+    for i in range(len(x)):
+        seen: list[torch.Tensor] = []
+        handle = layer.register_forward_hook(lambda module, inputs, output, seen=seen: seen.append(output))
+        try:
+            logit = model(x[i:i + 1])[0, y[i]]
+        finally:
+            handle.remove()
+        (g,) = torch.autograd.grad(logit, seen[0], create_graph=True)
+        mass = g.abs().sum(1)[0]
+        shares.append((mass * ~masks[i]).sum() / mass.sum())
+    return torch.stack(shares).mean()
+
+
+@pytest.mark.parametrize(("act", "trunk_free"), [(nn.ReLU(), True), (nn.GELU(), False)])
+def test_space_term_without_the_trunk_graph_only_where_exact(act, trunk_free):
+    """The masked pass drops the trunk's graph only for a piecewise-linear tail; parameter gradients equal the
+    full-graph reference either way (with GELU in the tail the trunk's own gradients are non-zero)."""
+    torch.manual_seed(0)
+    model = SkipNet(act)
+    model.train()(torch.randn(16, 1, 8, 8))  # BatchNorm running statistics that are not the identity
+    model.eval()
+    x, y, masks = batch()
+    cfg = TreatConfig(constraints=("space",), space_layers=["conv2"], form="share", lam_space=1.0, noise_draws=1,
+                      delta=0.0, expansion=0)
+    loss = TreatmentLoss(model, cfg, (1, 8, 8), None, MaskBank(masks, torch.ones(len(x), dtype=torch.bool),
+                                                                 list(range(len(x)))))
+    assert loss.trunk_free is trunk_free
+    params = list(model.parameters())
+    got = torch.autograd.grad(loss.space_term(x, y, masks), params, allow_unused=True)
+    want = torch.autograd.grad(naive_share_eq6(model, model.conv2, x, y, masks), params, allow_unused=True)
+    for g, w in zip(got, want, strict=True):
+        g = torch.zeros(()) if g is None else g
+        w = torch.zeros(()) if w is None else w
+        assert torch.allclose(g, w, atol=1e-6), (g, w)
+    stem = want[0]
+    assert (stem is None or bool(stem.abs().sum() == 0)) is trunk_free
+    loss.close()

@@ -18,7 +18,7 @@ from modeldoctor.data.swap import erase_object
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
-from modeldoctor.doctor.search import paired_gain
+from modeldoctor.doctor.search import Meter, paired_gain, verdict
 from modeldoctor.training import TrainConfig, fit
 from toys import TinyNet, background_shortcut
 
@@ -87,26 +87,40 @@ def test_refit_head_matches_scikit_learn_and_touches_only_the_head():
                                reference.coef_ - reference.coef_.mean(0), atol=2e-3)
 
 
-def test_paired_gain_by_hand():
-    class Fixed(nn.Module):
-        def __init__(self, predictions: list[int]) -> None:
-            super().__init__()
-            self.register_buffer("p", torch.tensor(predictions))
-            self.anchor = nn.Linear(1, 1)
+class Fixed(nn.Module):
+    """Predicts ``predictions[row]`` for the image whose first pixel holds its row number."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = x[:, 0, 0, 0].long()
-            return nn.functional.one_hot(self.p[rows], 3).float()
+    def __init__(self, predictions: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("p", torch.tensor(predictions))
+        self.anchor = nn.Linear(1, 1)
 
-    ids = ["a@1", "a@2", "b@1", "b@2", "c@1", "c@2"]
-    labels = [0, 0, 1, 1, 2, 2]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, 0, 0, 0].long()
+        return nn.functional.one_hot(self.p[rows], 3).float()
+
+
+def six_composites() -> ImageSplit:
     images = torch.arange(6).float().view(6, 1, 1, 1).expand(6, 1, 2, 2).contiguous()
-    split = ImageSplit(labels, ids, [0.0], [1.0], images=images)
+    return ImageSplit([0, 0, 1, 1, 2, 2], ["a@1", "a@2", "b@1", "b@2", "c@1", "c@2"], [0.0], [1.0], images=images)
+
+
+def test_paired_gain_by_hand():
+
+    split = six_composites()
     treated = Fixed([0, 0, 1, 0, 2, 2])  # per object: a 2/2, b 1/2, c 2/2
     control = Fixed([0, 1, 0, 0, 2, 0])  # per object: a 1/2, b 0/2, c 1/2
     gain, se, objects = paired_gain(treated, control, split)
     # object means of the difference: 0.5, 0.5, 0.5 → mean 0.5, std 0
     assert objects == 3 and gain == pytest.approx(0.5) and se == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("tightness", "warns"), [(0.47, True), (0.95, False), (None, False)])
+def test_the_verdict_warns_when_the_meter_s_masks_are_loose(tightness, warns):
+    split = six_composites()
+    meter = Meter(split, split, tightness)
+    result = verdict(Fixed([0, 0, 1, 1, 2, 2]), Fixed([0, 1, 0, 0, 2, 0]), meter, "counterfactual")
+    assert ("masks are loose" in result["message"]) is warns and result["mask_tightness"] == tightness
 
 
 def test_shipped_default_beats_its_control_on_test(shortcut):
@@ -145,3 +159,30 @@ def test_more_than_two_fine_tunes_run_trials_and_the_best_reruns_in_full(shortcu
     assert result.chosen == best and result.verdict["candidate"] == best
     assert tuple(result.config.constraints) == {"counterfactual": ("counterfactual",),
                                                 "counterfactual-light": ("counterfactual",), "space": ("space",)}[best]
+
+
+def test_refine_cuts_the_chosen_boxes_to_their_objects_before_treating(shortcut, monkeypatch):
+    """``refine=True`` hands exactly the chosen annotated images' boxes to GrabCut, and the bank then holds masks
+    inside each box that are tighter than it (the toy's shapes are bright on a flat grey)."""
+    import modeldoctor.api.treatment as treatment_api
+    from modeldoctor.data.refine import refine_masks
+
+    pytest.importorskip("cv2")
+    data, model = shortcut
+    boxes = {}
+    for sid, m in data.masks.items():
+        rows, cols = torch.nonzero(m.any(1)).flatten(), torch.nonzero(m.any(0)).flatten()
+        boxes[sid] = torch.zeros_like(m)
+        boxes[sid][rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    seen: dict[str, torch.Tensor] = {}
+
+    def spy(split, masks, **kwargs):
+        seen.update(refine_masks(split, masks, **kwargs))
+        return dict(seen)
+
+    monkeypatch.setattr(treatment_api, "refine_masks", spy)
+    result = api.treat(model, None, data, masks=boxes, annotate_per_class=4, epochs=1, batch_size=32, lr=0.05,
+                       control=False, candidates=("last-layer",), refine=True)
+    assert sorted(seen) == sorted(result.annotated + result.held_out)
+    assert all(bool((seen[s] <= boxes[s]).all()) for s in seen)
+    assert sum(int(seen[s].sum()) for s in seen) < 0.9 * sum(int(boxes[s].sum()) for s in seen)

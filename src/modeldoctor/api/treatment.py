@@ -15,6 +15,7 @@ from torch import nn
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.masks import check_masks, default_expansion
+from modeldoctor.data.refine import refine_masks
 from modeldoctor.doctor.annotation import MaskBank, lowest_confidence
 from modeldoctor.doctor.arms import mean_std, treat_and_control
 from modeldoctor.doctor.diagnosis import Diagnosis
@@ -85,12 +86,13 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
           batch_size: int | None = None, seed: int = 0, control: bool = True, train_config: TrainConfig | None = None,
           relevant: dict[str, torch.Tensor] | None = None, relevance: str | None = None,
           state_dir: str | Path | None = None, resume: bool = False, candidates: Sequence[str] | None = None,
-          **options: Any) -> TreatmentResult:
+          refine: bool = False, **options: Any) -> TreatmentResult:
     """Eq. 7: fine-tune a copy of ``model`` with the constraints, and (``control=True``) a second copy without.
 
     ``masks``: object masks by training-sample id (default: ``data.masks``); the space-wise constraint uses those
     of the ``annotate_per_class`` lowest-confidence training images per class (``None``: every mask), less the
-    held-out quarter that measures background-swap accuracy and chooses the checkpoint.
+    held-out quarter that measures background-swap accuracy and chooses the checkpoint.  ``refine=True`` cuts each
+    chosen mask (a box, typically) down to the object with GrabCut first (:func:`modeldoctor.data.refine.refine_masks`).
     ``constraints="auto"`` (default) tries ``candidates`` (default
     :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps; a list of terms
     (``"space"``, ``"channel"``, ``"input-gradient"``, ``"counterfactual"``) runs exactly those.  ``verdict`` says
@@ -122,6 +124,8 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
         raise UserError("no object mask matches a training image id; pass masks={sample_id: bool HxW tensor}")
     if masked_ids:
         chosen = lowest_confidence(model, data.train, masked_ids, annotate_per_class, data.num_classes)
+        if refine:
+            given = refine_masks(data.train, {data.train.ids[i]: given[data.train.ids[i]] for i in chosen})
         bank = MaskBank.build(data.train, given, chosen, data.input_size)
     base = train_config or TrainConfig(batch_size=64)
     run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr if lr is None else lr,

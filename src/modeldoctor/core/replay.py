@@ -151,6 +151,17 @@ class NoiseReplay:
                 grads.append(torch.autograd.grad(picked, noisy, create_graph=create_graph, retain_graph=keep)[0])
         return LayerGradients(layer, grads, logits.detach().view(J, feature.shape[0], -1))
 
+    def piecewise_linear_tail(self, layer: str) -> bool:
+        """Whether the eval-mode network after ``layer`` is piecewise linear in every tensor it reads (convs, linear
+        maps, eval BatchNorm, ReLU-like activations, max/average pools, sums, reshapes, products with at most one
+        input-dependent factor).  Then ∂ŷ/∂m^r is locally constant in m^r and in every skip tensor, so it depends on
+        no weight before r; unknown ops (softmax, GELU, LayerNorm, gating products) answer ``False``."""
+        gm = None if self.uses_fallback else self._graph(False)
+        if gm is None:
+            return False
+        batched = _batched_nodes(gm)
+        return all(_piecewise_linear(gm, node, batched) for node in _tail_nodes(gm, _node_of(gm, layer)))
+
     # -- tail replay ---------------------------------------------------------------------------------
     def replay_tail(self, state: ForwardState, layer: str, flat_noisy: torch.Tensor, J: int) -> torch.Tensor:
         """Logits of the network with ``layer``'s feature map replaced by ``flat_noisy`` ((J·B, C, H, W),
@@ -262,6 +273,28 @@ def draw_noise(feature: torch.Tensor, J: int, delta: float, generator: torch.Gen
                for s in sample_seeds.tolist()]
         u = torch.stack(per, dim=1)
     return (u.to(feature.device) * 2 - 1) * delta
+
+
+_PIECEWISE_LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.ReLU,
+                             nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                             nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity, nn.Dropout, nn.ZeroPad2d)
+_PIECEWISE_LINEAR_NAMES = {"add", "sub", "neg", "getitem", "cat", "stack", "flatten", "reshape", "view", "relu",
+                           "relu6", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+                           "linear", "conv2d", "dropout", "transpose", "permute", "squeeze", "unsqueeze", "size",
+                           "contiguous", "mean", "sum", "expand", "chunk", "split", "dim", "clone", "getattr",
+                           "iadd", "isub"}
+_PRODUCTS = {"mul", "truediv", "div", "imul", "itruediv"}
+
+
+def _piecewise_linear(gm: fx.GraphModule, node: fx.Node, batched: set[fx.Node]) -> bool:
+    if node.op in ("output", "get_attr", "placeholder"):
+        return True
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), _PIECEWISE_LINEAR_MODULES)
+    name = getattr(node.target, "__name__", str(node.target)).strip("_")
+    if name in _PRODUCTS:  # a product is linear in each factor, so only one may depend on the input
+        return sum(a in batched for a in node.all_input_nodes) <= 1
+    return name in _PIECEWISE_LINEAR_NAMES
 
 
 def _run_graph(gm: fx.GraphModule, x: torch.Tensor) -> tuple[dict[fx.Node, Any], Any]:

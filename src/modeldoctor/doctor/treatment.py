@@ -166,6 +166,10 @@ class TreatmentLoss:
         order = conv_layer_names(model)
         layers = [n for n in order if n in wanted] + sorted(wanted - set(order))
         self.replay = NoiseReplay(model, layers) if layers else None
+        # The share/paper forms of Eq. 6 on a piecewise-linear tail depend on no weight before r (core/surrogate.py),
+        # so the masked pass may run the trunk without a graph: the same gradients without a second trunk backward.
+        self.trunk_free = bool(self.space_layers) and cfg.form != "activation" and not self.surrogates and all(
+            self.replay is not None and self.replay.piecewise_linear_tail(n) for n in self.space_layers)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -205,10 +209,12 @@ class TreatmentLoss:
         return background_mask(masks, hw, self.cfg.expansion)
 
     def space_term(self, x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Σ_r L_sp^r (Eq. 6, ``cfg.form``) averaged over these annotated images, in eval mode."""
+        """Σ_r L_sp^r (Eq. 6, ``cfg.form``) averaged over these annotated images, in eval mode (the trunk before r
+        without a graph where :attr:`trunk_free`)."""
         assert self.replay is not None
         with train_mode(self.model, False), smooth_backward(self.surrogates):
-            state = self.replay.forward(x)
+            with torch.no_grad() if self.trunk_free else contextlib.nullcontext():
+                state = self.replay.forward(x)
             target = first_classes(state.logits, y, self.cfg.first)
             total = state.logits.new_zeros(())
             for layer in self.space_layers:

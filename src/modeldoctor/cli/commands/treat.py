@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="builtin (the dataset's own object masks), DIR of PNG/labelme files, or a COCO instances "
                         "FILE.json (polygons/RLE)")
     p.add_argument("--boxes", default=None, help="CSV or JSON file of boxes: id, x0, y0, x1, y1 (input pixels)")
+    p.add_argument("--refine-masks", action="store_true",
+                   help="cut each mask (e.g. a box) down to the object with GrabCut before treating (needs OpenCV)")
     p.add_argument("--annotate-per-class", type=int, default=20,
                    help="use the N lowest-confidence training images per class that have masks (0: all masks)")
     p.add_argument("--epochs", type=int, default=3)
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model, diagnosis, bundle, range(args.seeds), on_result=save, masks=masks,
         annotate_per_class=args.annotate_per_class or None, constraints=constraints, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, train_config=TrainConfig.from_dict(meta.train_config), relevance=args.relevance,
-        control=not args.no_control, state_dir=out, resume=args.resume, candidates=args.candidates, **_options(args))
+        control=not args.no_control, state_dir=out, resume=args.resume, candidates=args.candidates,
+        refine=args.refine_masks, **_options(args))
     document = api.treatment_document(results, str(args.checkpoint))
     for result in results:
         logger.warning("seed %d: %s", result.train_config.seed, result.verdict.get("message", ""))
