@@ -151,7 +151,7 @@ def matrix_glance(r: Results) -> str:
 
 @table("at_a_glance")
 def at_a_glance(r: Results) -> str:
-    ds, d1 = r["diagnosis_speed"], r["discovery1"]["table"]
+    ds, d1, ts = r["diagnosis_speed"], r["discovery1"]["table"], r["treat_speed"]
     clean = r["clean"]["report"]["mnist5k"]
     an = r["analyses"]["summary"]
     det, dec, sq = an["detectors"], an["decompose"], an["stability"]
@@ -169,6 +169,12 @@ def at_a_glance(r: Results) -> str:
          f"{num(d1[-1]['mean_pairwise_jaccard'])} first → last layer); sparse only weakly (90% of a class's mass "
          f"needs {pct(d1[-1]['fraction_of_channels'], 0)}% of the last layer's kernels)"),
         ("Does the treatment fix a background shortcut?", matrix_glance(r)),
+        ("What does a treatment step cost?",
+         f"paper setting (Eq. 5 + 6, J = 10) {num(ts['paper_setting']['ratio_time'])}× the time and "
+         f"{num(ts['paper_setting']['ratio_memory'])}× the memory of a plain step; shipped default "
+         f"{num(ts['shipped_default']['ratio_time'])}× / {num(ts['shipped_default']['ratio_memory'])}× — the cost of "
+         f"its {num(ts['shipped_default']['ratio_images'])}× images; the whole default `treat` "
+         f"{num(ts['whole_treat']['ratio_time'])}× its control arm"),
         ("Does the channel-wise treatment help on clean data?",
          f"no measurable gain over the control (mnist5k {pm(clean['channel'], 1)} vs {pm(clean['control'], 1)})"),
         ("Discovery 2 (FGSM adversarials unstable under feature noise)?",
@@ -197,7 +203,7 @@ def at_a_glance(r: Results) -> str:
          f"no clean-accuracy gain; input-gradient reg. {100 * fgsm_gain:+.1f} points under FGSM ε = 0.05"),
     ]
     return markdown_table(["question", "answer on our offline data (CPU)"], rows) + "\n\n" + source(
-        "diagnosis_speed", "discovery1", "shortcut", "clean", "analyses", "architectures", "recipes",
+        "diagnosis_speed", "discovery1", "shortcut", "treat_speed", "clean", "analyses", "architectures", "recipes",
         "recipes_precise_bn", "scale", "regularizers")
 
 
