@@ -100,30 +100,30 @@ def source(*names: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the numbers
+TRANSFORMER = re.compile(r"(^|[_:])(swin|vit|maxvit|deit|efficientformer)")
+
+
 def architecture_counts(r: Results) -> dict[str, Any]:
     rows = r["architectures"]
     passed = [x for x in rows if all(x[step] == "pass" for step in ("train", "diagnose", "treat"))]
     refused = [x for x in rows if x["train"] == "refused"]
-    # Transformers that passed instead of being refused (the refusal check looks for attention modules by class name).
-    missed = [x["spec"] for x in passed if re.search(r"(^|[_:])(swin|vit|maxvit)", x["spec"])]
-    return {"rows": len(rows), "passed": len(passed), "refused": len(refused), "missed_transformers": missed,
+    return {"rows": len(rows), "passed": len(passed), "refused": len(refused),
             "failed": len(rows) - len(passed) - len(refused),
             "minutes": sum(x.get("seconds") or 0.0 for x in rows) / 60,
             "torchvision": sum(not x["spec"].startswith("timm:") for x in passed),
             "timm": sum(x["spec"].startswith("timm:") for x in passed)}
 
 
-def missed_note(counts: dict[str, Any]) -> str:
-    missed = counts["missed_transformers"]
-    return (f" — measured before transformer support, when {len(missed)} transformers were still read as CNNs "
-            f"({', '.join(missed)})") if missed else ""
+def transformer_rows(r: Results) -> list[dict[str, Any]]:
+    return [x for x in r["architectures"] if TRANSFORMER.search(x["spec"])]
 
 
 def transformer_counts(r: Results) -> str:
-    rows = r["architectures_transformers"]
+    rows = transformer_rows(r)
     passed = [x["spec"] for x in rows if all(x[s] == "pass" for s in ("train", "diagnose", "treat"))]
-    return (f"transformers since (token maps): {len(passed)} of {len(rows)} builders checked pass "
-            f"({', '.join(passed)}); the others ran out of memory or time on 2 shared cores")
+    others = [f"{x['spec']} ({x['train']})" for x in rows if x["spec"] not in passed]
+    return (f"transformers (read as token maps): {len(passed)} of {len(rows)} pass"
+            + (f"; not passing: {', '.join(others)}" if others else ""))
 
 
 def recipe_val(r: Results, file: str, model: str, arm: str) -> float:
@@ -190,7 +190,7 @@ def at_a_glance(r: Results) -> str:
          f"{pct(dec['accuracy_control']['mean'], 2)})"),
         ("Does it take any CNN, and yours?",
          f"{arch['passed']} of {arch['rows']} builders ({arch['torchvision']} torchvision, {arch['timm']} timm) pass "
-         f"train → diagnose → treat{missed_note(arch)}, {arch['refused']} then refused; {transformer_counts(r)}; "
+         f"train → diagnose → treat, {arch['refused']} refused in one line; {transformer_counts(r)}; "
          "MobileNet-V3-small from "
          f"chance ({pct(recipe_val(r, 'recipes', 'mobilenet_v3_small', 'family_recipe'))}%) to "
          f"{pct(recipe_val(r, 'recipes_precise_bn', 'mobilenet_v3_small', 'family_recipe'))}% validation with "
@@ -542,8 +542,7 @@ def recipes(r: Results) -> str:
 def architectures_summary(r: Results) -> str:
     c = architecture_counts(r)
     return (f"**{c['passed']} of {c['rows']} builders pass** train → diagnose → treat ({c['torchvision']} torchvision, "
-            f"{c['timm']} timm){missed_note(c)}; {c['refused']} transformers were then refused in one line; "
-            f"{c['failed']} failed. "
+            f"{c['timm']} timm); {c['refused']} refused in one line; {c['failed']} failed. "
             f"The per-architecture times in `benchmarks/results/architectures.json` add up to "
             f"{c['minutes']:.0f} min on 2 shared cores.")
 
@@ -559,9 +558,12 @@ def architectures(r: Results) -> str:
 
 @table("architectures_transformers")
 def architectures_transformers(r: Results) -> str:
-    rows = [[x["spec"], x["train"], x["diagnose"], x["treat"], x.get("note", "")] for x in r["architectures_transformers"]]
-    return (transformer_counts(r) + ".\n\n" + markdown_table(["model", "train", "diagnose", "treat", "note"], rows)
-            + "\n\n" + source("architectures_transformers"))
+    rows = [[x["spec"], f"`{x['default_layer']}`" if x.get("default_layer") else "–", x["train"], x["diagnose"],
+             x["treat"], f"{x['seconds']:.0f}" if x.get("seconds") is not None else "–", x.get("note", "")]
+            for x in transformer_rows(r)]
+    return (transformer_counts(r) + ".\n\n"
+            + markdown_table(["model", "default layer", "train", "diagnose", "treat", "s", "note"], rows)
+            + "\n\n" + source("architectures"))
 
 
 @table("scale")

@@ -78,8 +78,7 @@ def test_the_known_wrong_figures_are_gone():
     assert f"{100 * border['val']['mean']:.1f}% validation but {100 * border['swap']['mean']:.1f}% swap" in swap
     assert "97.4% validation but 64.0% swap" in swap
     rows = json.loads((RESULTS / "architectures.json").read_text())
-    minutes = sum(r["seconds"] for r in rows) / 60
-    assert 25 < minutes < 35
+    minutes = sum(r["seconds"] for r in rows) / 60  # the per-spec seconds, not a wall time read off a clock
     assert f"add up to {minutes:.0f} min" in gen.TABLES["architectures_summary"](gen.Results(RESULTS))
 
 

@@ -40,6 +40,10 @@ FAMILY_REPRESENTATIVES = ["alexnet", "convnext_tiny", "densenet121", "efficientn
                           "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d", "shufflenet_v2_x0_5",
                           "squeezenet1_1", "swin_v2_t", "vgg11_bn", "wide_resnet50_2"]
 HEAVY_TIMM = {"timm:maxvit_tiny_tf_224"}
+CLASSES = 3
+# Above this many parameters the check runs one image per class and split instead of four: ViT-L/H's double
+# backward through every attention block at 12 images does not fit a 24 GB machine.
+LARGE_MODEL = 200_000_000
 
 
 def architecture_specs(representatives: bool = False) -> list[str]:
@@ -74,7 +78,7 @@ class ArchitectureCheck:
         return asdict(self)
 
 
-def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = 3) -> DataBundle:
+def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = CLASSES) -> DataBundle:
     """``classes`` × ``per_class`` images per split: a bright square at a class-specific place on noise, with its
     exact object mask (seeded, generated)."""
     g = torch.Generator().manual_seed(0)
@@ -95,7 +99,8 @@ def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = 3) 
 
 def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> ArchitectureCheck:
     """Run ``spec`` through train (1 step) → diagnose (default layer, T = 1, J = 2) → treat (1 step, space +
-    channel, no control); every failure is recorded, not raised.  A model without any layer that yields a
+    channel, no control) on :func:`squares` (4 images per class and split; 1 above :data:`LARGE_MODEL` parameters);
+    every failure is recorded, not raised.  A model without any layer that yields a
     spatial feature map is ``"refused"`` at build."""
     check = ArchitectureCheck(spec)
     started = time.perf_counter()
@@ -104,9 +109,10 @@ def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> Arch
         try:
             check.min_input = min_input_size(spec, in_channels)
             check.input_size = max(check.min_input, floor)
-            data = squares(check.input_size, in_channels)
             torch.manual_seed(0)
-            model = build_model(spec, data.num_classes, in_channels, check.input_size)
+            model = build_model(spec, CLASSES, in_channels, check.input_size)
+            large = sum(p.numel() for p in model.parameters()) > LARGE_MODEL
+            data = squares(check.input_size, in_channels, per_class=1 if large else 4)
         except UserError as exc:
             check.train = check.diagnose = check.treat = "refused"
             check.note = str(exc)
