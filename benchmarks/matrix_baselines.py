@@ -37,16 +37,18 @@ def recipe(arch: str, seed: int, epochs: int = EPOCHS) -> TrainConfig:
                           **RECIPE_OVERRIDES.get(arch, recipe_for(arch))})
 
 
-def baseline(spec: str, arch: str, seed: int, bundle: DataBundle | None = None) -> tuple[torch.nn.Module, DataBundle]:
-    """The cached model trained on ``spec`` (a family, or ``family:clean``), training it when missing."""
+def baseline(spec: str, arch: str, seed: int, bundle: DataBundle | None = None,
+             epochs: int = EPOCHS) -> tuple[torch.nn.Module, DataBundle]:
+    """The cached model trained on ``spec`` (a family, or ``family:clean``) for ``epochs``, training it when missing."""
     bundle = bundle or load_data(spec)
-    path = CACHE / f"{spec.replace(':', '_')}__{arch}__seed{seed}.pt"
+    schedule = "" if epochs == EPOCHS else f"__e{epochs}"
+    path = CACHE / f"{spec.replace(':', '_')}__{arch}{schedule}__seed{seed}.pt"
     if path.exists():
         return load_checkpoint(path)[0], bundle
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     model = build_model(arch, bundle.num_classes, bundle.in_channels, bundle.input_size)
-    cfg = recipe(arch, seed)
+    cfg = recipe(arch, seed, epochs)
     started = time.time()
     fit(model, bundle.train, bundle.val, bundle.num_classes, cfg, desc=f"{spec} {arch} seed {seed}")
     meta = CheckpointMeta(arch, bundle.num_classes, bundle.in_channels, bundle.input_size, bundle.class_names,

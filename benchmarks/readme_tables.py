@@ -169,6 +169,7 @@ def at_a_glance(r: Results) -> str:
          f"{num(d1[-1]['mean_pairwise_jaccard'])} first → last layer); sparse only weakly (90% of a class's mass "
          f"needs {pct(d1[-1]['fraction_of_channels'], 0)}% of the last layer's kernels)"),
         ("Does the treatment fix a background shortcut?", matrix_glance(r)),
+        ("And on a small ViT?", vit_glance(r)),
         ("What does a treatment step cost?",
          f"paper setting (Eq. 5 + 6, J = 10) {num(ts['paper_setting']['ratio_time'])}× the time and "
          f"{num(ts['paper_setting']['ratio_memory'])}× the memory of a plain step; shipped default "
@@ -203,7 +204,8 @@ def at_a_glance(r: Results) -> str:
          f"no clean-accuracy gain; input-gradient reg. {100 * fgsm_gain:+.1f} points under FGSM ε = 0.05"),
     ]
     return markdown_table(["question", "answer on our offline data (CPU)"], rows) + "\n\n" + source(
-        "diagnosis_speed", "discovery1", "shortcut", "treat_speed", "clean", "analyses", "architectures", "recipes",
+        "diagnosis_speed", "discovery1", "shortcut", "vit_shortcut", "treat_speed", "clean", "analyses",
+        "architectures", "recipes",
         "recipes_precise_bn", "scale", "regularizers")
 
 
@@ -267,6 +269,62 @@ def treatment_matrix_dev(r: Results) -> str:
             for c in r["treatment_matrix_dev"]["cells"] if c["method"] in ("vanilla", "control", "default", "clean")]
     return (markdown_table(["family", "masks", "arm", "test", "swap", "development seeds"], rows)
             + "\n\n" + source("treatment_matrix_dev"))
+
+
+VIT_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean"), ("control (plain fine-tune)", "control"),
+            ("**treat, shipped default** (treated arm)", "default"),
+            ("what the verdict recommends (treated or control)", "recommended"),
+            ("counterfactual backgrounds alone", "counterfactual"), ("last layer alone", "last_layer")]
+
+
+def vit_arms(r: Results) -> dict[str, dict[str, Any]]:
+    return {c["method"]: c for c in r["vit_shortcut"]["cells"]}
+
+
+def vit_glance(r: Results) -> str:
+    """The ViT's shortcut check and treatment in one line (README's results at a glance)."""
+    d, arms = r["vit_shortcut"], vit_arms(r)
+    reads = {model: c["verdicts"].count("reads the background") for model, c in d["checks"].items()}
+    default, n = arms["default"], d["verdict_counts"]["runs"]
+    return (f"{d['arch']} on {d['family']} ({n} seeds): the check says \"reads the background\" for {reads['vanilla']} "
+            f"of {n} vanilla models ({pm(d['checks']['vanilla']['follow'], 0)}% of composites follow the background) "
+            f"and for {reads['clean']} of {n} clean ones; shipped default {pct(default['test_mean'])} ± "
+            f"{pct(default['test_std'])} vs control {pct(arms['control']['test_mean'])} (paired "
+            f"{100 * default['paired_vs_control']:+.1f} ± {pct(default['paired_vs_control_std'])}), "
+            f"{pct(default['gap_recovered'], 0)}% of the gap to a clean reference that reaches only "
+            f"{pct(arms['clean']['test_mean'])}; its verdict recommended the treated arm in "
+            f"{d['verdict_counts']['use_treated']} of {n}")
+
+
+def vit_checks(d: dict[str, Any]) -> str:
+    return "; ".join(f"{model} {' / '.join(sorted(set(c['verdicts'])))} ({c['verdicts'].count(c['verdicts'][0])} of "
+                     f"{len(c['verdicts'])}): {pm(c['follow'], 1)}% of composites take the background's class, "
+                     f"{pm(c['own'], 1)}% on their own backgrounds, swap accuracy {pm(c['swap_accuracy'], 1)}%"
+                     for model, c in d["checks"].items())
+
+
+@table("vit_shortcut")
+def vit_shortcut(r: Results) -> str:
+    d, arms = r["vit_shortcut"], vit_arms(r)
+    body = [[label, pm({"mean": c["test_mean"], "std": c["test_std"]}, 1),
+             pm({"mean": c["swap_mean"], "std": c["swap_std"]}, 1), pm({"mean": c["val_mean"], "std": c["val_std"]}, 1),
+             "" if m in ("vanilla", "clean") else f"{pct(c['gap_recovered'], 0)}%",
+             "" if m in ("vanilla", "clean", "control") else
+             f"{100 * c['paired_vs_control']:+.1f} ± {pct(c['paired_vs_control_std'])}"]
+            for label, m in VIT_ARMS if (c := arms.get(m))]
+    verdicts = "; ".join(f"seed {s}: {run['chosen']} chosen, {100 * run['verdict']['swap_gain']:+.1f} ± "
+                         f"{pct(run['verdict']['swap_gain_se'])} swap points over the control → "
+                         f"{'treated' if run['verdict']['use_treated'] else 'keep the control'}"
+                         for s, run in d["runs"].items())
+    sec = d["seconds"]
+    return (markdown_table(["arm", "test", "swap", "val", "gap recovered", "paired vs control (test)"], body,
+                           ["l", "r", "r", "r", "r", "r"])
+            + f"\n\nShortcut check at `{d['checks']['vanilla']['layer']}`: {vit_checks(d)}.\n\n"
+            + f"Verdict (held-out swaps): {verdicts}.\n\n"
+            + f"Time: {num(sec['per_epoch'], 1)} s per training epoch, {sec['baselines'] / 60:.1f} min for the "
+              f"{2 * len(d['runs'])} baselines ({d['epochs']} epochs each), {pm(sec['treat_per_seed'], 0, 1)} s per "
+              f"default `treat` (control, candidate search, verdict), {sec['total'] / 60:.1f} min in all, one thread."
+              "\n\n" + source("vit_shortcut"))
 
 
 @table("collapse")
