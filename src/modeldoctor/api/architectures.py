@@ -97,10 +97,11 @@ def squares(size: int, channels: int = 3, per_class: int = 4, classes: int = CLA
     return bundle_from_tensors("squares", images, labels, ids, [str(c) for c in range(classes)], parts, None, masks)
 
 
-def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> ArchitectureCheck:
+def check_architecture(spec: str, floor: int = 32, in_channels: int = 3, per_class: int | None = None
+                       ) -> ArchitectureCheck:
     """Run ``spec`` through train (1 step) → diagnose (default layer, T = 1, J = 2) → treat (1 step, space +
-    channel, no control) on :func:`squares` (4 images per class and split; 1 above :data:`LARGE_MODEL` parameters);
-    every failure is recorded, not raised.  A model without any layer that yields a
+    channel, no control) on :func:`squares` with ``per_class`` images per class and split (default 4; 1 above
+    :data:`LARGE_MODEL` parameters); every failure is recorded, not raised.  A model without any layer that yields a
     spatial feature map is ``"refused"`` at build."""
     check = ArchitectureCheck(spec)
     started = time.perf_counter()
@@ -112,7 +113,7 @@ def check_architecture(spec: str, floor: int = 32, in_channels: int = 3) -> Arch
             torch.manual_seed(0)
             model = build_model(spec, CLASSES, in_channels, check.input_size)
             large = sum(p.numel() for p in model.parameters()) > LARGE_MODEL
-            data = squares(check.input_size, in_channels, per_class=1 if large else 4)
+            data = squares(check.input_size, in_channels, per_class=per_class or (1 if large else 4))
         except UserError as exc:
             check.train = check.diagnose = check.treat = "refused"
             check.note = str(exc)
