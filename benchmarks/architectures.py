@@ -34,8 +34,8 @@ def run_one(spec: str, timeout: float) -> dict:
     if row["train"] != "fail: exit -9":
         return row
     retry = run_child(spec, timeout, 1)
-    retry["note"] = (f"4 images per class ran out of memory ({row['seconds']:.0f} s); ran on 1. "
-                     + retry.get("note", "")).strip()
+    retry["note"] = (f"killed for memory ({row['seconds']:.0f} s); retried on 1 image per class and split"
+                     + (f": {retry['note']}" if retry.get("note") else "") + " (24 GB machine)")
     retry["seconds"] = round(row["seconds"] + retry["seconds"], 2)
     return retry
 
