@@ -121,7 +121,8 @@ def transformer_rows(r: Results) -> list[dict[str, Any]]:
 def transformer_counts(r: Results) -> str:
     rows = transformer_rows(r)
     passed = [x["spec"] for x in rows if all(x[s] == "pass" for s in ("train", "diagnose", "treat"))]
-    others = [f"{x['spec']} ({x['train']})" for x in rows if x["spec"] not in passed]
+    others = [f"{x['spec']} ({'killed for memory on this 24 GB machine' if x['train'] == 'fail: exit -9' else x['train']})"
+              for x in rows if x["spec"] not in passed]
     return (f"transformers (read as token maps): {len(passed)} of {len(rows)} pass"
             + (f"; not passing: {', '.join(others)}" if others else ""))
 
@@ -191,7 +192,8 @@ def at_a_glance(r: Results) -> str:
          f"{pct(dec['accuracy_control']['mean'], 2)})"),
         ("Does it take any CNN, and yours?",
          f"{arch['passed']} of {arch['rows']} builders ({arch['torchvision']} torchvision, {arch['timm']} timm) pass "
-         f"train → diagnose → treat, {arch['refused']} refused in one line; {transformer_counts(r)}; "
+         f"train → diagnose → treat{f', {n} refused in one line' if (n := arch['refused']) else ''}; "
+         f"{transformer_counts(r)}; "
          "MobileNet-V3-small from "
          f"chance ({pct(recipe_val(r, 'recipes', 'mobilenet_v3_small', 'family_recipe'))}%) to "
          f"{pct(recipe_val(r, 'recipes_precise_bn', 'mobilenet_v3_small', 'family_recipe'))}% validation with "
