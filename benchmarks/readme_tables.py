@@ -229,10 +229,11 @@ def matrix_goals(cells: list[dict[str, Any]]) -> list[str]:
         if c["method"] != "default" or c["family"] in ON_OBJECT:
             continue
         std = max(c["control_std"], 1e-9)
+        spread = (f"= {c['paired_vs_control'] / std:.1f} control std ({'>' if c['paired_vs_control'] > 2 * std else '≤'} 2)"
+                  if len(c["seeds"]) > 1 else "(one seed: no control std to compare with)")
         out.append(f"{c['family']} / {c['arch']} / {c['masks']}: gap recovered {pct(c['gap_recovered'], 0)}% "
                    f"({'≥' if c['gap_recovered'] >= 0.8 else '<'} 80%), vs control {pct(c['paired_vs_control'])} "
-                   f"points = {c['paired_vs_control'] / std:.1f} control std "
-                   f"({'>' if c['paired_vs_control'] > 2 * std else '≤'} 2)")
+                   f"points {spread}")
     return out
 
 
