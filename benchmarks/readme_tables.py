@@ -140,10 +140,9 @@ def matrix_glance(r: Results) -> str:
     if not r.has("treatment_matrix"):
         return "not measured yet (treatment matrix)"
     cells = [c for c in r["treatment_matrix"]["cells"] if c["method"] == "default"]
-    parts = [f"{c['family']} ({c['arch']}, {c['masks']} masks, {len(c['seeds'])} seeds) {pct(c['test_mean'])} ± "
-             f"{pct(c['test_std'])} vs "
-             f"control {pct(c['test_mean'] - c['paired_vs_control'])}, {pct(c['gap_recovered'], 0)}% of the gap"
-             for c in cells]
+    parts = [f"{c['family']} · {c['arch']} · {c['masks']} ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}) "
+             f"{pct(c['test_mean'])} vs control {pct(c['test_mean'] - c['paired_vs_control'])}, "
+             f"{pct(c['gap_recovered'], 0)}% of the gap" for c in cells]
     verdicts = [u for c in r["treatment_matrix"]["cells"] if c["method"] == "verdict" for u in c["use_treated"]]
     lead = "shipped default (counterfactual backgrounds or last layer, chosen on held-out swaps): "
     return (lead + "; ".join(parts) + f". Its verdict recommended the treated arm in {sum(map(bool, verdicts))} of "
