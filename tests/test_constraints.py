@@ -387,3 +387,19 @@ def test_space_term_without_the_trunk_graph_only_where_exact(act, trunk_free):
     stem = want[0]
     assert (stem is None or bool(stem.abs().sum() == 0)) is trunk_free
     loss.close()
+
+
+class Divided(nn.Module):
+    def __init__(self, reciprocal: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.reciprocal = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 3), reciprocal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        h = 2 / (h + 1) if self.reciprocal else h / 2
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize(("reciprocal", "linear"), [(False, True), (True, False)])
+def test_a_tail_divided_by_a_constant_is_piecewise_linear_and_its_reciprocal_is_not(reciprocal, linear):
+    assert NoiseReplay(Divided(reciprocal).eval(), ["conv"]).piecewise_linear_tail("conv") is linear

@@ -283,7 +283,8 @@ _PIECEWISE_LINEAR_NAMES = {"add", "sub", "neg", "getitem", "cat", "stack", "flat
                            "linear", "conv2d", "dropout", "transpose", "permute", "squeeze", "unsqueeze", "size",
                            "contiguous", "mean", "sum", "expand", "chunk", "split", "dim", "clone", "getattr",
                            "iadd", "isub"}
-_PRODUCTS = {"mul", "truediv", "div", "imul", "itruediv"}
+_PRODUCTS = {"mul", "imul"}
+_DIVISIONS = {"truediv", "div", "itruediv"}
 
 
 def _piecewise_linear(gm: fx.GraphModule, node: fx.Node, batched: set[fx.Node]) -> bool:
@@ -292,6 +293,9 @@ def _piecewise_linear(gm: fx.GraphModule, node: fx.Node, batched: set[fx.Node]) 
     if node.op == "call_module":
         return isinstance(gm.get_submodule(str(node.target)), _PIECEWISE_LINEAR_MODULES)
     name = getattr(node.target, "__name__", str(node.target)).strip("_")
+    if name in _DIVISIONS:  # x / c is linear in x; c / x is not
+        divisor = node.args[1] if len(node.args) > 1 else None
+        return not (isinstance(divisor, fx.Node) and divisor in batched)
     if name in _PRODUCTS:  # a product is linear in each factor, so only one may depend on the input
         return sum(a in batched for a in node.all_input_nodes) <= 1
     return name in _PIECEWISE_LINEAR_NAMES
