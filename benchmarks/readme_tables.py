@@ -236,6 +236,46 @@ def matrix_goals(cells: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+RANKED_ARMS = ("vanilla", "clean", "control", "default", "paper_eq6", "counterfactual", "last_layer", "input_gradient")
+
+
+def meter_ranking(rows: dict[str, dict[str, Any]]) -> tuple[int, int, list[str]]:
+    """(concordant, pairs, discordant pair names): do the arms' mean swap accuracies order them as their mean test
+    accuracies do?  Only arms measured on the same swap composites (the vanilla model's held-out objects) count;
+    pairs tied on test within half a point are skipped."""
+    arms = [a for a in RANKED_ARMS if a in rows]
+    concordant, pairs, discordant = 0, 0, []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            test = rows[a]["test_mean"] - rows[b]["test_mean"]
+            if abs(test) < 0.005:
+                continue
+            pairs += 1
+            if test * (rows[a]["swap_mean"] - rows[b]["swap_mean"]) > 0:
+                concordant += 1
+            else:
+                discordant.append(f"{a} vs {b}")
+    return concordant, pairs, discordant
+
+
+def verdict_agreement(verdicts: list[dict[str, Any]]) -> str:
+    """Per run: does the swap meter's treated-vs-control sign match test's, and did test gain where the verdict said
+    to use the treated arm?"""
+    runs = [(u, t, w) for v in verdicts for u, t, w in zip(v["use_treated"], v["test_gain"], v["swap_gain"])]
+    if not runs:
+        return ""
+    decided = [(t, w) for _, t, w in runs if abs(t) >= 0.005]
+    agree = sum(t * w > 0 for t, w in decided)
+    used = [t for u, t, _ in runs if u]
+    kept = [t for u, t, _ in runs if not u]
+    return (f" Per run (treated arm vs its control, {len(runs)} runs): swap and test move the same way in {agree} of "
+            f"{len(decided)} (test differences under half a point skipped); where the verdict said use treated "
+            f"({len(used)} runs) test gained {pct(sum(used) / max(len(used), 1))} points on average, least "
+            f"{pct(min(used, default=0.0))}; where it kept the control ({len(kept)} runs) the treated arm would have "
+            f"gained {pct(sum(kept) / max(len(kept), 1))} on average (from {pct(min(kept, default=0.0))} to "
+            f"{pct(max(kept, default=0.0))}).")
+
+
 @table("treatment_matrix")
 def treatment_matrix(r: Results) -> str:
     if not r.has("treatment_matrix"):
@@ -254,11 +294,20 @@ def treatment_matrix(r: Results) -> str:
                 for label, m in MATRIX_ARMS if (c := rows.get(m))]
         v = verdicts.get(key, {})
         seeds = ", ".join(str(s) for s in next(iter(rows.values()))["seeds"])
+        agree, pairs, wrong = meter_ranking(rows)
+        ranking = (f"swap orders {agree} of {pairs} arm pairs as test does"
+                   + (f" (not: {'; '.join(wrong)})" if wrong else ""))
         blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (seeds {seeds}; chosen: "
-                      f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')})\n\n"
+                      f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')}; "
+                      f"{ranking})\n\n"
                       + markdown_table(["arm", "test", "swap", "val", "swap − test", "gap recovered",
                                         "paired vs control (test)"], body, ["l", "r", "r", "r", "r", "r", "r"]))
     goals = "\n".join(f"- {g}" for g in matrix_goals(cells))
+    ranked = [meter_ranking({c["method"]: c for c in cells if (c["family"], c["arch"], c["masks"]) == key})
+              for key in dict.fromkeys((c["family"], c["arch"], c["masks"]) for c in cells)]
+    goals += (f"\n\nThe swap meter orders {sum(a for a, _, _ in ranked)} of {sum(p for _, p, _ in ranked)} arm pairs "
+              "(cell means, test differences under half a point skipped) as test accuracy does.")
+    goals += verdict_agreement([c for c in doc if c["method"] == "verdict" and "test_gain" in c])
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
@@ -446,6 +495,23 @@ def composites_cost(r: Results) -> str:
             + f"\n\nCounterfactual term alone, {d['arch']}, {' and '.join(d['families'])} (exact masks), development "
               f"seeds {', '.join(map(str, d['seeds']))}: mean ± std over the {2 * len(d['seeds'])} runs.\n\n"
             + source("composites_cost"))
+
+
+@table("finetune_budget")
+def finetune_budget(r: Results) -> str:
+    if not r.has("finetune_budget"):
+        return "_Not measured yet: generated from `benchmarks/results/finetune_budget.json`._"
+    d = r["finetune_budget"]
+    rows = [[family, epochs, f"{pct(b['control_test']['mean'])} ± {pct(b['control_test']['std'])}",
+             f"{pct(b['default_test']['mean'])} ± {pct(b['default_test']['std'])}",
+             f"{pct(b['control_swap']['mean'])} / {pct(b['default_swap']['mean'])}",
+             f"{pct(b['gap_control']['mean'], 0)}% / {pct(b['gap_default']['mean'], 0)}%",
+             f"{sum(b['use_treated'])} of {len(b['use_treated'])}", f"{b['seconds']['mean']:.0f} s"]
+            for family, budgets in d["families"].items() for epochs, b in budgets.items()]
+    return (markdown_table(["family", "fine-tune epochs", "control test", "default test", "swap control / default",
+                            "gap recovered control / default", "verdict: use treated", "treat wall time"], rows)
+            + f"\n\n{d['arch']}, exact masks, development seeds {', '.join(map(str, d['seeds']))}; every option of "
+              "`treat` at its default except the epochs (both arms).\n\n" + source("finetune_budget"))
 
 
 @table("clean")

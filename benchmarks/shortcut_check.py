@@ -1,7 +1,8 @@
 """Shortcut check benchmark: does `diagnose --masks` tell a shortcut model from a clean one, on the model alone?
 
-Per family (shortcut-mnist, border-mnist) and seed: the vanilla simple-cnn-s2 (trained on the shortcut data) and the
-clean reference (trained on ``:clean``), the same models and recipe as ``benchmarks/shortcut.py`` (its cache is
+Per family (shortcut-mnist, border-mnist, spot-mnist: background cues; tint-mnist: the cue is the digit's
+colour, on the object, where the honest answer is "not a background shortcut") and seed: the vanilla
+simple-cnn-s2 (trained on the shortcut data) and the clean reference (trained on ``:clean``), the same models and recipe as ``benchmarks/shortcut.py`` (its cache is
 reused when present: ``results/cache/shortcut2/``; otherwise each is trained for 10 epochs and cached there).
 Each model gets the shortcut check (:mod:`modeldoctor.doctor.shortcut`) on 20 masked training images per class of
 the shortcut family (the user's own masked images; normalised as the model was trained), each pasted on 3 other
@@ -162,7 +163,7 @@ def treated_reliance(seeds: list[int]) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--family", default="shortcut-mnist,border-mnist")
+    ap.add_argument("--family", default="shortcut-mnist,border-mnist,spot-mnist,tint-mnist")
     ap.add_argument("--treated", action="store_true", help="also the treatment's before/after reliance (shortcut-mnist)")
     args = ap.parse_args()
     started = time.time()

@@ -99,7 +99,7 @@ def accuracies(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor], arch: str,
-              seed: int, **options: Any) -> dict[str, Any]:
+              seed: int, epochs: int = FINETUNE_EPOCHS, **options: Any) -> dict[str, Any]:
     path = CACHE / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -107,8 +107,8 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     options = dict(options)
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
-    train_cfg = recipe(arch, seed, epochs=FINETUNE_EPOCHS)
-    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=FINETUNE_EPOCHS,
+    train_cfg = recipe(arch, seed, epochs=epochs)
+    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=epochs,
                        seed=seed, train_config=train_cfg, **options)
     row = {"original": accuracies(result.original), "treated": accuracies(result.treated_metrics),
            "control": accuracies(result.control_metrics) if result.control_metrics else None,
@@ -206,6 +206,8 @@ def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, A
     cells.append({"family": family, "arch": arch, "masks": kind, "method": "verdict", "seeds": seeds,
                   "chosen": [per_seed[s]["_default"]["chosen"] for s in seeds],
                   "use_treated": [per_seed[s]["_default"]["verdict"].get("use_treated") for s in seeds],
+                  "test_gain": [per_seed[s]["default"]["test"] - per_seed[s]["control"]["test"] for s in seeds],
+                  "swap_gain": [per_seed[s]["default"]["swap"] - per_seed[s]["control"]["swap"] for s in seeds],
                   "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"]})
     return cells
 

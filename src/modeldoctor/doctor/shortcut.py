@@ -213,7 +213,9 @@ def _message(v: dict[str, Any]) -> str:
                 f"their own backgrounds; worst backgrounds: {', '.join(v['worst_classes'])}")
     return (f"not detectably: {_pc(v['follow'])} of {counts} take the background's class against {_pc(v['own'])} on "
             f"their own backgrounds (excess at most {_pc(max(v['excess_ci'][1], 0.0))} at 95%, threshold "
-            f"{_pc(v['margin'])})")
+            f"{_pc(v['margin'])}): the background is not the cause; if the model still fails on new data, look "
+            f"for a cue on the object itself (colour, texture), which masks cannot separate and a background "
+            f"treatment will not fix")
 
 
 def shortcut_check(model: nn.Module, split: ImageSplit, masks: Mapping[str, torch.Tensor], class_names: Sequence[str],
