@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from modeldoctor.doctor.search import SIGNIFICANCE, annotation_factor
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"<!-- TABLE:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /TABLE:(?P=name) -->", re.S)
@@ -273,7 +275,22 @@ def verdict_agreement(verdicts: list[dict[str, Any]]) -> str:
             f"({len(used)} runs) test gained {pct(sum(used) / max(len(used), 1))} points on average, least "
             f"{pct(min(used, default=0.0))}; where it kept the control ({len(kept)} runs) the treated arm would have "
             f"gained {pct(sum(kept) / max(len(kept), 1))} on average (from {pct(min(kept, default=0.0))} to "
-            f"{pct(max(kept, default=0.0))}).")
+            f"{pct(max(kept, default=0.0))}).{annotation_needed(verdicts)}")
+
+
+def annotation_needed(verdicts: list[dict[str, Any]]) -> str:
+    """Where the verdict kept the control on a positive swap gain: how much more annotation would confirm it."""
+    factors = sorted(f for v in verdicts if "verdict_se" in v
+                     for g, se in zip(v["verdict_gain"], v["verdict_se"])
+                     if g is not None and (f := annotation_factor(g, se)) is not None)
+    ses = sorted(se for v in verdicts if "verdict_se" in v for se in v["verdict_se"] if se is not None)
+    if not factors:
+        return ""
+    return (f" Where it kept the control on a positive swap gain ({len(factors)} runs), confirming that gain would "
+            f"take {num(factors[len(factors) // 2], 1)}× the annotated images (median; from {num(factors[0], 1)}× "
+            f"to {num(factors[-1], 1)}×): at 20 annotated images per class the median standard error is "
+            f"{pct(ses[len(ses) // 2])} points, so gains under about {pct(SIGNIFICANCE * ses[len(ses) // 2], 0)} "
+            "points stay unconfirmed.")
 
 
 @table("treatment_matrix")

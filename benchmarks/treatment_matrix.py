@@ -208,6 +208,8 @@ def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, A
                   "use_treated": [per_seed[s]["_default"]["verdict"].get("use_treated") for s in seeds],
                   "test_gain": [per_seed[s]["default"]["test"] - per_seed[s]["control"]["test"] for s in seeds],
                   "swap_gain": [per_seed[s]["default"]["swap"] - per_seed[s]["control"]["swap"] for s in seeds],
+                  "verdict_gain": [per_seed[s]["_default"]["verdict"].get("swap_gain") for s in seeds],
+                  "verdict_se": [per_seed[s]["_default"]["verdict"].get("swap_gain_se") for s in seeds],
                   "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"]})
     return cells
 

@@ -123,6 +123,17 @@ def test_the_verdict_warns_when_the_meter_s_masks_are_loose(tightness, warns):
     assert ("masks are loose" in result["message"]) is warns and result["mask_tightness"] == tightness
 
 
+def test_an_unconfirmed_gain_says_how_much_annotation_would_confirm_it():
+    split = six_composites()
+    # per object a: 2/2 vs 0/2, b and c: equal → differences 1, 0, 0: gain 1/3, se = std(1, 0, 0)/√3 = 1/3
+    result = verdict(Fixed([0, 0, 1, 1, 2, 2]), Fixed([1, 1, 1, 1, 2, 2]), Meter(split, split), "counterfactual")
+    assert not result["use_treated"] and result["swap_gain"] == pytest.approx(1 / 3)
+    # 2·se / gain = 2 → four times the objects halve se: (2 · 1/3 / (1/3))² = 4
+    assert result["annotation_factor"] == pytest.approx(4.0) and "about 4.0× as many annotated" in result["message"]
+    confirmed = verdict(Fixed([0, 0, 1, 1, 2, 2]), Fixed([0, 1, 0, 0, 2, 0]), Meter(split, split), "counterfactual")
+    assert confirmed["use_treated"] and confirmed["annotation_factor"] is None
+
+
 def test_shipped_default_beats_its_control_on_test(shortcut):
     data, model = shortcut
     result = api.treat(model, None, data, annotate_per_class=20, epochs=3, batch_size=32, lr=0.05)

@@ -8,7 +8,8 @@ halves of *objects*; each half is pasted onto the held-out backgrounds of other 
 
 The verdict is a paired difference: per composite, correct under treated minus correct under control, averaged
 per object (composites of one object are not independent) and over objects, with its standard error
-``se = std(object means) / √objects``.  The treated arm is recommended only when ``gain > 2·se``.
+``se = std(object means) / √objects``.  The treated arm is recommended only when ``gain > 2·se``; a positive gain
+below that comes with the annotation it would take to confirm it (:func:`annotation_factor`).
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ def paired_gain(treated: nn.Module, reference: nn.Module, split: ImageSplit) -> 
     return float(means.mean()), se, len(means)
 
 
+def annotation_factor(gain: float, se: float) -> float | None:
+    """How many times the annotated images it would take for a positive but unconfirmed ``gain`` to clear
+    ``SIGNIFICANCE · se`` (the standard error shrinks as 1/√objects, and held-out objects grow with annotation):
+    ``(SIGNIFICANCE · se / gain)²``; ``None`` when there is no positive gain or it already clears."""
+    if not gain > 0 or not math.isfinite(se) or gain > SIGNIFICANCE * se:
+        return None
+    return (SIGNIFICANCE * se / gain) ** 2
+
+
 def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: str,
             reference_name: str = "control", original: nn.Module | None = None) -> dict[str, Any]:
     """``{"winner", "candidate", "swap_gain", "swap_gain_se", "use_treated", "objects", "message", ...}``; with
@@ -121,11 +131,16 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
         message = (f"no candidate beat the {reference_name} on held-out background swaps by more than its noise "
                    f"(best: {candidate}, {100 * gain:+.1f} ± {100 * se:.1f} points): keep the "
                    f"{'control' if reference_name == 'control' else 'original model'}{shared}")
+        factor = annotation_factor(gain, se)
+        if factor is not None:
+            message += (f"; if that gain is real, about {factor:.1f}× as many annotated images would be needed "
+                        f"to confirm it")
     if meter.tightness is not None and meter.tightness < LOOSE:
         message += (f"; the masks are loose (about {100 * meter.tightness:.0f}% object): background inside them travels "
                     f"with every pasted object, so swap accuracy may over-report — refine them (--refine-masks)")
     result: dict[str, Any] = {"winner": "treated" if use else reference_name, "candidate": candidate, "swap_gain": gain,
                               "swap_gain_se": se, "use_treated": use, "objects": objects,
+                              "annotation_factor": None if use else annotation_factor(gain, se),
                               "composites": len(split), "mask_tightness": meter.tightness, "message": message}
     if original is not None:
         gain0, se0, _ = paired_gain(treated, original, split)
@@ -136,4 +151,5 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
     return result
 
 
-__all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "check_candidates", "meter_splits", "paired_gain", "verdict"]
+__all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "annotation_factor", "check_candidates", "meter_splits",
+           "paired_gain", "verdict"]
