@@ -523,10 +523,10 @@ def finetune_budget(r: Results) -> str:
              f"{pct(b['default_test']['mean'])} ± {pct(b['default_test']['std'])}",
              f"{pct(b['control_swap']['mean'])} / {pct(b['default_swap']['mean'])}",
              f"{pct(b['gap_control']['mean'], 0)}% / {pct(b['gap_default']['mean'], 0)}%",
-             f"{sum(b['use_treated'])} of {len(b['use_treated'])}", f"{b['seconds']['mean']:.0f} s"]
+             f"{sum(b['use_treated'])} of {len(b['use_treated'])}"]
             for family, budgets in d["families"].items() for epochs, b in budgets.items()]
     return (markdown_table(["family", "fine-tune epochs", "control test", "default test", "swap control / default",
-                            "gap recovered control / default", "verdict: use treated", "treat wall time"], rows)
+                            "gap recovered control / default", "verdict: use treated"], rows)
             + f"\n\n{d['arch']}, exact masks, development seeds {', '.join(map(str, d['seeds']))}; every option of "
               "`treat` at its default except the epochs (both arms).\n\n" + source("finetune_budget"))
 
