@@ -52,6 +52,9 @@ DEV_SEEDS = (100, 101)
 DEV_ARCH = "simple-cnn-s2"  # the architecture the development seeds chose defaults on
 REPORT_SEEDS = (0, 1, 2)
 FINETUNE_EPOCHS = 3
+# Bumped when the shipped default changes; cached runs from earlier versions live in results/cache/matrix/v<N>/.
+# 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
+TREAT_VERSION = 2
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -113,7 +116,8 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     row = {"original": accuracies(result.original), "treated": accuracies(result.treated_metrics),
            "control": accuracies(result.control_metrics) if result.control_metrics else None,
            "chosen": result.chosen, "candidates": result.candidates, "verdict": result.verdict,
-           "lambdas": result.lambdas, "weight_change": result.weight_change, "seconds": time.time() - started}
+           "lambdas": result.lambdas, "weight_change": result.weight_change, "seconds": time.time() - started,
+           "treat_version": TREAT_VERSION}
     write_json(path, row)
     log(f"{key}: treated {row['treated']} control {row['control']} ({row['seconds']:.0f}s) {result.chosen}")
     return row
@@ -210,7 +214,8 @@ def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, A
                   "swap_gain": [per_seed[s]["default"]["swap"] - per_seed[s]["control"]["swap"] for s in seeds],
                   "verdict_gain": [per_seed[s]["_default"]["verdict"].get("swap_gain") for s in seeds],
                   "verdict_se": [per_seed[s]["_default"]["verdict"].get("swap_gain_se") for s in seeds],
-                  "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"]})
+                  "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"],
+                  "treat_version": min(per_seed[s]["_default"].get("treat_version", 1) for s in seeds)})
     return cells
 
 

@@ -159,6 +159,19 @@ def test_test_labels_change_nothing_treat_selects(shortcut):
         assert torch.equal(a, b)
 
 
+def test_last_layer_candidate_refits_the_head_of_its_control(shortcut):
+    """With a control, the last-layer candidate is the control's fine-tune with only its head re-fit (DFR on the
+    features ERM left), so it cannot start behind the control."""
+    data, model = shortcut
+    result = api.treat(model, None, data, annotate_per_class=8, epochs=1, batch_size=32, lr=0.05,
+                       candidates=("last-layer",))
+    treated, control = result.treated.state_dict(), result.control.state_dict()
+    differs = sorted(k for k in treated if not torch.equal(treated[k], control[k]))
+    assert differs == ["fc.bias", "fc.weight"]
+    original = model.state_dict()
+    assert not torch.equal(control["conv1.weight"], original["conv1.weight"])  # the control did fine-tune
+
+
 def test_more_than_two_fine_tunes_run_trials_and_the_best_reruns_in_full(shortcut):
     data, model = shortcut
     names = ("counterfactual", "counterfactual-light", "space")

@@ -92,7 +92,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     With ``candidates`` (names of :data:`modeldoctor.doctor.search.CANDIDATES`) the treated arm is the candidate
     with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
     own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
-    ``verdict`` swaps.
+    ``verdict`` swaps.  ``"last-layer"`` re-fits the head of the control's fine-tune (of ``model`` without a control).
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -136,7 +136,10 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             if name == "last-layer":
                 if train_bank is None or not train_bank.pool:
                     continue
-                tuned = refit_head(model, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
+                # DFR re-fits the head of the model ERM gave it; here that is the control's fine-tune, so this
+                # candidate starts where its control ends instead of 3 epochs behind it.
+                start = out["control"][0] if control else model
+                tuned = refit_head(start, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
                 lambdas: dict[str, Any] = {}
             else:
                 run_cfg = train_cfg if trial is None else TrainConfig(**{**train_cfg.to_dict(), "epochs": trial})
