@@ -55,7 +55,8 @@ REPORT_SEEDS = (0, 1, 2)
 FINETUNE_EPOCHS = 3
 # Bumped when the shipped default changes; cached runs from earlier versions live in results/cache/matrix/v<N>/.
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
-TREAT_VERSION = 2
+# 3: it re-fits both heads and keeps the better on select swaps.
+TREAT_VERSION = 3
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -112,12 +113,14 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
     train_cfg = recipe(arch, seed, epochs=epochs)
-    earlier = CACHE / "v1" / f"{key}.json"
-    if earlier.exists() and not options:
-        row = upgraded(json.loads(earlier.read_text()), model, data, masks, seed, train_cfg)
+    earlier = [CACHE / f"v{v}" / f"{key}.json" for v in range(TREAT_VERSION - 1, 0, -1)]
+    earlier = [p for p in earlier if p.exists()]
+    if earlier and not options:
+        row = upgraded([json.loads(p.read_text()) for p in earlier], model, data, masks, seed, train_cfg)
         if row is not None:
             write_json(path, row)
-            log(f"{key}: upgraded from v1, chosen {row['chosen']} ({time.time() - started:.0f}s)")
+            log(f"{key}: upgraded from v{row['upgraded_from']}, chosen {row['chosen']} "
+                f"({time.time() - started:.0f}s)")
             return row
     result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=epochs,
                        seed=seed, train_config=train_cfg, **options)
@@ -134,26 +137,31 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
             "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION}
 
 
-def upgraded(v1: dict[str, Any], model: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor],
-             seed: int, train_cfg: Any) -> dict[str, Any] | None:
-    """A version-1 default run brought to version 2 by re-running only what changed: the control (which must
-    reproduce v1's control bit for bit, else ``None`` and the caller runs in full) and the last-layer candidate on
-    top of it.  The counterfactual candidate is unchanged, so its v1 ``select_swap`` competes as it would in a
-    full run (ties keep the counterfactual, as ``max`` over the candidates in order does)."""
+def upgraded(earlier: list[dict[str, Any]], model: torch.nn.Module, data: DataBundle,
+             masks: dict[str, torch.Tensor], seed: int, train_cfg: Any) -> dict[str, Any] | None:
+    """An earlier version's default run brought to this version by re-running only what changed: the control
+    (which must reproduce the earlier control bit for bit) and the last-layer candidate.  The counterfactual
+    candidate is unchanged, so its earlier ``select_swap`` competes as it would in a full run (ties keep the
+    counterfactual, as ``max`` over the candidates in order does); when it wins, its metrics come from an earlier
+    run that chose it.  ``None`` when either check fails: the caller then runs in full."""
     result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=train_cfg.epochs,
                        seed=seed, train_config=train_cfg, candidates=("last-layer",))
     fresh = run_row(result)
-    if fresh["control"] != v1["control"] or fresh["original"] != v1["original"]:
-        log(f"control does not reproduce v1 ({fresh['control']} vs {v1['control']}): running in full")
+    base = earlier[0]
+    if fresh["control"] != base["control"] or fresh["original"] != base["original"]:
+        log(f"control does not reproduce the earlier run ({fresh['control']} vs {base['control']}): running in full")
         return None
-    counterfactual = next(c for c in v1["candidates"] if c["name"] == "counterfactual")
+    counterfactual = next(c for c in base["candidates"] if c["name"] == "counterfactual")
     last_layer = fresh["candidates"][0]
-    if counterfactual["select_swap"] >= last_layer["select_swap"]:
-        row = {**v1, "candidates": [counterfactual, last_layer], "treat_version": TREAT_VERSION,
-               "verdict": {**v1["verdict"], "mask_tightness": fresh["verdict"].get("mask_tightness")}}
-    else:
+    if counterfactual["select_swap"] < last_layer["select_swap"]:
         row = {**fresh, "candidates": [counterfactual, last_layer]}
-    return {**row, "seconds": v1["seconds"], "upgraded_from": 1}
+    else:
+        chose = [r for r in earlier if r["chosen"] == "counterfactual"]
+        if not chose:
+            return None
+        row = {**chose[0], "candidates": [counterfactual, last_layer], "treat_version": TREAT_VERSION,
+               "verdict": {**chose[0]["verdict"], "mask_tightness": fresh["verdict"].get("mask_tightness")}}
+    return {**row, "seconds": base["seconds"], "upgraded_from": base.get("treat_version", 1)}
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,

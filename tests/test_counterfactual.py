@@ -159,17 +159,36 @@ def test_test_labels_change_nothing_treat_selects(shortcut):
         assert torch.equal(a, b)
 
 
-def test_last_layer_candidate_refits_the_head_of_its_control(shortcut):
-    """With a control, the last-layer candidate is the control's fine-tune with only its head re-fit (DFR on the
-    features ERM left), so it cannot start behind the control."""
+def test_last_layer_candidate_refits_the_head_of_the_original_or_its_control(shortcut):
+    """The last-layer candidate is the original model or the control's fine-tune with only its head re-fit (DFR on
+    the features a training left), whichever reads the select swaps better."""
     data, model = shortcut
     result = api.treat(model, None, data, annotate_per_class=8, epochs=1, batch_size=32, lr=0.05,
                        candidates=("last-layer",))
-    treated, control = result.treated.state_dict(), result.control.state_dict()
-    differs = sorted(k for k in treated if not torch.equal(treated[k], control[k]))
-    assert differs == ["fc.bias", "fc.weight"]
-    original = model.state_dict()
-    assert not torch.equal(control["conv1.weight"], original["conv1.weight"])  # the control did fine-tune
+    start = result.candidates[0]["head_of"]
+    reference = {"control": result.control, "original": model}[start].state_dict()
+    treated = result.treated.state_dict()
+    assert sorted(k for k in treated if not torch.equal(treated[k], reference[k])) == ["fc.bias", "fc.weight"]
+    assert not torch.equal(result.control.state_dict()["conv1.weight"], model.state_dict()["conv1.weight"])
+
+
+def test_last_layer_keeps_the_start_whose_features_still_carry_the_object(shortcut):
+    """A start whose features are constant (its convolutions zeroed) cannot be re-fit past chance, so the other
+    start's head is the one kept, whichever side it is on."""
+    from modeldoctor.doctor.arms import _last_layer
+    from modeldoctor.doctor.search import meter_splits
+
+    data, model = shortcut
+    annotated = MaskBank.build(data.train, data.masks, list(range(80)), data.input_size)
+    bank = annotated.restricted(list(range(40)))
+    chooser = meter_splits(data.train, annotated, list(range(40, 80)), 0).select
+    blind = TinyNet()
+    blind.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        blind.conv2.weight.zero_()
+        blind.conv2.bias.zero_()
+    assert _last_layer(model, blind, data, bank, chooser, 0)[1] == "original"
+    assert _last_layer(blind, model, data, bank, chooser, 0)[1] == "control"
 
 
 def test_more_than_two_fine_tunes_run_trials_and_the_best_reruns_in_full(shortcut):

@@ -83,6 +83,20 @@ def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainC
         return tuned, dict(loss_fn.lambdas)
 
 
+def _last_layer(model: nn.Module, control: nn.Module | None, data: DataBundle, bank: MaskBank, chooser: ImageSplit,
+                seed: int) -> tuple[nn.Module, str]:
+    """DFR re-fits the head on the features training left; here two trainings left features — the original
+    model's and its control's fine-tune — so both heads are re-fit and the better on ``chooser`` swaps is kept.  A
+    fine-tune that erodes a good model (a clean one) keeps the original's features; one that helps keeps its own, so
+    the candidate never starts behind both."""
+    composer = Composer(data.train, bank)
+    starts = {"original": model, **({"control": control} if control is not None else {})}
+    refits = {name: refit_head(m, composer, data.num_classes, seed=seed) for name, m in starts.items()}
+    scores = {name: evaluate(m, chooser, data.num_classes)["accuracy"] for name, m in refits.items()}
+    best = max(refits, key=lambda n: scores[n])
+    return refits[best], best
+
+
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
                       relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
                       state_dir: str | Path | None = None, resume: bool = False,
@@ -92,7 +106,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     With ``candidates`` (names of :data:`modeldoctor.doctor.search.CANDIDATES`) the treated arm is the candidate
     with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
     own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
-    ``verdict`` swaps.  ``"last-layer"`` re-fits the head of the control's fine-tune (of ``model`` without a control).
+    ``verdict`` swaps.  ``"last-layer"`` re-fits the head of ``model`` and of the control's fine-tune and keeps the
+    better on ``select`` swaps.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -136,20 +151,20 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             if name == "last-layer":
                 if train_bank is None or not train_bank.pool:
                     continue
-                # DFR re-fits the head of the model ERM gave it; here that is the control's fine-tune, so this
-                # candidate starts where its control ends instead of 3 epochs behind it.
-                start = out["control"][0] if control else model
-                tuned = refit_head(start, Composer(data.train, train_bank), data.num_classes, seed=train_cfg.seed)
+                tuned, start = _last_layer(model, out["control"][0] if control else None, data, train_bank,
+                                           chooser, train_cfg.seed)
                 lambdas: dict[str, Any] = {}
+                detail = {"head_of": start}
             else:
                 run_cfg = train_cfg if trial is None else TrainConfig(**{**train_cfg.to_dict(), "epochs": trial})
                 tag = f"{name or 'treated'}{'-trial' if trial else ''}"
                 tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
                                       states / f".state-{tag}{suffix}.pt", resume)
+                detail = {}
             runs[name] = (tuned, arm_cfg, lambdas)
             out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
                                       "select_swap": evaluate(tuned, chooser, data.num_classes)["accuracy"],
-                                      "seconds": time.time() - clock})
+                                      "seconds": time.time() - clock, **detail})
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
         scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}

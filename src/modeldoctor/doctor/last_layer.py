@@ -5,8 +5,8 @@ user's masks: every annotated object on ``per_object`` backgrounds of other clas
 (:meth:`modeldoctor.doctor.counterfactual.Composer.dataset`), so the background carries no information about
 the label.  The features are the head's inputs (one eval-mode forward, no gradient), and the head is fit by
 L-BFGS on ``CE(W φ + b, y) + α ‖W − W₀‖²`` starting from, and pulled towards, the trained head W₀ — cheap, and
-every layer before the head is left exactly as it was.  In ``treat`` the model re-fit is the matched control's
-fine-tune (DFR's "ERM features"), so the candidate can only add to what its control already gained.
+every layer before the head is left exactly as it was.  ``treat`` re-fits the head of the original model and of
+its matched control's fine-tune (DFR's "ERM features") and keeps the better on held-out swaps.
 """
 
 from __future__ import annotations
