@@ -332,11 +332,14 @@ def treatment_matrix(r: Results) -> str:
 def treatment_matrix_dev(r: Results) -> str:
     if not r.has("treatment_matrix_dev"):
         return "_Not measured yet: generated from `benchmarks/results/treatment_matrix_dev.json`._"
-    rows = [[c["family"], c["masks"], c["method"], f"{pct(c['test_mean'])} ± {pct(c['test_std'])}",
+    shown = ("vanilla", "control", "default", "clean", "do_no_harm_control", "do_no_harm")
+    rows = [[c["family"], c["arch"], c["masks"], c["method"], f"{pct(c['test_mean'])} ± {pct(c['test_std'])}",
              pct(c["swap_mean"]), ", ".join(map(str, c["seeds"]))]
-            for c in r["treatment_matrix_dev"]["cells"] if c["method"] in ("vanilla", "control", "default", "clean")]
-    return (markdown_table(["family", "masks", "arm", "test", "swap", "development seeds"], rows)
-            + "\n\n" + source("treatment_matrix_dev"))
+            for c in r["treatment_matrix_dev"]["cells"] if c["method"] in shown]
+    chosen = "; ".join(f"{c['family']} · {c['arch']}: {', '.join(c['chosen'])}"
+                       for c in r["treatment_matrix_dev"]["cells"] if c["method"] == "verdict")
+    return (markdown_table(["family", "architecture", "masks", "arm", "test", "swap", "development seeds"], rows)
+            + f"\n\nChosen candidate per seed: {chosen}.\n\n" + source("treatment_matrix_dev"))
 
 
 VIT_ARMS = [("vanilla", "vanilla"), ("clean reference", "clean"), ("control (plain fine-tune)", "control"),
