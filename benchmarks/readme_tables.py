@@ -328,6 +328,35 @@ def treatment_matrix(r: Results) -> str:
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
+@table("treatment_matrix_v1")
+def treatment_matrix_v1(r: Results) -> str:
+    """What the last-layer change (treat v1 → v3) did, cell by cell, from the v1 summary kept beside the current."""
+    if not (r.has("treatment_matrix_v1") and r.has("treatment_matrix")):
+        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix_v1.json`._"
+
+    def index(doc: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+        return {(c["family"], c["arch"], c["masks"], c["method"]): c for c in doc["cells"]}
+
+    old, new = index(r["treatment_matrix_v1"]), index(r["treatment_matrix"])
+    rows, moved = [], []
+    for key in dict.fromkeys(k[:3] for k in new):
+        if (*key, "default") not in old or (*key, "default") not in new:
+            continue
+        cells = []
+        for arm in ("default", "recommended", "do_no_harm"):
+            a, b = old.get((*key, arm)), new.get((*key, arm))
+            cells.append(f"{pct(a['test_mean'])} → {pct(b['test_mean'])}" if a and b else "")
+            if a and b and arm != "do_no_harm":
+                moved.append(b["test_mean"] - a["test_mean"])
+        chosen = [", ".join(d.get((*key, "verdict"), {}).get("chosen", [])) for d in (old, new)]
+        rows.append([" · ".join(key), *cells, f"{chosen[0]} → {chosen[1]}"])
+    better, worse = sum(m > 0.005 for m in moved), sum(m < -0.005 for m in moved)
+    return (markdown_table(["cell", "default (treated arm)", "recommended", "default on the clean model",
+                            "chosen per seed"], rows)
+            + f"\n\nOf {len(moved)} default and recommended means, {better} rose and {worse} fell by more than "
+              "half a point; the rest moved less.\n\n" + source("treatment_matrix_v1", "treatment_matrix"))
+
+
 @table("treatment_matrix_dev")
 def treatment_matrix_dev(r: Results) -> str:
     if not r.has("treatment_matrix_dev"):

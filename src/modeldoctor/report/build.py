@@ -197,7 +197,8 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
         chosen_name = verdict.get("candidate")
         section.tables.append(table(
             ["candidate", "swap accuracy (selection half)", "trial epochs", "seconds"],
-            [[c["name"] + (" (chosen)" if c["name"] == chosen_name else ""), _pct(c["select_swap"], None),
+            [[c["name"] + (f" (head of the {c['head_of']})" if c.get("head_of") else "")
+              + (" (chosen)" if c["name"] == chosen_name else ""), _pct(c["select_swap"], None),
               c.get("trial_epochs") or "full run", f"{c['seconds']:.0f}"] for c in candidates],
             "treatment candidates tried, judged on the swap accuracy of held-out annotated objects on held-out "
             "backgrounds (test accuracy chooses nothing); the verdict uses the other half of those objects"))
