@@ -84,17 +84,17 @@ def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainC
 
 
 def _last_layer(model: nn.Module, control: nn.Module | None, data: DataBundle, bank: MaskBank, chooser: ImageSplit,
-                seed: int) -> tuple[nn.Module, str]:
+                seed: int) -> tuple[nn.Module, str, float]:
     """DFR re-fits the head on the features training left; here two trainings left features — the original
     model's and its control's fine-tune — so both heads are re-fit and the better on ``chooser`` swaps is kept.  A
     fine-tune that erodes a good model (a clean one) keeps the original's features; one that helps keeps its own, so
-    the candidate never starts behind both."""
+    the candidate never starts behind both.  Returns the kept re-fit, which start it came from, and its score."""
     composer = Composer(data.train, bank)
     starts = {"original": model, **({"control": control} if control is not None else {})}
     refits = {name: refit_head(m, composer, data.num_classes, seed=seed) for name, m in starts.items()}
     scores = {name: evaluate(m, chooser, data.num_classes)["accuracy"] for name, m in refits.items()}
     best = max(refits, key=lambda n: scores[n])
-    return refits[best], best
+    return refits[best], best, scores[best]
 
 
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
@@ -151,8 +151,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             if name == "last-layer":
                 if train_bank is None or not train_bank.pool:
                     continue
-                tuned, start = _last_layer(model, out["control"][0] if control else None, data, train_bank,
-                                           chooser, train_cfg.seed)
+                tuned, start, score = _last_layer(model, out["control"][0] if control else None, data, train_bank,
+                                                  chooser, train_cfg.seed)
                 lambdas: dict[str, Any] = {}
                 detail = {"head_of": start}
             else:
@@ -161,9 +161,10 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
                                       states / f".state-{tag}{suffix}.pt", resume)
                 detail = {}
+                score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
             runs[name] = (tuned, arm_cfg, lambdas)
             out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
-                                      "select_swap": evaluate(tuned, chooser, data.num_classes)["accuracy"],
+                                      "select_swap": score,
                                       "seconds": time.time() - clock, **detail})
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
