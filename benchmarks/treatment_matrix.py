@@ -57,6 +57,9 @@ FINETUNE_EPOCHS = 3
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
 # 3: it re-fits both heads and keeps the better on select swaps.
 TREAT_VERSION = 3
+# Versions that differ from this one only in the last-layer candidate, so ``upgraded`` may reuse their runs; a
+# version that changes anything else must empty this.
+UPGRADABLE_FROM = (2, 1)
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -113,8 +116,7 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
     train_cfg = recipe(arch, seed, epochs=epochs)
-    earlier = [CACHE / f"v{v}" / f"{key}.json" for v in range(TREAT_VERSION - 1, 0, -1)]
-    earlier = [p for p in earlier if p.exists()]
+    earlier = [p for v in UPGRADABLE_FROM if (p := CACHE / f"v{v}" / f"{key}.json").exists()]
     if earlier and not options:
         row = upgraded([json.loads(p.read_text()) for p in earlier], model, data, masks, seed, train_cfg)
         if row is not None:
