@@ -56,10 +56,11 @@ FINETUNE_EPOCHS = 3
 # Bumped when the shipped default changes; cached runs from earlier versions live in results/cache/matrix/v<N>/.
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
 # 3: it re-fits both heads and keeps the better on select swaps.
-TREAT_VERSION = 3
+# 4: both arms fine-tune at the checkpoint's lr × 0.2 (``api.FINETUNE_LR_FACTOR``) instead of its full lr.
+TREAT_VERSION = 4
 # Versions that differ from this one only in the last-layer candidate, so ``upgraded`` may reuse their runs; a
 # version that changes anything else must empty this.
-UPGRADABLE_FROM = (2, 1)
+UPGRADABLE_FROM: tuple[int, ...] = ()
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
