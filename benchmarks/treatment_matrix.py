@@ -56,11 +56,11 @@ FINETUNE_EPOCHS = 3
 # Bumped when the shipped default changes; cached runs from earlier versions live in results/cache/matrix/v<N>/.
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
 # 3: it re-fits both heads and keeps the better on select swaps.
-# 4: both arms fine-tune at the checkpoint's lr × 0.2 (``api.FINETUNE_LR_FACTOR``) instead of its full lr.
+# 4: a counterfactual fine-tune beaten on select swaps retries at a fifth of the lr (``search.FALLBACKS``).
 TREAT_VERSION = 4
-# Versions that differ from this one only in the last-layer candidate, so ``upgraded`` may reuse their runs; a
-# version that changes anything else must empty this.
-UPGRADABLE_FROM: tuple[int, ...] = ()
+# The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
+# its predecessors' runs stay valid, and rewrite ``upgraded``.
+UPGRADABLE_FROM: tuple[int, ...] = (3,)
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -142,29 +142,26 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
 
 def upgraded(earlier: list[dict[str, Any]], model: torch.nn.Module, data: DataBundle,
              masks: dict[str, torch.Tensor], seed: int, train_cfg: Any) -> dict[str, Any] | None:
-    """An earlier version's default run brought to this version by re-running only what changed: the control
-    (which must reproduce the earlier control bit for bit) and the last-layer candidate.  The counterfactual
-    candidate is unchanged, so its earlier ``select_swap`` competes as it would in a full run (ties keep the
-    counterfactual, as ``max`` over the candidates in order does); when it wins, its metrics come from an earlier
-    run that chose it.  ``None`` when either check fails: the caller then runs in full."""
-    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=train_cfg.epochs,
-                       seed=seed, train_config=train_cfg, candidates=("last-layer",))
-    fresh = run_row(result)
+    """An earlier version's default run brought to this version by re-running only what changed.
+
+    Version 4 added the counterfactual fine-tune's fallback (``search.FALLBACKS``), which runs only when another
+    candidate beat it on select swaps.  A version-3 run that chose the counterfactual is therefore this version's
+    run as it stands.  One that chose the last-layer re-fit re-runs the control (which must reproduce the earlier
+    control bit for bit), the re-fit and the fallback; the earlier counterfactual candidate, unchanged, keeps its
+    place (first, so ties go as they would in a full run).  ``None`` when the check fails: the caller then runs
+    in full."""
     base = earlier[0]
+    if base["chosen"] == "counterfactual":
+        return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
+    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=train_cfg.epochs,
+                       seed=seed, train_config=train_cfg, candidates=("last-layer", "counterfactual-low-lr"))
+    fresh = run_row(result)
     if fresh["control"] != base["control"] or fresh["original"] != base["original"]:
         log(f"control does not reproduce the earlier run ({fresh['control']} vs {base['control']}): running in full")
         return None
     counterfactual = next(c for c in base["candidates"] if c["name"] == "counterfactual")
-    last_layer = fresh["candidates"][0]
-    if counterfactual["select_swap"] < last_layer["select_swap"]:
-        row = {**fresh, "candidates": [counterfactual, last_layer]}
-    else:
-        chose = [r for r in earlier if r["chosen"] == "counterfactual"]
-        if not chose:
-            return None
-        row = {**chose[0], "candidates": [counterfactual, last_layer], "treat_version": TREAT_VERSION,
-               "verdict": {**chose[0]["verdict"], "mask_tightness": fresh["verdict"].get("mask_tightness")}}
-    return {**row, "seconds": base["seconds"], "upgraded_from": base.get("treat_version", 1)}
+    return {**fresh, "candidates": [counterfactual, *fresh["candidates"]],
+            "seconds": base["seconds"] + fresh["candidates"][-1]["seconds"], "upgraded_from": base["treat_version"]}
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,

@@ -136,11 +136,17 @@ def test_an_unconfirmed_gain_says_how_much_annotation_would_confirm_it():
 
 def test_shipped_default_beats_its_control_on_test(shortcut):
     data, model = shortcut
-    result = api.treat(model, None, data, annotate_per_class=20, epochs=3, batch_size=32, lr=0.05)
+    result = api.treat(model, None, data, annotate_per_class=20, epochs=3, batch_size=32)
     treated, control = result.treated_metrics["test"]["accuracy"], result.control_metrics["test"]["accuracy"]
     assert treated > control + 0.2, (treated, control, result.candidates)
     assert result.verdict["use_treated"] and result.verdict["winner"] == "treated"
     assert result.treated_metrics["swap"]["accuracy"] > result.control_metrics["swap"]["accuracy"]
+    # the counterfactual fine-tune retries at a fifth of the lr exactly when another candidate beat it
+    first, *others = result.candidates
+    retried = [c for c in others if c["name"] == "counterfactual-low-lr"]
+    assert bool(retried) == (first["select_swap"] < max(c["select_swap"] for c in others if c not in retried))
+    assert all(c["lr"] == pytest.approx(first["lr"] / 5) for c in retried)
+    assert result.chosen == max(result.candidates, key=lambda c: c["select_swap"])["name"]
 
 
 def test_test_labels_change_nothing_treat_selects(shortcut):

@@ -26,9 +26,6 @@ from modeldoctor.training import TrainConfig
 logger = logging.getLogger(__name__)
 
 ARMS = ("original", "control", "treated")
-# Both arms fine-tune at the checkpoint's lr times this.  At the full training lr the counterfactual term rewrote
-# ResNet-18 (select swap 16–43%); a fifth kept it (docs/protocols.md, benchmarks/finetune_lr.py).
-FINETUNE_LR_FACTOR = 0.2
 
 
 @dataclass
@@ -103,10 +100,9 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     ``diagnosis`` (or ``relevant``, per layer (num_classes, K) bool) supplies the relevant kernels of the
     channel-wise constraint (``relevance``: the diagnosis's relevance method; default its own).  ``options`` are
     :class:`~modeldoctor.doctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``select``, …).
-    ``train_config``: the original optimiser settings (e.g. the checkpoint's); ``lr`` defaults to its lr (0.05
-    without one) times :data:`FINETUNE_LR_FACTOR`, ``batch_size`` to its own (64).  Both arms share weights, data
-    order, optimiser, epochs, seed and checkpoint rule; ``state_dir`` saves their state every epoch so
-    ``resume=True`` continues.
+    ``train_config``: the original optimiser settings (e.g. the checkpoint's); ``lr`` and ``batch_size`` default
+    to its values (0.05 and 64 without one).  Both arms share weights, data order, optimiser, epochs, seed and
+    checkpoint rule; ``state_dir`` saves their state every epoch so ``resume=True`` continues.
     """
     search = constraints == "auto"
     names = check_candidates(candidates or DEFAULT_CANDIDATES) if search else None
@@ -132,7 +128,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
             given = refine_masks(data.train, {data.train.ids[i]: given[data.train.ids[i]] for i in chosen})
         bank = MaskBank.build(data.train, given, chosen, data.input_size)
     base = train_config or TrainConfig(batch_size=64)
-    run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr * FINETUNE_LR_FACTOR if lr is None else lr,
+    run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr if lr is None else lr,
                              "batch_size": base.batch_size if batch_size is None else batch_size, "seed": seed})
     arms = treat_and_control(model, data, cfg, run_cfg, relevant, bank, control=control, state_dir=state_dir,
                              resume=resume, candidates=names)

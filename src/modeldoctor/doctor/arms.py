@@ -25,7 +25,7 @@ from modeldoctor.data.bundle import DataBundle, ImageSplit
 from modeldoctor.doctor.annotation import MaskBank, batch_mixer, holdout_split
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
-from modeldoctor.doctor.search import CANDIDATES, Meter, meter_splits, verdict
+from modeldoctor.doctor.search import FALLBACKS, Meter, candidate_config, meter_splits, verdict
 from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config
 from modeldoctor.training import TrainConfig, evaluate, fit
 
@@ -107,7 +107,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
     own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
     ``verdict`` swaps.  ``"last-layer"`` re-fits the head of ``model`` and of the control's fine-tune and keeps the
-    better on ``select`` swaps.
+    better on ``select`` swaps.  A fine-tune candidate that another beats on ``select`` swaps retries as its
+    fallback (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr), which then competes.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -145,34 +146,46 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         # More than two fine-tunes: each first runs a short trial (its own compressed schedule), the best reruns.
         trial = trial_epochs if sum(n != "last-layer" for n in names) > 2 else None
         runs: dict[str | None, tuple[nn.Module, TreatConfig, dict[str, Any]]] = {}
-        for name in names:
-            arm_cfg = cfg if name is None else TreatConfig(**{**cfg.to_dict(), **CANDIDATES[name]})
+
+        def run_candidate(name: str | None) -> None:
+            changes, lr_factor = candidate_config(name) if name else ({}, 1.0)
+            arm_cfg = TreatConfig(**{**cfg.to_dict(), **changes})
             clock = time.time()
             if name == "last-layer":
                 if train_bank is None or not train_bank.pool:
-                    continue
+                    return
                 tuned, start, score = _last_layer(model, out["control"][0] if control else None, data, train_bank,
                                                   chooser, train_cfg.seed)
                 lambdas: dict[str, Any] = {}
-                detail = {"head_of": start}
+                detail: dict[str, Any] = {"head_of": start}
             else:
-                run_cfg = train_cfg if trial is None else TrainConfig(**{**train_cfg.to_dict(), "epochs": trial})
+                run_cfg = TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * lr_factor,
+                                         "epochs": trial or train_cfg.epochs})
                 tag = f"{name or 'treated'}{'-trial' if trial else ''}"
                 tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
                                       states / f".state-{tag}{suffix}.pt", resume)
-                detail = {}
+                detail = {"lr": run_cfg.lr}
                 score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
             runs[name] = (tuned, arm_cfg, lambdas)
             out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
-                                      "select_swap": score,
-                                      "seconds": time.time() - clock, **detail})
+                                      "select_swap": score, "seconds": time.time() - clock, **detail})
+
+        for name in names:
+            run_candidate(name)
+        if trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
+            scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
+            for name in [n for n in runs if n in FALLBACKS and scores[n] < max(scores.values())]:
+                if FALLBACKS[name] not in runs:
+                    run_candidate(FALLBACKS[name])
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
         scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
         best = max(runs, key=lambda n: scores[n])
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":
-            tuned, lambdas = _run(model, data, arm_cfg, train_cfg, relevant, train_bank, mixer, chooser, keep,
+            full_cfg = TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * candidate_config(best)[1]}) if (
+                best) else train_cfg
+            tuned, lambdas = _run(model, data, arm_cfg, full_cfg, relevant, train_bank, mixer, chooser, keep,
                                   states / f".state-{best}{suffix}.pt", resume)
         out["lambdas"] = lambdas
         out["treated"] = (tuned, metrics(tuned))

@@ -18,7 +18,6 @@ import logging
 from typing import Any
 
 from modeldoctor import api
-from modeldoctor.api.treatment import FINETUNE_LR_FACTOR
 from modeldoctor.cli.commands.common import add_checkpoint_args, comma_list, out_dir
 from modeldoctor.core import distributed
 from modeldoctor.core.errors import UserError
@@ -59,8 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use the N lowest-confidence training images per class that have masks (0: all masks)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=None,
-                   help=f"fine-tuning learning rate (default: the checkpoint's × {FINETUNE_LR_FACTOR}; its other "
-                        "optimiser settings are kept)")
+                   help="fine-tuning learning rate (default: the checkpoint's, the original optimiser settings)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the checkpoint's")
     p.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 and report mean ± std")
     p.add_argument("--no-control", action="store_true", help="skip the matched fine-tuning control")
