@@ -177,7 +177,9 @@ def at_a_glance(r: Results) -> str:
          f"{num(ts['paper_setting']['ratio_memory'])}× the memory of a plain step; shipped default "
          f"{num(ts['shipped_default']['ratio_time'])}× / {num(ts['shipped_default']['ratio_memory'])}× — the cost of "
          f"its {num(ts['shipped_default']['ratio_images'])}× images; the whole default `treat` "
-         f"{num(ts['whole_treat']['ratio_time'])}× its control arm"),
+         f"{num(ts['whole_treat']['ratio_time'])}× its control arm"
+         + (f" ({num(ts['whole_treat_fallback']['ratio_time'])}× when the low-lr fallback runs)"
+            if "whole_treat_fallback" in ts else "")),
         ("Does the channel-wise treatment help on clean data?",
          f"no measurable gain over the control (mnist5k {pm(clean['channel'], 1)} vs {pm(clean['control'], 1)})"),
         ("Discovery 2 (FGSM adversarials unstable under feature noise)?",
@@ -328,16 +330,15 @@ def treatment_matrix(r: Results) -> str:
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
-@table("treatment_matrix_v1")
-def treatment_matrix_v1(r: Results) -> str:
-    """What the last-layer change (treat v1 → v3) did, cell by cell, from the v1 summary kept beside the current."""
-    if not (r.has("treatment_matrix_v1") and r.has("treatment_matrix")):
-        return "_Not measured yet: generated from `benchmarks/results/treatment_matrix_v1.json`._"
+def version_change(r: Results, old_name: str, new_name: str) -> str:
+    """Cell by cell, what a change of the shipped default did: the summary ``old_name`` against ``new_name``."""
+    if not (r.has(old_name) and r.has(new_name)):
+        return f"_Not measured yet: generated from `benchmarks/results/{old_name}.json`._"
 
     def index(doc: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
         return {(c["family"], c["arch"], c["masks"], c["method"]): c for c in doc["cells"]}
 
-    old, new = index(r["treatment_matrix_v1"]), index(r["treatment_matrix"])
+    old, new = index(r[old_name]), index(r[new_name])
     rows, moved = [], []
     for key in dict.fromkeys(k[:3] for k in new):
         if (*key, "default") not in old or (*key, "default") not in new:
@@ -349,12 +350,25 @@ def treatment_matrix_v1(r: Results) -> str:
             if a and b and arm != "do_no_harm":
                 moved.append(b["test_mean"] - a["test_mean"])
         chosen = [", ".join(d.get((*key, "verdict"), {}).get("chosen", [])) for d in (old, new)]
-        rows.append([" · ".join(key), *cells, f"{chosen[0]} → {chosen[1]}"])
+        version = new.get((*key, "verdict"), {}).get("treat_version")
+        rows.append([" · ".join(key), *cells, f"{chosen[0]} → {chosen[1]}", version])
     better, worse = sum(m > 0.005 for m in moved), sum(m < -0.005 for m in moved)
     return (markdown_table(["cell", "default (treated arm)", "recommended", "default on the clean model",
-                            "chosen per seed"], rows)
+                            "chosen per seed", "treat version now"], rows)
             + f"\n\nOf {len(moved)} default and recommended means, {better} rose and {worse} fell by more than "
-              "half a point; the rest moved less.\n\n" + source("treatment_matrix_v1", "treatment_matrix"))
+              "half a point; the rest moved less.\n\n" + source(old_name, new_name))
+
+
+@table("treatment_matrix_v1")
+def treatment_matrix_v1(r: Results) -> str:
+    """What the last-layer change (treat v1 → v3) did."""
+    return version_change(r, "treatment_matrix_v1", "treatment_matrix_v3")
+
+
+@table("treatment_matrix_v3")
+def treatment_matrix_v3(r: Results) -> str:
+    """What the counterfactual fine-tune's low-lr fallback (treat v3 → v4) did."""
+    return version_change(r, "treatment_matrix_v3", "treatment_matrix")
 
 
 @table("treatment_matrix_dev")
@@ -528,6 +542,11 @@ def treat_speed(r: Results) -> str:
         whole = (f"\n\nThe whole default `treat` (control, both candidates, verdict) on {w['data']} / {w['model']}: "
                  f"{w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s for its control arm alone, "
                  f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
+    if "whole_treat_fallback" in d:
+        w = d["whole_treat_fallback"]
+        whole += (f" When the fallback runs too (the clean model, {w['data']}: candidates "
+                  f"{', '.join(w['candidates'])}): {w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s, "
+                  f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
     return (markdown_table(["setting", "model and batch", "images / plain step", "time / plain step",
                             "memory / plain step"], rows)
             + whole + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
@@ -561,6 +580,27 @@ def finetune_budget(r: Results) -> str:
                             "gap recovered control / default", "verdict: use treated"], rows)
             + f"\n\n{d['arch']}, exact masks, development seeds {', '.join(map(str, d['seeds']))}; every option of "
               "`treat` at its default except the epochs (both arms).\n\n" + source("finetune_budget"))
+
+
+@table("finetune_lr")
+def finetune_lr(r: Results) -> str:
+    if not r.has("finetune_lr"):
+        return "_Not measured yet: generated from `benchmarks/results/finetune_lr.json`._"
+    d = r["finetune_lr"]
+    rows = [[cell, policy, f"{pct(p['control']['mean'])} ± {pct(p['control']['std'])}",
+             f"{pct(p['default']['mean'])} ± {pct(p['default']['std'])}",
+             f"{pct(p['gap_control']['mean'], 0)}% / {pct(p['gap_default']['mean'], 0)}%", ", ".join(p["chosen"]),
+             f"{pct(p['do_no_harm']['mean'])} vs {pct(p['do_no_harm_control']['mean'])}" if "do_no_harm" in p else ""]
+            for cell, policies in d["cells"].items() for policy, p in policies.items()]
+    verdicts = "; ".join(
+        f"{policy}: mean gap {pct(v['mean_gap']['lr×1'], 0)}% → {pct(v['mean_gap'][policy], 0)}%, worst cell "
+        f"{100 * min(v['default_change'].values()):+.1f} points, do-no-harm below control "
+        f"{len(v['do_no_harm_below_control'])}× — **{'ship' if v['ship'] else 'rejected'}**"
+        for policy, v in d["decision"].items())
+    return (markdown_table(["cell", "policy", "control test", "default test", "gap recovered control / default",
+                            "chosen per seed", "clean model treated vs its control"], rows)
+            + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}, exact masks. Against v3 (lr×1): {verdicts}."
+            + "\n\n" + source("finetune_lr"))
 
 
 @table("clean")

@@ -86,7 +86,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
           batch_size: int | None = None, seed: int = 0, control: bool = True, train_config: TrainConfig | None = None,
           relevant: dict[str, torch.Tensor] | None = None, relevance: str | None = None,
           state_dir: str | Path | None = None, resume: bool = False, candidates: Sequence[str] | None = None,
-          refine: bool = False, **options: Any) -> TreatmentResult:
+          refine: bool = False, fallback: bool = True, **options: Any) -> TreatmentResult:
     """Eq. 7: fine-tune a copy of ``model`` with the constraints, and (``control=True``) a second copy without.
 
     ``masks``: object masks by training-sample id (default: ``data.masks``); the space-wise constraint uses those
@@ -94,7 +94,8 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     held-out quarter that measures background-swap accuracy and chooses the checkpoint.  ``refine=True`` cuts each
     chosen mask (a box, typically) down to the object with GrabCut first (:func:`modeldoctor.data.refine.refine_masks`).
     ``constraints="auto"`` (default) tries ``candidates`` (default
-    :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps; a list of terms
+    :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps (``fallback``: a
+    fine-tune another candidate beat is retried at a fifth of the lr, ``search.FALLBACKS``); a list of terms
     (``"space"``, ``"channel"``, ``"input-gradient"``, ``"counterfactual"``) runs exactly those.  ``verdict`` says
     whether the treated arm beat the control by more than its noise.
     ``diagnosis`` (or ``relevant``, per layer (num_classes, K) bool) supplies the relevant kernels of the
@@ -131,7 +132,7 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr if lr is None else lr,
                              "batch_size": base.batch_size if batch_size is None else batch_size, "seed": seed})
     arms = treat_and_control(model, data, cfg, run_cfg, relevant, bank, control=control, state_dir=state_dir,
-                             resume=resume, candidates=names)
+                             resume=resume, candidates=names, fallback=fallback)
     ctrl = arms.get("control")
     return TreatmentResult(arms["treated"][0], ctrl[0] if ctrl else None, arms["original"], arms["treated"][1],
                            ctrl[1] if ctrl else None, arms["config"], run_cfg, arms["annotated"], arms["held_out"],

@@ -100,15 +100,17 @@ def _last_layer(model: nn.Module, control: nn.Module | None, data: DataBundle, b
 def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
                       relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, control: bool = True,
                       state_dir: str | Path | None = None, resume: bool = False,
-                      candidates: Sequence[str] | None = None, trial_epochs: int = 1) -> dict[str, Any]:
+                      candidates: Sequence[str] | None = None, trial_epochs: int = 1,
+                      fallback: bool = True) -> dict[str, Any]:
     """Fine-tune copies of ``model``: ``"treated"`` with ``cfg``'s constraints and ``"control"`` without.
 
     With ``candidates`` (names of :data:`modeldoctor.doctor.search.CANDIDATES`) the treated arm is the candidate
     with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
     own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
     ``verdict`` swaps.  ``"last-layer"`` re-fits the head of ``model`` and of the control's fine-tune and keeps the
-    better on ``select`` swaps.  A fine-tune candidate that another beats on ``select`` swaps retries as its
-    fallback (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr), which then competes.
+    better on ``select`` swaps.  With ``fallback``, a fine-tune candidate that another beats on ``select`` swaps
+    retries as its fallback (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr),
+    which then competes.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -172,7 +174,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
 
         for name in names:
             run_candidate(name)
-        if trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
+        if fallback and trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
             scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
             for name in [n for n in runs if n in FALLBACKS and scores[n] < max(scores.values())]:
                 if FALLBACKS[name] not in runs:
