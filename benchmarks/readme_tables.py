@@ -587,8 +587,7 @@ def finetune_lr(r: Results) -> str:
     if not r.has("finetune_lr"):
         return "_Not measured yet: generated from `benchmarks/results/finetune_lr.json`._"
     d = r["finetune_lr"]
-    rows = [[cell, policy, f"{pct(p['control']['mean'])} ± {pct(p['control']['std'])}",
-             f"{pct(p['default']['mean'])} ± {pct(p['default']['std'])}",
+    rows = [[cell, policy, pm(p["control"], 1), pm(p["default"], 1),
              f"{pct(p['gap_control']['mean'], 0)}% / {pct(p['gap_default']['mean'], 0)}%", ", ".join(p["chosen"]),
              f"{pct(p['do_no_harm']['mean'])} vs {pct(p['do_no_harm_control']['mean'])}" if "do_no_harm" in p else ""]
             for cell, policies in d["cells"].items() for policy, p in policies.items()]
