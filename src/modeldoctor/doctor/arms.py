@@ -149,8 +149,12 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         trial = trial_epochs if sum(n != "last-layer" for n in names) > 2 else None
         runs: dict[str | None, tuple[nn.Module, TreatConfig, dict[str, Any]]] = {}
 
+        def schedule(name: str | None, epochs: int) -> TrainConfig:
+            lr_factor = candidate_config(name)[1] if name else 1.0
+            return TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * lr_factor, "epochs": epochs})
+
         def run_candidate(name: str | None) -> None:
-            changes, lr_factor = candidate_config(name) if name else ({}, 1.0)
+            changes = candidate_config(name)[0] if name else {}
             arm_cfg = TreatConfig(**{**cfg.to_dict(), **changes})
             clock = time.time()
             if name == "last-layer":
@@ -161,8 +165,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 lambdas: dict[str, Any] = {}
                 detail: dict[str, Any] = {"head_of": start}
             else:
-                run_cfg = TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * lr_factor,
-                                         "epochs": trial or train_cfg.epochs})
+                run_cfg = schedule(name, trial or train_cfg.epochs)
                 tag = f"{name or 'treated'}{'-trial' if trial else ''}"
                 tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
                                       states / f".state-{tag}{suffix}.pt", resume)
@@ -185,10 +188,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         best = max(runs, key=lambda n: scores[n])
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":
-            full_cfg = TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * candidate_config(best)[1]}) if (
-                best) else train_cfg
-            tuned, lambdas = _run(model, data, arm_cfg, full_cfg, relevant, train_bank, mixer, chooser, keep,
-                                  states / f".state-{best}{suffix}.pt", resume)
+            tuned, lambdas = _run(model, data, arm_cfg, schedule(best, train_cfg.epochs), relevant, train_bank,
+                                  mixer, chooser, keep, states / f".state-{best}{suffix}.pt", resume)
         out["lambdas"] = lambdas
         out["treated"] = (tuned, metrics(tuned))
         out["weight_change"]["treated"] = weight_change(tuned, model)
