@@ -161,7 +161,7 @@ def upgraded(earlier: list[dict[str, Any]], model: torch.nn.Module, data: DataBu
         return None
     counterfactual = next(c for c in base["candidates"] if c["name"] == "counterfactual")
     return {**fresh, "candidates": [counterfactual, *fresh["candidates"]],
-            "seconds": base["seconds"] + fresh["candidates"][-1]["seconds"], "upgraded_from": base["treat_version"]}
+            "seconds": base["seconds"] + fresh["candidates"][-1]["seconds"], "upgraded_from": base.get("treat_version", 1)}
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,

@@ -148,6 +148,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         # More than two fine-tunes: each first runs a short trial (its own compressed schedule), the best reruns.
         trial = trial_epochs if sum(n != "last-layer" for n in names) > 2 else None
         runs: dict[str | None, tuple[nn.Module, TreatConfig, dict[str, Any]]] = {}
+        scores: dict[str | None, float] = {}  # select-swap accuracy per candidate run
 
         def schedule(name: str | None, epochs: int) -> TrainConfig:
             lr_factor = candidate_config(name)[1] if name else 1.0
@@ -171,20 +172,18 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                                       states / f".state-{tag}{suffix}.pt", resume)
                 detail = {"lr": run_cfg.lr}
                 score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
-            runs[name] = (tuned, arm_cfg, lambdas)
+            runs[name], scores[name] = (tuned, arm_cfg, lambdas), score
             out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
                                       "select_swap": score, "seconds": time.time() - clock, **detail})
 
         for name in names:
             run_candidate(name)
-        if fallback and trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
-            scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
-            for name in [n for n in runs if n in FALLBACKS and scores[n] < max(scores.values())]:
-                if FALLBACKS[name] not in runs:
-                    run_candidate(FALLBACKS[name])
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
-        scores = {n: c["select_swap"] for n, c in zip(runs, out["candidates"])}
+        if fallback and trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
+            top = max(scores.values())
+            for name in [n for n in runs if n in FALLBACKS and FALLBACKS[n] not in runs and scores[n] < top]:
+                run_candidate(FALLBACKS[name])
         best = max(runs, key=lambda n: scores[n])
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":
