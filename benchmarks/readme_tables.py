@@ -318,7 +318,7 @@ def treatment_matrix(r: Results) -> str:
                    + (f" (not: {'; '.join(wrong)})" if wrong else ""))
         blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (seeds {seeds}; chosen: "
                       f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')}; "
-                      f"{ranking})\n\n"
+                      f"{ranking}{check_text(v)})\n\n"
                       + markdown_table(["arm", "test", "swap", "val", "swap − test", "gap recovered",
                                         "paired vs control (test)"], body, ["l", "r", "r", "r", "r", "r", "r"]))
     goals = "\n".join(f"- {g}" for g in matrix_goals(cells))
@@ -328,6 +328,18 @@ def treatment_matrix(r: Results) -> str:
               "(cell means, test differences under half a point skipped) as test accuracy does.")
     goals += verdict_agreement([c for c in doc if c["method"] == "verdict" and "test_gain" in c])
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
+
+
+def check_text(verdict: dict[str, Any]) -> str:
+    """The shortcut check's reading of the cell's vanilla and clean models, when the summary has it."""
+    if "check" not in verdict:
+        return ""
+    def reads(model: str) -> str:
+        labels = verdict["check"][model]
+        return f"{labels.count('reads the background')} of {len(labels)}"
+    return (f"; the shortcut check finds the background read by the vanilla model on {reads('vanilla')} seeds "
+            f"({pct(verdict['check_follow']['vanilla'])}% of composites take the donor's class, "
+            f"{pct(verdict['check_own']['vanilla'])}% on their own backgrounds), by the clean one on {reads('clean')}")
 
 
 def version_change(r: Results, old_name: str, new_name: str) -> str:

@@ -15,7 +15,9 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
   who follows the verdict ends up with;
 * masks ``grabcut`` — the boxes cut to the object by GrabCut (``treat --refine-masks``);
 * ``do_no_harm`` — ``default`` applied to the ``clean`` model (nothing to repair: it must not get worse), exact
-  masks only.
+  masks only;
+* the shortcut check (``diagnose --masks``) of the vanilla and clean models on the cell's masked training images:
+  does the model read the background at all? (On the on-object family the honest answer is "not detectably".)
 
 Annotations: the 20 lowest-confidence training images per class have masks (exact digit masks, or the bounding box
 of each, which is what the annotate page draws); a quarter is held out, as objects and backgrounds, for the swap
@@ -180,6 +182,22 @@ def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: 
     return row
 
 
+def check_row(key: str, models: dict[str, torch.nn.Module], data: DataBundle, masks: dict[str, torch.Tensor],
+              seed: int) -> dict[str, dict[str, Any]]:
+    """The shortcut check (``diagnose --masks``) of each model on this cell's masked training images: its verdict,
+    the share of composites that take the background donor's class, and the same objects' share on their own
+    backgrounds (the no-shortcut level)."""
+    path = CACHE / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    row = {}
+    for name, model in models.items():
+        verdict = api.shortcut_check(model, data, masks, "train", PER_CLASS, seed=seed)["verdict"]
+        row[name] = {"label": verdict["label"], "follow": verdict["follow"], "own": verdict["own"]}
+    write_json(path, row)
+    return row
+
+
 def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None,
               harm: bool = True) -> dict[str, Any]:
     vanilla, data = baseline(family, arch, seed)
@@ -189,7 +207,8 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
     default = treat_run(f"run__{tag}__default", vanilla, data, masks, arch, seed)
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
             "clean": clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed),
-            "_default": default}
+            "_default": default,
+            "_check": check_row(f"check__{tag}", {"vanilla": vanilla, "clean": clean}, data, masks, seed)}
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
     rows["recommended"] = default["treated"] if default["verdict"].get("use_treated") else default["control"]
     if harm and kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
@@ -256,6 +275,11 @@ def summarise(family: str, arch: str, kind: str, per_seed: dict[int, dict[str, A
                   "verdict_gain": [per_seed[s]["_default"]["verdict"].get("swap_gain") for s in seeds],
                   "verdict_se": [per_seed[s]["_default"]["verdict"].get("swap_gain_se") for s in seeds],
                   "seconds_default": stats([per_seed[s]["_default"]["seconds"] for s in seeds])["mean"],
+                  "check": {m: [per_seed[s]["_check"][m]["label"] for s in seeds] for m in ("vanilla", "clean")},
+                  "check_follow": {m: stats([per_seed[s]["_check"][m]["follow"] for s in seeds])["mean"]
+                                   for m in ("vanilla", "clean")},
+                  "check_own": {m: stats([per_seed[s]["_check"][m]["own"] for s in seeds])["mean"]
+                                for m in ("vanilla", "clean")},
                   "treat_version": min(per_seed[s]["_default"].get("treat_version", 1) for s in seeds)})
     return cells
 
