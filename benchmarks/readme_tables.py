@@ -577,6 +577,27 @@ def composites_cost(r: Results) -> str:
             + source("composites_cost"))
 
 
+@table("spot_meter")
+def spot_meter(r: Results) -> str:
+    if not r.has("spot_meter"):
+        return "_Not measured yet: generated from `benchmarks/results/spot_meter.json`._"
+    d = r["spot_meter"]
+
+    def share(runs: list[dict[str, Any]], key: str) -> str:
+        values = [run[key] for run in runs if run[key] is not None]
+        return pct(sum(values) / len(values)) if values else "–"
+
+    rows = [[family, share(runs, "share"), share(runs, "clean_inside"), share(runs, "clean_outside"),
+             share(runs, "clean_all"), share(runs, "clean_test"), share(runs, "vanilla_inside"),
+             share(runs, "vanilla_outside")] for family, runs in d["rows"].items()]
+    return (markdown_table(["family", "composites with donor content by the object %", "clean: those %",
+                            "clean: the rest %", "clean: all composites %", "clean: test %", "vanilla: those %",
+                            "vanilla: the rest %"], rows)
+            + f"\n\n{d['arch']}, development seeds {', '.join(map(str, d['seeds']))} (means over the seeds), the "
+              f"select composites `treat` builds; \"by the object\": salient pixels of the donor's background within "
+              f"{d['grow']} px of the object's box.\n\n" + source("spot_meter"))
+
+
 @table("finetune_budget")
 def finetune_budget(r: Results) -> str:
     if not r.has("finetune_budget"):
