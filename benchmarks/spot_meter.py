@@ -26,11 +26,12 @@ torch.set_num_threads(1)
 
 from matrix_baselines import baseline  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
+from modeldoctor.data.masks import expand_mask  # noqa: E402
 from modeldoctor.data.swap import erase_object  # noqa: E402
 from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence  # noqa: E402
 from modeldoctor.doctor.search import meter_splits  # noqa: E402
 from modeldoctor.training import evaluate, predict  # noqa: E402
-from treatment_matrix import DEV_SEEDS, PER_CLASS, RESULTS, cell_masks  # noqa: E402
+from treatment_matrix import DEV_SEEDS, PER_CLASS, RESULTS, box_masks, cell_masks  # noqa: E402
 
 FAMILIES = ("spot-mnist", "border-mnist", "shortcut-mnist")
 ARCH = "simple-cnn-s2"
@@ -45,15 +46,6 @@ def salient(image: torch.Tensor) -> torch.Tensor:
     return ((image - median.view(-1, 1, 1)).abs() > (4 * spread + 0.02).view(-1, 1, 1)).any(0)
 
 
-def grown_box(mask: torch.Tensor, grow: int) -> torch.Tensor:
-    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
-    box = torch.zeros_like(mask)
-    height, width = mask.shape
-    box[max(0, int(rows[0]) - grow):min(height, int(rows[-1]) + grow + 1),
-        max(0, int(cols[0]) - grow):min(width, int(cols[-1]) + grow + 1)] = True
-    return box
-
-
 def seed_row(family: str, seed: int) -> dict[str, Any]:
     vanilla, data = baseline(family, ARCH, seed)
     clean, _ = baseline(f"{family}:clean", ARCH, seed)
@@ -66,13 +58,14 @@ def seed_row(family: str, seed: int) -> dict[str, Any]:
     assert composites is not None
     index = {sid: i for i, sid in enumerate(data.train.ids)}
     by_index = bank.by_index()
+    near = {i: expand_mask(box, GROW) for i, box in box_masks({i: by_index[i] for i in held}).items()}
     backgrounds: dict[int, torch.Tensor] = {}
     inside = []
     for sid in composites.ids:
         obj, donor = (index[part] for part in sid.split("@"))
         if donor not in backgrounds:
             backgrounds[donor] = salient(erase_object(data.train.raw(donor), by_index[donor]))
-        inside.append(bool((grown_box(by_index[obj], GROW) & backgrounds[donor]).any()))
+        inside.append(bool((near[obj] & backgrounds[donor]).any()))
     flags = torch.tensor(inside)
     row: dict[str, Any] = {"seed": seed, "composites": len(flags), "share": float(flags.float().mean())}
     for name, model in (("clean", clean), ("vanilla", vanilla)):
