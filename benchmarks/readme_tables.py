@@ -556,9 +556,15 @@ def treat_speed(r: Results) -> str:
                  f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
     if "whole_treat_fallback" in d:
         w = d["whole_treat_fallback"]
+        stops = ", ".join(f"{name} stopped after epoch {e}" for name, e in w.get("stopped_after", {}).items())
         whole += (f" When the fallback runs too (the clean model, {w['data']}: candidates "
-                  f"{', '.join(w['candidates'])}): {w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s, "
-                  f"**{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
+                  f"{', '.join(w['candidates'])}{'; ' + stops if stops else ''}): {w['seconds_total']:.0f} s against "
+                  f"{w['seconds_control']:.0f} s, **{num(w['ratio_time'])}×** (chosen: {w['chosen']}).")
+    if "whole_treat_fallback_no_early_stop" in d:
+        w = d["whole_treat_fallback_no_early_stop"]
+        whole += (f" The same run without the early stop (`early_stop_margin=None`, treat v4), in the same process: "
+                  f"{w['seconds_total']:.0f} s against {w['seconds_control']:.0f} s, **{num(w['ratio_time'])}×** "
+                  f"(chosen: {w['chosen']}).")
     return (markdown_table(["setting", "model and batch", "images / plain step", "time / plain step",
                             "memory / plain step"], rows)
             + whole + f"\n\nMemory: {d['memory_method']}.\n\n" + source("treat_speed"))
@@ -633,6 +639,47 @@ def finetune_lr(r: Results) -> str:
                             "chosen per seed", "clean model treated vs its control"], rows)
             + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}, exact masks. Against v3 (lr×1): {verdicts}."
             + "\n\n" + source("finetune_lr"))
+
+
+def early_stop_runs(d: dict) -> str:
+    rows = []
+    for run in d["runs"]:
+        h, s = run["histories"], run["select_swap"]
+        rows.append([f"{run['spec']} · {run['arch']} · {run['masks']}", run["seed"], run["chosen"],
+                     " → ".join(pct(v) for v in h["counterfactual"]), pct(s["last-layer"]),
+                     pct(s["counterfactual-low-lr"]) if "counterfactual-low-lr" in s else ""])
+    return markdown_table(["cell", "seed", "chosen (v4)", "counterfactual select swap per epoch", "re-fit head",
+                           "fallback"], rows)
+
+
+def stops(m: str, v: dict) -> str:
+    return (f"m = {m}: {v['stopped']} stop ({v['stopped_where_fallback_ran']} where the fallback ran, "
+            f"{v['changed']} that chose the fine-tune; {v['epochs_saved']} fine-tune epochs saved)")
+
+
+@table("early_stop")
+def early_stop(r: Results) -> str:
+    if not r.has("early_stop"):
+        return "_Not measured yet: generated from `benchmarks/results/early_stop.json`._"
+    d = r["early_stop"]
+    margins = "; ".join(stops(m, v) for m, v in d["margins"].items())
+    shipped = (f"The smallest safe margin, **m = {d['chosen_margin']}**, stops "
+               f"{d['margins'][str(d['chosen_margin'])]['stopped_where_fallback_ran']} of the {d['fallback_ran']} runs "
+               f"where the fallback ran — **{'shipped' if d['ship'] else 'rejected'}**"
+               if d["chosen_margin"] is not None else "No margin is safe")
+    return (early_stop_runs(d) + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}; select-swap accuracy %. "
+            + margins + ". " + shipped + ".\n\n" + source("early_stop"))
+
+
+@table("early_stop_report")
+def early_stop_report(r: Results) -> str:
+    if not r.has("early_stop_report"):
+        return "_Not measured yet: generated from `benchmarks/results/early_stop_report.json`._"
+    d = r["early_stop_report"]
+    m = str(d["shipped_margin"])
+    return (early_stop_runs(d) + f"\n\nReport seeds {', '.join(map(str, d['seeds']))}, after the margin was fixed; "
+            f"select-swap accuracy %. The fallback ran in {d['fallback_ran']} of {len(d['runs'])} runs. Shipped "
+            + stops(m, d["margins"][m]) + ".\n\n" + source("early_stop_report"))
 
 
 @table("clean")

@@ -59,10 +59,12 @@ FINETUNE_EPOCHS = 3
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
 # 3: it re-fits both heads and keeps the better on select swaps.
 # 4: a counterfactual fine-tune beaten on select swaps retries at a fifth of the lr (``search.FALLBACKS``).
-TREAT_VERSION = 4
+# 5: a counterfactual fine-tune trailing the re-fit head after its first epoch by more than
+#    ``TreatConfig.early_stop_margin`` stops there (benchmarks/early_stop.py).
+TREAT_VERSION = 5
 # The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
 # its predecessors' runs stay valid, and rewrite ``upgraded``.
-UPGRADABLE_FROM: tuple[int, ...] = (3,)
+UPGRADABLE_FROM: tuple[int, ...] = (4,)
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -121,7 +123,7 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     train_cfg = recipe(arch, seed, epochs=epochs)
     earlier = [p for v in UPGRADABLE_FROM if (p := CACHE / f"v{v}" / f"{key}.json").exists()]
     if earlier and not options:
-        row = upgraded([json.loads(p.read_text()) for p in earlier], model, data, masks, seed, train_cfg)
+        row = upgraded([json.loads(p.read_text()) for p in earlier])
         if row is not None:
             write_json(path, row)
             log(f"{key}: upgraded from v{row['upgraded_from']}, chosen {row['chosen']} "
@@ -142,28 +144,17 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
             "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION}
 
 
-def upgraded(earlier: list[dict[str, Any]], model: torch.nn.Module, data: DataBundle,
-             masks: dict[str, torch.Tensor], seed: int, train_cfg: Any) -> dict[str, Any] | None:
+def upgraded(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
     """An earlier version's default run brought to this version by re-running only what changed.
 
-    Version 4 added the counterfactual fine-tune's fallback (``search.FALLBACKS``), which runs only when another
-    candidate beat it on select swaps.  A version-3 run that chose the counterfactual is therefore this version's
-    run as it stands.  One that chose the last-layer re-fit re-runs the control (which must reproduce the earlier
-    control bit for bit), the re-fit and the fallback; the earlier counterfactual candidate, unchanged, keeps its
-    place (first, so ties go as they would in a full run).  ``None`` when the check fails: the caller then runs
-    in full."""
+    Version 5 stops a counterfactual fine-tune that trails the re-fit head after its first epoch; the head and the
+    fallback do not depend on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the
+    fine-tune lost) therefore ends the same, only sooner: it is kept, its ``seconds`` those of version 4.  One that
+    chose the fine-tune could have stopped it: ``None``, and the caller runs it in full."""
     base = earlier[0]
     if base["chosen"] == "counterfactual":
-        return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
-    result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=train_cfg.epochs,
-                       seed=seed, train_config=train_cfg, candidates=("last-layer", "counterfactual-low-lr"))
-    fresh = run_row(result)
-    if fresh["control"] != base["control"] or fresh["original"] != base["original"]:
-        log(f"control does not reproduce the earlier run ({fresh['control']} vs {base['control']}): running in full")
         return None
-    counterfactual = next(c for c in base["candidates"] if c["name"] == "counterfactual")
-    return {**fresh, "candidates": [counterfactual, *fresh["candidates"]],
-            "seconds": base["seconds"] + fresh["candidates"][-1]["seconds"], "upgraded_from": base.get("treat_version", 1)}
+    return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,

@@ -50,6 +50,7 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["treat", *CKPT, "--out", "o", "--smooth-beta", "-2"], "--smooth-beta must be > 0"),
     (["treat", *CKPT, "--out", "o", "--term-cap", "0"], "--term-cap must be > 0"),
     (["treat", *CKPT, "--out", "o", "--composites", "-1"], "--composites must be ≥ 0"),
+    (["treat", *CKPT, "--out", "o", "--early-stop-margin", "-1"], "expected off or a number >= 0"),
     (["dissect", *CKPT, "--quantile", "1"], "--quantile must be in (0, 1)"),
     (["stability", *CKPT, "--eps", "0"], "--eps must be > 0"),
     (["stability", *CKPT, "--draws", "0"], "--draws must be ≥ 1"),

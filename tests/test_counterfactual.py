@@ -235,3 +235,30 @@ def test_refine_cuts_the_chosen_boxes_to_their_objects_before_treating(shortcut,
     assert sorted(seen) == sorted(result.annotated + result.held_out)
     assert all(bool((seen[s] <= boxes[s]).all()) for s in seen)
     assert sum(int(seen[s].sum()) for s in seen) < 0.9 * sum(int(boxes[s].sum()) for s in seen)
+
+
+def test_a_trailing_fine_tune_stops_after_one_epoch_and_the_run_ends_as_the_full_one(shortcut, tmp_path):
+    """Against the full run (every fine-tune to its end, ``early_stop_margin=None``) and its own per-epoch record:
+    the fine-tune stops when its first epoch trails the re-fit head by more than the margin × the schedule left
+    (2/3), the fallback then runs, and a fine-tune continued epoch by epoch ends bit for bit where the uninterrupted
+    one did."""
+    data, model = shortcut
+    kwargs = {"annotate_per_class": 20, "epochs": 3, "batch_size": 32, "lr": 0.05}
+    full = api.treat(model, None, data, early_stop_margin=None, state_dir=tmp_path, **kwargs)
+    first_epoch = torch.load(tmp_path / ".state-counterfactual.pt", weights_only=True)["history"][0]["val_accuracy"]
+    scores = {c["name"]: c["select_swap"] for c in full.candidates}
+    trailing = scores["last-layer"] - first_epoch
+    assert trailing > 0.1, "the toy's counterfactual fine-tune must trail the re-fit head after one epoch"
+    stopped = api.treat(model, None, data, early_stop_margin=trailing / 2, **kwargs)
+    continued = api.treat(model, None, data, early_stop_margin=100.0, **kwargs)  # checks each epoch, never stops
+    cut = {c["name"]: c for c in stopped.candidates}
+    assert cut["counterfactual"]["stopped_after"] == 1
+    assert cut["counterfactual"]["select_swap"] == pytest.approx(first_epoch)
+    assert "counterfactual-low-lr" in cut and full.chosen != "counterfactual"
+    assert [c["name"] for c in continued.candidates] == [c["name"] for c in full.candidates]
+    assert [c["select_swap"] for c in continued.candidates] == [c["select_swap"] for c in full.candidates]
+    assert "stopped_after" not in continued.candidates[0]
+    for run in (stopped, continued):
+        assert run.chosen == full.chosen
+        for a, b in zip(run.treated.state_dict().values(), full.treated.state_dict().values()):
+            assert torch.equal(a, b)

@@ -165,3 +165,14 @@ def test_mean_std_over_seeds():
     assert out["seeds"] == 2 and out["test"]["accuracy"] == pytest.approx(0.6)
     assert out["std"]["val"]["accuracy"] == pytest.approx(0.1414, abs=1e-3)
     assert out["val"]["per_class"] == pytest.approx([0.6, 0.4])
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], TreatConfig.early_stop_margin), (["0.2"], 0.2), (["off"], None)])
+def test_treat_cli_early_stop_margin_reaches_the_treat_config(given, expected):
+    from modeldoctor.cli.app import build_parser
+    from modeldoctor.cli.commands.treat import _options
+
+    flag = ["--early-stop-margin", *given] if given else []
+    args = build_parser().parse_args(["treat", "--checkpoint", "m.pt", "--out", "o", *flag])
+    options = _options(args)
+    assert TreatConfig(**options).early_stop_margin == expected

@@ -74,12 +74,13 @@ def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: 
 
 def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
          relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, mixer: Any, chooser: ImageSplit, keep: str,
-         state: Path, resume: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it and the λ it used."""
+         state: Path, resume: bool, stop_after: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it and the λ it used.  ``stop_after``
+    ends it after that many epochs of its schedule (``resume=True`` on the same ``state`` continues it)."""
     tuned = copy.deepcopy(model)
     with _fine_tune(tuned, data, cfg, train_cfg, relevant, bank, mixer) as loss_fn:
         fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep, state_path=state,
-            resume=resume, desc=f"{state.stem.removeprefix('.state-')}")
+            resume=resume, desc=f"{state.stem.removeprefix('.state-')}", stop_after=stop_after)
         return tuned, dict(loss_fn.lambdas)
 
 
@@ -110,7 +111,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     ``verdict`` swaps.  ``"last-layer"`` re-fits the head of ``model`` and of the control's fine-tune and keeps the
     better on ``select`` swaps.  With ``fallback``, a fine-tune candidate that another beats on ``select`` swaps
     retries as its fallback (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr),
-    which then competes.
+    which then competes; with ``cfg.early_stop_margin`` such a fine-tune runs epoch by epoch and stops after epoch
+    e of E once it trails the re-fit head on ``select`` swaps by more than the margin × (E − e) / E.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -154,7 +156,10 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             lr_factor = candidate_config(name)[1] if name else 1.0
             return TrainConfig(**{**train_cfg.to_dict(), "lr": train_cfg.lr * lr_factor, "epochs": epochs})
 
-        def run_candidate(name: str | None) -> None:
+        records: dict[str | None, dict[str, Any]] = {}
+
+        def run_candidate(name: str | None, stop_after: int | None = None, carry_on: bool = False) -> None:
+            """Run (or with ``carry_on``, continue a stopped) candidate and record its select-swap score."""
             changes = candidate_config(name)[0] if name else {}
             arm_cfg = TreatConfig(**{**cfg.to_dict(), **changes})
             clock = time.time()
@@ -169,21 +174,39 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 run_cfg = schedule(name, trial or train_cfg.epochs)
                 tag = f"{name or 'treated'}{'-trial' if trial else ''}"
                 tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
-                                      states / f".state-{tag}{suffix}.pt", resume)
-                detail = {"lr": run_cfg.lr}
+                                      states / f".state-{tag}{suffix}.pt", resume or carry_on, stop_after)
+                detail = {"lr": run_cfg.lr, **({"stopped_after": stop_after} if stop_after else {})}
                 score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
             runs[name], scores[name] = (tuned, arm_cfg, lambdas), score
-            out["candidates"].append({"name": name or "+".join(cfg.constraints), "trial_epochs": trial,
-                                      "select_swap": score, "seconds": time.time() - clock, **detail})
+            spent = records[name]["seconds"] if carry_on else 0.0
+            records[name] = {"name": name or "+".join(cfg.constraints), "trial_epochs": trial, "select_swap": score,
+                             "seconds": spent + time.time() - clock, **detail}
+
+        # A fine-tune with a fallback runs epoch by epoch once the re-fit head is known; trailing it on select
+        # swaps by more than the margin times the share of the schedule still to run, it stops (its fallback runs
+        # below): the less schedule is left, the less it can still catch up.
+        margin, epochs = cfg.early_stop_margin, train_cfg.epochs
+        stages = margin is not None and fallback and trial is None and "last-layer" in names and epochs > 1
+        staged = [n for n in names if n in FALLBACKS] if stages else []
+
+        def trails(name: str | None, done: int) -> bool:
+            left = (epochs - done) / epochs
+            return "last-layer" in runs and scores[name] < scores["last-layer"] - (margin or 0.0) * left
 
         for name in names:
-            run_candidate(name)
+            run_candidate(name, stop_after=1 if name in staged else None)
+        for name in staged:
+            done = 1
+            while done < epochs and not trails(name, done):
+                done += 1
+                run_candidate(name, stop_after=done if done < epochs else None, carry_on=True)
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
         if fallback and trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
             top = max(scores.values())
             for name in [n for n in runs if n in FALLBACKS and FALLBACKS[n] not in runs and scores[n] < top]:
                 run_candidate(FALLBACKS[name])
+        out["candidates"] = list(records.values())
         best = max(runs, key=lambda n: scores[n])
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":

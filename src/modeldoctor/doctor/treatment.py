@@ -76,6 +76,9 @@ class TreatConfig:
     mix_annotated: int = 16  # annotated images appended to every batch (treated and control alike)
     holdout_annotated: float = 0.25  # share of annotated images kept out of training for the swap test
     select: str = "swap"  # checkpoint by background-swap accuracy, validation accuracy ("val") or "last"
+    # A fine-tune with a fallback (doctor/search.FALLBACKS) that after epoch e of E trails the re-fit head on select
+    # swaps by more than this × (E − e) / E stops there and its fallback runs (None: every fine-tune runs in full).
+    early_stop_margin: float | None = 0.45  # development seeds only (benchmarks/early_stop.py)
 
     def __post_init__(self) -> None:
         self.constraints = tuple(self.constraints)
@@ -90,6 +93,8 @@ class TreatConfig:
                 raise UserError(f"{name} must be 'auto' or a number >= 0, got {value!r}")
         if self.select not in ("swap", "val", "last"):
             raise UserError(f"unknown checkpoint selection {self.select!r}; choose swap, val or last")
+        if self.early_stop_margin is not None and not self.early_stop_margin >= 0:
+            raise UserError(f"early_stop_margin must be None or >= 0, got {self.early_stop_margin}")
         if not 0 <= self.holdout_annotated < 1:
             raise UserError(f"holdout_annotated must be in [0, 1), got {self.holdout_annotated}")
 

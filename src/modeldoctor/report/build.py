@@ -155,6 +155,14 @@ def _best_profile(diagnosis: Diagnosis, layer: LayerDiagnosis) -> tuple[int, int
     return flat // conf.shape[1], flat % conf.shape[1]
 
 
+def _candidate_epochs(candidate: dict[str, Any]) -> str:
+    if candidate.get("stopped_after"):
+        return f"stopped after {candidate['stopped_after']}: trailing the re-fit head"
+    if candidate.get("trial_epochs"):
+        return f"{candidate['trial_epochs']} (trial)"
+    return "full run"
+
+
 def _accuracy_runs(treat: dict, split: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     runs = {}
     for name in ("original", "control", "treated"):
@@ -196,10 +204,10 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
     if candidates:
         chosen_name = verdict.get("candidate")
         section.tables.append(table(
-            ["candidate", "swap accuracy (selection half)", "trial epochs", "seconds"],
+            ["candidate", "swap accuracy (selection half)", "epochs", "seconds"],
             [[c["name"] + (f" (head of the {c['head_of']})" if c.get("head_of") else "")
               + (" (chosen)" if c["name"] == chosen_name else ""), _pct(c["select_swap"], None),
-              c.get("trial_epochs") or "full run", f"{c['seconds']:.0f}"] for c in candidates],
+              _candidate_epochs(c), f"{c['seconds']:.0f}"] for c in candidates],
             "treatment candidates tried, judged on the swap accuracy of held-out annotated objects on held-out "
             "backgrounds (test accuracy chooses nothing); the verdict uses the other half of those objects"))
     section.figures.append(figures.per_class_accuracy(class_names, _accuracy_runs(treat, "test"), "test", seeds))

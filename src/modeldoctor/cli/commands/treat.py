@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from modeldoctor import api
@@ -85,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a feature cell is background where most of its receptive field is background")
     p.add_argument("--holdout-annotated", type=float, default=TreatConfig.holdout_annotated,
                    help="share of annotated images kept out of training for the background-swap test")
+    p.add_argument("--early-stop-margin", type=_margin, default=TreatConfig.early_stop_margin,
+                   help="stop a counterfactual fine-tune after epoch e of E when it trails the re-fit head on select "
+                        "swaps by more than this × (E − e) / E, and run its low-lr fallback; off: never stop")
     p.add_argument("--select", choices=["swap", "val", "last"], default=TreatConfig.select,
                    help="checkpoint: best background-swap accuracy, best validation accuracy, or the last epoch")
     p.add_argument("--first", choices=["label", "pred"], default=TreatConfig.first)
@@ -133,16 +137,24 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
                if f.name != "constraints" and getattr(args, f.name, None) is not None}
     if args.lam is not None:
         options.update(lam_space=args.lam, lam_channel=args.lam, lam_input_gradient=args.lam)
+    if options.get("early_stop_margin") == "off":
+        options["early_stop_margin"] = None
     return options
 
 
-def _lam(value: str) -> float | str:
-    if value == "auto":
-        return "auto"
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}") from None
-    if not number >= 0:
-        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {value!r}")
-    return number
+def _number_or(word: str) -> Callable[[str], float | str]:
+    """An option's type: the word ``word`` or a number >= 0."""
+    def parse(value: str) -> float | str:
+        if value == word:
+            return word
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word} or a number >= 0, got {value!r}") from None
+        if not number >= 0:
+            raise argparse.ArgumentTypeError(f"expected {word} or a number >= 0, got {value!r}")
+        return number
+    return parse
+
+
+_lam, _margin = _number_or("auto"), _number_or("off")
