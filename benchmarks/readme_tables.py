@@ -682,6 +682,34 @@ def early_stop_report(r: Results) -> str:
             + stops(m, d["margins"][m]) + ".\n\n" + source("early_stop_report"))
 
 
+def keep_original_block(d: dict, seeds: str) -> str:
+    rows = [[r["spec"], r["seed"], pct(r["test"]["original"]), pct(r["test"]["control"]), pct(r["test"]["treated"]),
+             r["winner"], "" if r["control_gain_vs_original"] is None else
+             f"{100 * r['control_gain_vs_original']:+.1f} ± {pct(r['control_gain_vs_original_se'])}",
+             pct(r["before"]), pct(r["after"])] for r in d["runs"]]
+    return (markdown_table(["data", "seed", "original", "control", "treated", "verdict keeps",
+                            "control − original on swaps", "kept before", "kept now"], rows)
+            + f"\n\n{d['arch']}, exact masks, {seeds}; test accuracy %. Do-no-harm runs (the clean models): what "
+            f"the verdict keeps {pm(d['do_no_harm']['before'], 1)} → {pm(d['do_no_harm']['after'], 1)}; "
+            f"background-shortcut runs {pm(d['background']['before'], 1)} → {pm(d['background']['after'], 1)} "
+            f"(worst change {100 * d['worst_background_change']:+.1f} points); the original kept in "
+            f"{d['kept_original']} of {len(d['runs'])} runs")
+
+
+@table("keep_original")
+def keep_original(r: Results) -> str:
+    if not r.has("keep_original"):
+        return "_Not measured yet: generated from `benchmarks/results/keep_original.json`._"
+    d = r["keep_original"]
+    out = keep_original_block(d, "development seeds " + ", ".join(map(str, d["seeds"])))
+    out += f" — **{'shipped' if d['ship'] else 'rejected'}**.\n\n"
+    if r.has("keep_original_report"):
+        rep = r["keep_original_report"]
+        out += (keep_original_block(rep, "report seeds " + ", ".join(map(str, rep["seeds"]))
+                                    + ", after the rule was decided (it chose nothing)") + ".\n\n")
+    return out + source("keep_original", *(["keep_original_report"] if r.has("keep_original_report") else []))
+
+
 @table("clean")
 def clean_table(r: Results) -> str:
     rep = r["clean"]["report"]

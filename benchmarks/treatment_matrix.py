@@ -11,8 +11,9 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
   last two convs, λ auto), ``counterfactual`` (alone), ``last_layer`` (head re-fit only), ``input_gradient``
   (masked input-gradient peer, its λ fraction chosen once per family on the development seeds' swap accuracy with
   simple-cnn-s2);
-* ``recommended`` — per seed, the treated arm where the verdict says to use it, else the control: what a user
-  who follows the verdict ends up with;
+* ``recommended`` — per seed, the treated arm where the verdict says to use it, else the control (or, since treat
+  v5, the original model where the verdict says the control fell below it): what a user who follows the verdict
+  ends up with;
 * masks ``grabcut`` — the boxes cut to the object by GrabCut (``treat --refine-masks``);
 * ``do_no_harm`` — ``default`` applied to the ``clean`` model (nothing to repair: it must not get worse), exact
   masks only;
@@ -59,8 +60,9 @@ FINETUNE_EPOCHS = 3
 # 2: the last-layer candidate re-fits the head of the control's fine-tune instead of the original model's.
 # 3: it re-fits both heads and keeps the better on select swaps.
 # 4: a counterfactual fine-tune beaten on select swaps retries at a fifth of the lr (``search.FALLBACKS``).
-# 5: a counterfactual fine-tune trailing the re-fit head after its first epoch by more than
-#    ``TreatConfig.early_stop_margin`` stops there (benchmarks/early_stop.py).
+# 5: a counterfactual fine-tune trailing the re-fit head by more than ``TreatConfig.early_stop_margin`` × the
+#    schedule left stops (benchmarks/early_stop.py); a verdict that keeps the control says "keep your original
+#    model" when the control falls significantly below it (benchmarks/keep_original.py).
 TREAT_VERSION = 5
 # The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
 # its predecessors' runs stay valid, and rewrite ``upgraded``.
@@ -147,12 +149,13 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
 def upgraded(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
     """An earlier version's default run brought to this version by re-running only what changed.
 
-    Version 5 stops a counterfactual fine-tune that trails the re-fit head after its first epoch; the head and the
-    fallback do not depend on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the
-    fine-tune lost) therefore ends the same, only sooner: it is kept, its ``seconds`` those of version 4.  One that
-    chose the fine-tune could have stopped it: ``None``, and the caller runs it in full."""
+    Version 5 stops a counterfactual fine-tune that trails the re-fit head; the head and the fallback do not depend
+    on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the fine-tune lost) therefore
+    ends the same, only sooner, and where its verdict recommended the treated arm, the new comparison of the control
+    with the original model does not apply: it is kept, its ``seconds`` those of version 4.  Any other run is
+    ``None``, and the caller runs it in full."""
     base = earlier[0]
-    if base["chosen"] == "counterfactual":
+    if base["chosen"] == "counterfactual" or not base["verdict"].get("use_treated"):
         return None
     return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
 
@@ -201,11 +204,11 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
             "_default": default,
             "_check": check_row(f"check__{tag}", {"vanilla": vanilla, "clean": clean}, data, masks, seed)}
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
-    rows["recommended"] = default["treated"] if default["verdict"].get("use_treated") else default["control"]
+    rows["recommended"] = recommended(default)
     if harm and kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
         harm = treat_run(f"run__{tag}__do_no_harm", clean, data, masks, arch, seed)
         rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
-        rows["do_no_harm_recommended"] = harm["treated"] if harm["verdict"].get("use_treated") else harm["control"]
+        rows["do_no_harm_recommended"] = recommended(harm)
     for method in methods:
         options = dict(METHODS[method])
         if method == "input_gradient":
@@ -213,6 +216,12 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
         rows[method] = treat_run(f"run__{tag}__{method}", vanilla, data, masks, arch, seed, control=False,
                                  **options)["treated"]
     return rows
+
+
+def recommended(run: dict[str, Any]) -> dict[str, float]:
+    """What a user who follows the verdict keeps: the treated arm, the control, or (treat v5) the original model."""
+    winner = run["verdict"].get("winner")
+    return run["treated"] if run["verdict"].get("use_treated") else run["original" if winner == "original" else "control"]
 
 
 def peer_fraction(family: str, kind: str) -> float:

@@ -134,6 +134,19 @@ def test_an_unconfirmed_gain_says_how_much_annotation_would_confirm_it():
     assert confirmed["use_treated"] and confirmed["annotation_factor"] is None
 
 
+@pytest.mark.parametrize(("control", "winner"), [([1, 1, 2, 2, 0, 0], "original"), ([1, 0, 1, 1, 2, 2], "control")])
+def test_the_verdict_keeps_the_original_when_the_plain_fine_tune_itself_did_harm(control, winner):
+    split = six_composites()
+    original = Fixed([0, 0, 1, 1, 2, 2])  # every composite right
+    # control all wrong: object differences −1, −1, −1 → gain −1, se 0; one wrong: −1/2, 0, 0 → gain −1/6, se 1/6
+    expected = (-1.0, 0.0) if winner == "original" else (-1 / 6, 1 / 6)
+    result = verdict(Fixed(control), Fixed(control), Meter(split, split), "counterfactual", original=original)
+    assert not result["use_treated"] and result["winner"] == winner
+    assert (result["control_gain_vs_original"], result["control_gain_vs_original_se"]) == pytest.approx(expected)
+    assert ("keep your original model" in result["message"]) is (winner == "original")
+    assert ("keep the control" in result["message"]) is (winner == "control")
+
+
 def test_shipped_default_beats_its_control_on_test(shortcut):
     data, model = shortcut
     result = api.treat(model, None, data, annotate_per_class=20, epochs=3, batch_size=32)

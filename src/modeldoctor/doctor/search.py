@@ -127,7 +127,8 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
             reference_name: str = "control", original: nn.Module | None = None) -> dict[str, Any]:
     """``{"winner", "candidate", "swap_gain", "swap_gain_se", "use_treated", "objects", "message", ...}``; with
     ``original`` also the gain over the untreated model (a fine-tune can beat its control by undoing the control's
-    own damage while still not beating the model it started from)."""
+    own damage while still not beating the model it started from), and where the control is kept, the control's
+    gain over it: ``winner`` is ``"original"`` when the control falls significantly below it."""
     split = meter.report
     if split is None:
         return {"winner": None, "candidate": candidate, "use_treated": False, "swap_gain": None, "swap_gain_se": None,
@@ -160,7 +161,23 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
         if use and not gain0 > SIGNIFICANCE * se0:
             result["message"] += (f"; but it is no better than your original model on them ({100 * gain0:+.1f} ± "
                                   f"{100 * se0:.1f}): the model may not need this treatment")
+        if not use:
+            result.update(_keep_original(reference, original, split, result["message"]))
     return result
+
+
+def _keep_original(control: nn.Module, original: nn.Module, split: ImageSplit, message: str) -> dict[str, Any]:
+    """When the control is kept, whether the plain fine-tune itself did harm: the control against the untreated
+    model on the same composites.  Below it by more than ``SIGNIFICANCE`` standard errors (a model with nothing
+    to repair, fine-tuned at its training lr), the original model is the one to keep."""
+    gain, se, _ = paired_gain(control, original, split)
+    out: dict[str, Any] = {"control_gain_vs_original": gain, "control_gain_vs_original_se": se}
+    if gain < -SIGNIFICANCE * se:
+        out["winner"] = "original"
+        out["message"] = (message.replace("keep the control", "keep your original model", 1)
+                          + f"; the plain fine-tune itself falls below your original model on them "
+                            f"({100 * gain:+.1f} ± {100 * se:.1f} points)")
+    return out
 
 
 __all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "annotation_factor", "check_candidates", "meter_splits",
