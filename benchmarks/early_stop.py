@@ -43,12 +43,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from matrix_baselines import CACHE, baseline, recipe  # noqa: E402
-from modeldoctor import api  # noqa: E402
+from matrix_baselines import CACHE  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
 from modeldoctor.doctor.treatment import TreatConfig  # noqa: E402
-from treatment_matrix import (DEV_SEEDS, FINETUNE_EPOCHS, PER_CLASS, REPORT_SEEDS, RESULTS, accuracies,  # noqa: E402
-                              cell_masks)
+from treatment_matrix import DEV_SEEDS, REPORT_SEEDS, RESULTS, accuracies, default_treat  # noqa: E402
 
 CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "border-mnist/simple-cnn-s2/exact", "spot-mnist/simple-cnn-s2/exact",
          "shortcut-mnist:clean/simple-cnn-s2/exact", "border-mnist:clean/simple-cnn-s2/exact",
@@ -66,13 +64,8 @@ def run(spec: str, arch: str, kind: str, seed: int) -> dict[str, Any]:
     path = CACHE / "early_stop" / f"{spec.replace(':', '_')}__{arch}__{kind}__seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    family = spec.removesuffix(":clean")
-    vanilla, data = baseline(family, arch, seed)
-    model = baseline(spec, arch, seed)[0] if spec.endswith(":clean") else vanilla
     with tempfile.TemporaryDirectory() as states:
-        result = api.treat(model, None, data, masks=cell_masks(data, kind), annotate_per_class=PER_CLASS,
-                           epochs=FINETUNE_EPOCHS, seed=seed, train_config=recipe(arch, seed, FINETUNE_EPOCHS),
-                           state_dir=states, early_stop_margin=None)
+        result = default_treat(spec, arch, kind, seed, state_dir=states, early_stop_margin=None)
         histories = {p.stem.removeprefix(".state-").removesuffix(f"-seed{seed}"):
                      [h["val_accuracy"] for h in torch.load(p, weights_only=True)["history"]]
                      for p in Path(states).glob(".state-*.pt")}

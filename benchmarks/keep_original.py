@@ -26,11 +26,9 @@ import torch
 
 torch.set_num_threads(1)
 
-from matrix_baselines import CACHE, baseline, recipe  # noqa: E402
-from modeldoctor import api  # noqa: E402
+from matrix_baselines import CACHE  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
-from treatment_matrix import (DEV_SEEDS, FINETUNE_EPOCHS, PER_CLASS, REPORT_SEEDS, RESULTS, accuracies,  # noqa: E402
-                              cell_masks, stats)
+from treatment_matrix import DEV_SEEDS, REPORT_SEEDS, RESULTS, accuracies, default_treat, stats  # noqa: E402
 
 FAMILIES = ("shortcut-mnist", "border-mnist", "spot-mnist")
 ARCH = "simple-cnn-s2"
@@ -40,11 +38,7 @@ def run(spec: str, seed: int) -> dict[str, Any]:
     path = CACHE / "keep_original" / f"{spec.replace(':', '_')}__{ARCH}__seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    family = spec.removesuffix(":clean")
-    vanilla, data = baseline(family, ARCH, seed)
-    model = baseline(spec, ARCH, seed)[0] if spec.endswith(":clean") else vanilla
-    result = api.treat(model, None, data, masks=cell_masks(data, "exact"), annotate_per_class=PER_CLASS,
-                       epochs=FINETUNE_EPOCHS, seed=seed, train_config=recipe(ARCH, seed, FINETUNE_EPOCHS))
+    result = default_treat(spec, ARCH, "exact", seed)
     v = result.verdict
     arms = {"original": accuracies(result.original)["test"], "control": accuracies(result.control_metrics)["test"],
             "treated": accuracies(result.treated_metrics)["test"]}

@@ -139,6 +139,16 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     return row
 
 
+def default_treat(spec: str, arch: str, kind: str, seed: int, **options: Any) -> api.TreatmentResult:
+    """The shipped default ``treat`` (with ``options``) of the cell's vanilla model, or of its clean one when
+    ``spec`` is ``family:clean`` (a do-no-harm run), on the family's data, uncached."""
+    family = spec.removesuffix(":clean")
+    vanilla, data = baseline(family, arch, seed)
+    model = baseline(spec, arch, seed)[0] if spec.endswith(":clean") else vanilla
+    return api.treat(model, None, data, masks=cell_masks(data, kind), annotate_per_class=PER_CLASS,
+                     epochs=FINETUNE_EPOCHS, seed=seed, train_config=recipe(arch, seed, FINETUNE_EPOCHS), **options)
+
+
 def run_row(result: api.TreatmentResult) -> dict[str, Any]:
     return {"original": accuracies(result.original), "treated": accuracies(result.treated_metrics),
             "control": accuracies(result.control_metrics) if result.control_metrics else None,
