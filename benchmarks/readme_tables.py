@@ -671,8 +671,6 @@ def early_stop(r: Results) -> str:
 
 @table("early_stop_report")
 def early_stop_report(r: Results) -> str:
-    if not r.has("early_stop_report"):
-        return "_Not measured yet: generated from `benchmarks/results/early_stop_report.json`._"
     d = r["early_stop_report"]
     m = str(d["shipped_margin"])
     return (early_stop_runs(d) + f"\n\nReport seeds {', '.join(map(str, d['seeds']))}, after the margin was fixed; "
