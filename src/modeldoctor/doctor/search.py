@@ -136,14 +136,21 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
                            "annotate more images or raise --holdout-annotated"}
     gain, se, objects = paired_gain(treated, reference, split)
     use = gain > SIGNIFICANCE * se and gain > 0
+    # Where the control is kept, whether the plain fine-tune itself did harm (a model with nothing to repair,
+    # fine-tuned at its training lr): the control against the untreated model on the same composites.
+    harm = paired_gain(reference, original, split)[:2] if original is not None and not use else None
+    winner = "treated" if use else ("original" if harm and harm[0] < -SIGNIFICANCE * harm[1] else reference_name)
     shared = "" if meter.verdict is not None else " (too few held-out images: the same composites chose it)"
     if use:
         message = (f"treated ({candidate}) beats the {reference_name} on held-out background swaps by "
                    f"{100 * gain:+.1f} ± {100 * se:.1f} points: use treated.pt{shared}")
     else:
         message = (f"no candidate beat the {reference_name} on held-out background swaps by more than its noise "
-                   f"(best: {candidate}, {100 * gain:+.1f} ± {100 * se:.1f} points): keep the "
-                   f"{'control' if reference_name == 'control' else 'original model'}{shared}")
+                   f"(best: {candidate}, {100 * gain:+.1f} ± {100 * se:.1f} points): keep "
+                   f"{'the control' if winner == 'control' else 'your original model'}{shared}")
+        if harm and winner == "original":
+            message += (f"; the plain fine-tune itself falls below your original model on them "
+                        f"({100 * harm[0]:+.1f} ± {100 * harm[1]:.1f} points)")
         factor = annotation_factor(gain, se)
         if factor is not None:
             message += (f"; if that gain is real, about {factor:.1f}× as many annotated images would be needed "
@@ -151,33 +158,19 @@ def verdict(treated: nn.Module, reference: nn.Module, meter: Meter, candidate: s
     if meter.tightness is not None and meter.tightness < LOOSE:
         message += (f"; the masks are loose (about {100 * meter.tightness:.0f}% object): background inside them travels "
                     f"with every pasted object, so swap accuracy may over-report — refine them (--refine-masks)")
-    result: dict[str, Any] = {"winner": "treated" if use else reference_name, "candidate": candidate, "swap_gain": gain,
+    result: dict[str, Any] = {"winner": winner, "candidate": candidate, "swap_gain": gain,
                               "swap_gain_se": se, "use_treated": use, "objects": objects,
                               "annotation_factor": None if use else annotation_factor(gain, se),
-                              "composites": len(split), "mask_tightness": meter.tightness, "message": message}
+                              "composites": len(split), "mask_tightness": meter.tightness, "message": message,
+                              **({"control_gain_vs_original": harm[0], "control_gain_vs_original_se": harm[1]}
+                                 if harm else {})}
     if original is not None:
         gain0, se0, _ = paired_gain(treated, original, split)
         result.update(swap_gain_vs_original=gain0, swap_gain_vs_original_se=se0)
         if use and not gain0 > SIGNIFICANCE * se0:
             result["message"] += (f"; but it is no better than your original model on them ({100 * gain0:+.1f} ± "
                                   f"{100 * se0:.1f}): the model may not need this treatment")
-        if not use:
-            result.update(_keep_original(reference, original, split, result["message"]))
     return result
-
-
-def _keep_original(control: nn.Module, original: nn.Module, split: ImageSplit, message: str) -> dict[str, Any]:
-    """When the control is kept, whether the plain fine-tune itself did harm: the control against the untreated
-    model on the same composites.  Below it by more than ``SIGNIFICANCE`` standard errors (a model with nothing
-    to repair, fine-tuned at its training lr), the original model is the one to keep."""
-    gain, se, _ = paired_gain(control, original, split)
-    out: dict[str, Any] = {"control_gain_vs_original": gain, "control_gain_vs_original_se": se}
-    if gain < -SIGNIFICANCE * se:
-        out["winner"] = "original"
-        out["message"] = (message.replace("keep the control", "keep your original model", 1)
-                          + f"; the plain fine-tune itself falls below your original model on them "
-                            f"({100 * gain:+.1f} ± {100 * se:.1f} points)")
-    return out
 
 
 __all__ = ["CANDIDATES", "DEFAULT_CANDIDATES", "Meter", "annotation_factor", "check_candidates", "meter_splits",
