@@ -316,7 +316,8 @@ def treatment_matrix(r: Results) -> str:
         agree, pairs, wrong = meter_ranking(rows)
         ranking = (f"swap orders {agree} of {pairs} arm pairs as test does"
                    + (f" (not: {'; '.join(wrong)})" if wrong else ""))
-        blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (seeds {seeds}; chosen: "
+        blocks.append(f"**{key[0]} · {key[1]} · {key[2]} masks** (treat v{v.get('treat_version')}; seeds {seeds}; "
+                      f"chosen: "
                       f"{', '.join(v.get('chosen', []))}; verdict says use treated: {v.get('use_treated')}; "
                       f"{ranking}{check_text(v)})\n\n"
                       + markdown_table(["arm", "test", "swap", "val", "swap − test", "gap recovered",
@@ -380,7 +381,13 @@ def treatment_matrix_v1(r: Results) -> str:
 @table("treatment_matrix_v3")
 def treatment_matrix_v3(r: Results) -> str:
     """What the counterfactual fine-tune's low-lr fallback (treat v3 → v4) did."""
-    return version_change(r, "treatment_matrix_v3", "treatment_matrix")
+    return version_change(r, "treatment_matrix_v3", "treatment_matrix_v4")
+
+
+@table("treatment_matrix_v4")
+def treatment_matrix_v4(r: Results) -> str:
+    """What pasting training composites at the donor's place (treat v4/v5 → v6) did."""
+    return version_change(r, "treatment_matrix_v4", "treatment_matrix")
 
 
 @table("treatment_matrix_dev")
@@ -676,6 +683,53 @@ def early_stop_report(r: Results) -> str:
     return (early_stop_runs(d) + f"\n\nReport seeds {', '.join(map(str, d['seeds']))}, after the margin was fixed; "
             f"select-swap accuracy %. The fallback ran in {d['fallback_ran']} of {len(d['runs'])} runs. Shipped "
             + stops(m, d["margins"][m]) + ".\n\n" + source("early_stop_report"))
+
+
+def paste_place_block(d: dict[str, Any], name: str) -> str:
+    """The meter reading, the variants per cell, the meter's ranking and the rule of one ``paste_place`` run."""
+    families = dict.fromkeys(m["family"] for m in d["meter"])
+    meter = [[f, *(pct(family_mean(d, f, key)) for key in ("clean_test", "clean_own", "clean_donor", "vanilla_own",
+                                                            "vanilla_donor"))] for f in families]
+    variants = list(d["meter_fidelity"])
+
+    def arm(c: dict[str, Any]) -> str:
+        gap = "" if c["gap_recovered"] is None else f", {pct(c['gap_recovered'], 0)}%"
+        return f"{pct(c['test'])} ({pct(c['control'])}{gap}; {c['use_treated']}/2)"
+
+    cells = [[c["cell"], *(arm(c[v]) for v in variants)] for c in d["cells"]]
+    deeper = [[f"{r['cell']} · {r['arch']} · seed {r['seed']}", r["place"], r["chosen"], pct(r["treated"]["test"]),
+               pct(r["control"]["test"]), r["use_treated"]] for r in d.get("resnet20", [])]
+    fidelity = "; ".join(f"`{v}`: swap and test differences agree in sign in {f['sign_agrees']} of {f['runs']} runs, "
+                         f"\"use treated\" {f['use_treated']} times ({f['use_treated_wrong']} wrong on test), median z "
+                         f"{f['median_z']:.1f}" for v, f in d["meter_fidelity"].items())
+    rules = "; ".join(f"`{v}`: " + ", ".join(f"{k} {'yes' if ok else 'no'}" for k, ok in rule.items())
+                      for v, rule in d["rules"].items())
+    out = (markdown_table(["family", "clean: test", "clean: swap, own place", "clean: swap, donor's place",
+                           "vanilla: swap, own place", "vanilla: swap, donor's place"], meter)
+           + "\n\n" + markdown_table(["cell", *(f"`{v}`: test (control, gap; use treated)" for v in variants)],
+                                      cells)
+           + f"\n\n{d['arch']}, development seeds {', '.join(map(str, d['seeds']))} (means); test and select-swap "
+             f"accuracy %. The meter's ranking of treated against control: {fidelity}. Rules: {rules}. "
+             f"This rule's outcome: **`{d['shipped']}`**.")
+    if deeper:
+        out += ("\n\n" + markdown_table(["run", "variant", "chosen", "test", "control", "use treated"], deeper)
+                + "\n\nResNet-20 (the issue's second development architecture), outside the rule.")
+    return out + "\n\n" + source(name)
+
+
+def family_mean(d: dict[str, Any], family: str, key: str) -> float:
+    values = [m[key] for m in d["meter"] if m["family"] == family]
+    return sum(values) / len(values)
+
+
+@table("paste_place")
+def paste_place(r: Results) -> str:
+    return paste_place_block(r["paste_place"], "paste_place")
+
+
+@table("paste_place_confirm")
+def paste_place_confirm(r: Results) -> str:
+    return paste_place_block(r["paste_place_confirm"], "paste_place_confirm")
 
 
 def keep_original_block(d: dict, seeds: str) -> str:

@@ -28,10 +28,9 @@ from matrix_baselines import baseline  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
 from modeldoctor.data.masks import expand_mask  # noqa: E402
 from modeldoctor.data.swap import erase_object  # noqa: E402
-from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence  # noqa: E402
 from modeldoctor.doctor.search import meter_splits  # noqa: E402
 from modeldoctor.training import evaluate, predict  # noqa: E402
-from treatment_matrix import DEV_SEEDS, PER_CLASS, RESULTS, box_masks, cell_masks  # noqa: E402
+from treatment_matrix import DEV_SEEDS, RESULTS, box_masks, cell_masks, held_out  # noqa: E402
 
 FAMILIES = ("spot-mnist", "border-mnist", "shortcut-mnist")
 ARCH = "simple-cnn-s2"
@@ -49,12 +48,8 @@ def salient(image: torch.Tensor) -> torch.Tensor:
 def seed_row(family: str, seed: int) -> dict[str, Any]:
     vanilla, data = baseline(family, ARCH, seed)
     clean, _ = baseline(f"{family}:clean", ARCH, seed)
-    masks = cell_masks(data, "exact")
-    ids = [sid for sid in data.train.ids if sid in masks]
-    bank = MaskBank.build(data.train, masks, lowest_confidence(vanilla, data.train, ids, PER_CLASS, data.num_classes),
-                          data.input_size)
-    _, held = holdout_split(bank.pool, data.train.labels, 0.25, seed)
-    composites = meter_splits(data.train, bank, held, seed).select
+    bank, held = held_out(vanilla, data, cell_masks(data, "exact"), seed)
+    composites = meter_splits(data.train, bank, held, seed, "own").select  # the meter before treat v6
     assert composites is not None
     index = {sid: i for i, sid in enumerate(data.train.ids)}
     by_index = bank.by_index()

@@ -23,8 +23,8 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
 Annotations: the 20 lowest-confidence training images per class have masks (exact digit masks, or the bounding box
 of each, which is what the annotate page draws); a quarter is held out, as objects and backgrounds, for the swap
 meter.  Test accuracy chooses nothing.  Development seeds (100, 101) chose the shipped defaults; report seeds are
-0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  A default run cached under an
-earlier treat version (``TREAT_VERSION``) is upgraded by re-running only what changed (:func:`upgraded`).
+0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  Each cell records the treat version
+(``TREAT_VERSION``) its default runs were made with.
 
 Usage: python benchmarks/treatment_matrix.py [--cells FAMILY/ARCH/MASKS,...] [--seeds 0,1,2] [--methods ...]
 Last stdout line: ``{"cells": [{family, arch, masks, method, test_mean, test_std, swap_mean, gap_recovered,
@@ -50,6 +50,7 @@ from modeldoctor.data.refine import refine_masks
 from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence
 from modeldoctor.doctor.arms import split_metrics
 from modeldoctor.doctor.search import meter_splits
+from modeldoctor.doctor.treatment import TreatConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEV_SEEDS = (100, 101)
@@ -63,10 +64,9 @@ FINETUNE_EPOCHS = 3
 # 5: a counterfactual fine-tune trailing the re-fit head by more than ``TreatConfig.early_stop_margin`` × the
 #    schedule left stops (benchmarks/early_stop.py); a verdict that keeps the control says "keep your original
 #    model" when the control falls significantly below it (benchmarks/keep_original.py).
-TREAT_VERSION = 5
-# The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
-# its predecessors' runs stay valid, and rewrite ``upgraded``.
-UPGRADABLE_FROM: tuple[int, ...] = (4,)
+# 6: every composite (counterfactual term, re-fit head, swap meter) pastes its object at the donor's object's place
+#    (``TreatConfig.paste_at``, ``swap_paste_at``; benchmarks/paste_place.py).  No earlier run stays valid.
+TREAT_VERSION = 6
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -123,14 +123,6 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
     train_cfg = recipe(arch, seed, epochs=epochs)
-    earlier = [p for v in UPGRADABLE_FROM if (p := CACHE / f"v{v}" / f"{key}.json").exists()]
-    if earlier and not options:
-        row = upgraded([json.loads(p.read_text()) for p in earlier])
-        if row is not None:
-            write_json(path, row)
-            log(f"{key}: upgraded from v{row['upgraded_from']}, chosen {row['chosen']} "
-                f"({time.time() - started:.0f}s)")
-            return row
     result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=epochs,
                        seed=seed, train_config=train_cfg, **options)
     row = {**run_row(result), "seconds": time.time() - started}
@@ -156,18 +148,14 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
             "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION}
 
 
-def upgraded(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """An earlier version's default run brought to this version by re-running only what changed.
-
-    Version 5 stops a counterfactual fine-tune that trails the re-fit head; the head and the fallback do not depend
-    on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the fine-tune lost) therefore
-    ends the same, only sooner, and where its verdict recommended the treated arm, the new comparison of the control
-    with the original model does not apply: it is kept, its ``seconds`` those of version 4.  Any other run is
-    ``None``, and the caller runs it in full."""
-    base = earlier[0]
-    if base["chosen"] == "counterfactual" or not base["verdict"].get("use_treated"):
-        return None
-    return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
+def held_out(vanilla: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor],
+             seed: int) -> tuple[MaskBank, list[int]]:
+    """The annotated images ``treat`` would use (the vanilla model's least confident per class with masks) and the
+    share of them it holds out for the swap meter."""
+    ids = [sid for sid in data.train.ids if sid in masks]
+    chosen = lowest_confidence(vanilla, data.train, ids, PER_CLASS, data.num_classes)
+    bank = MaskBank.build(data.train, masks, chosen, data.input_size)
+    return bank, holdout_split(bank.pool, data.train.labels, TreatConfig.holdout_annotated, seed)[1]
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,
@@ -176,11 +164,8 @@ def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: 
     path = CACHE / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    ids = [sid for sid in data.train.ids if sid in masks]
-    chosen = lowest_confidence(vanilla, data.train, ids, PER_CLASS, data.num_classes)
-    bank = MaskBank.build(data.train, masks, chosen, data.input_size)
-    _, held = holdout_split(bank.pool, data.train.labels, 0.25, seed)
-    swap = meter_splits(data.train, bank, held, seed).report
+    bank, held = held_out(vanilla, data, masks, seed)
+    swap = meter_splits(data.train, bank, held, seed, TreatConfig.swap_paste_at).report
     row = accuracies(split_metrics(clean, data.val, data.test, data.num_classes, swap))
     write_json(path, row)
     return row

@@ -14,7 +14,7 @@ from torch import nn
 from modeldoctor import api
 from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import expand_mask
-from modeldoctor.data.swap import erase_object
+from modeldoctor.data.swap import erase_object, paste_object
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
@@ -61,6 +61,38 @@ def test_composer_pastes_objects_on_other_classes_backgrounds():
         donor_hole = expand_mask(data.masks[data.train.ids[j]], 2)  # what erase_object fills (grown by 2)
         outside = ~(mask | donor_hole)  # neither object: the donor's own background
         assert torch.allclose(x[n][0][outside], data.train.raw(j)[0][outside], atol=1e-5)
+
+
+def test_donor_place_centres_the_object_box_on_the_donor_s_and_keeps_it_in_frame():
+    image = torch.zeros(1, 12, 12)
+    mask = torch.zeros(12, 12, dtype=torch.bool)
+    mask[1:4, 2:4] = True  # box rows 1–3, cols 2–3: centre (2, 2.5)
+    image[0][mask] = torch.arange(1.0, 7.0)
+    background = torch.full((1, 12, 12), 0.5)
+    donor = torch.zeros(12, 12, dtype=torch.bool)
+    donor[6:9, 7:10] = True  # centre (7, 8): the object moves by (5, 6 — 5.5 rounded to even)
+    out = paste_object(image, mask, background, at=donor)
+    expected = background.clone()
+    for y, x in mask.nonzero().tolist():
+        expected[0, y + 5, x + 6] = image[0, y, x]
+    assert torch.equal(out, expected)
+    corner = torch.zeros(12, 12, dtype=torch.bool)
+    corner[11, 11] = True  # centring there would push the box out: it stops at the frame's edge
+    out = paste_object(image, mask, background, at=corner)
+    assert torch.equal(out[0, 9:12, 10:12].flatten(), image[0][mask])
+
+
+def test_composer_at_the_donor_s_place_matches_one_paste_per_composite():
+    data = background_shortcut(n_train=40)
+    bank = MaskBank.build(data.train, data.masks, list(range(12)), 20)
+    composer = Composer(data.train, bank, place="donor")
+    objects, donors = composer.draw(20, torch.Generator().manual_seed(2))
+    x = composer.compose(objects, donors) * data.train.std + data.train.mean
+    for n, (o, d) in enumerate(zip(objects.tolist(), donors.tolist())):
+        i, j = bank.pool[o], bank.pool[d]
+        mask_i, mask_j = data.masks[data.train.ids[i]], data.masks[data.train.ids[j]]
+        one = paste_object(data.train.raw(i), mask_i, erase_object(data.train.raw(j), mask_j), at=mask_j)
+        assert torch.allclose(x[n], one, atol=1e-5)
 
 
 def test_refit_head_matches_scikit_learn_and_touches_only_the_head():

@@ -80,20 +80,66 @@ def _diffusion_fill(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
     return torch.where(hole.unsqueeze(0), filled, image)
 
 
-def paste_object(image: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, grow: int = 0) -> torch.Tensor:
-    """``image``'s object (``mask`` grown by ``grow`` pixels) over ``background`` (both (C, H, W) in [0, 1])."""
-    return torch.where(expand_mask(mask, grow).unsqueeze(0), image, background)
+PLACES = ("own", "donor")
+
+
+def object_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(N, 4) long ``(top, bottom, left, right)``, inclusive, of each (N, H, W) mask's bounding box."""
+    def span(hit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (N, L) bool → first and last True
+        index = torch.arange(hit.shape[1])
+        return torch.where(hit, index, hit.shape[1]).min(1).values, torch.where(hit, index, -1).max(1).values
+
+    (top, bottom), (left, right) = span(masks.any(2)), span(masks.any(1))
+    return torch.stack([top, bottom, left, right], 1)
+
+
+def donor_shift(boxes: torch.Tensor, targets: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 2) long (rows, cols) that move each of ``boxes`` (N, 4: top, bottom, left, right) so its centre sits on
+    the matching ``targets`` box's centre (halves rounded to even), the whole box staying inside the frame."""
+    move = torch.round((targets[:, 0::2] + targets[:, 1::2] - boxes[:, 0::2] - boxes[:, 1::2]) / 2).long()
+    limit = torch.tensor([height - 1, width - 1])
+    return torch.maximum(torch.minimum(move, limit - boxes[:, 1::2]), -boxes[:, 0::2])
+
+
+def shifted(images: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) ``images`` each moved by its (rows, cols) in ``shifts``; what enters from outside is zero."""
+    n, channels, height, width = images.shape
+    rows = torch.arange(height).view(1, -1, 1) - shifts[:, 0].view(-1, 1, 1)  # source row of each output row
+    cols = torch.arange(width).view(1, 1, -1) - shifts[:, 1].view(-1, 1, 1)
+    inside = ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).view(n, 1, -1)
+    source = (rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)).view(n, 1, -1)
+    picked = images.flatten(2).gather(2, source.expand(n, channels, -1))
+    return (picked * inside).view_as(images)
+
+
+def paste_object(image: torch.Tensor, mask: torch.Tensor, background: torch.Tensor, grow: int = 0,
+                 at: torch.Tensor | None = None) -> torch.Tensor:
+    """``image``'s object (``mask`` grown by ``grow`` pixels) over ``background`` (both (C, H, W) in [0, 1]).
+
+    With ``at`` (the background image's own object mask) the object takes that object's place (its box centred
+    on the other's, kept in frame) instead of staying where it was: what surrounded the erased object — a symbol
+    beside it, a frame around it — then surrounds the pasted one as it did in the real image, and the pasted
+    object covers most of the erased hole's fill."""
+    keep = expand_mask(mask, grow)
+    if at is not None:
+        shift = donor_shift(object_boxes(keep[None]), object_boxes(at[None].bool()), *keep.shape)
+        keep, image = shifted(keep[None, None], shift)[0, 0], shifted(image[None], shift)[0]
+    return torch.where(keep.unsqueeze(0), image, background)
 
 
 def background_swap(split: ImageSplit, masks: torch.Tensor | Mapping[int, torch.Tensor], objects: Sequence[int],
-                    donors: Sequence[int], per_object: int = 3, seed: int = 0, grow: int = 0) -> ImageSplit:
+                    donors: Sequence[int], per_object: int = 3, seed: int = 0, grow: int = 0,
+                    place: str = "own") -> ImageSplit:
     """Composites of each ``objects`` image (split indices) on ``per_object`` donors of other classes.
 
     ``masks``: bool (H, W) object masks by split index (a (len(split), H, W) tensor or a mapping), needed at
-    ``objects`` and ``donors``.  Returns an
+    ``objects`` and ``donors``.  ``place``: the object stays where it was (``"own"``) or takes the donor's
+    object's place (``"donor"``, :func:`paste_object`).  Returns an
     :class:`ImageSplit` (labels = the object's class, ids ``"<object id>@<donor id>"``, the split's
     normalisation), so it can be evaluated or used to choose a checkpoint like any split.
     """
+    if place not in PLACES:
+        raise UserError(f"unknown paste place {place!r}; choose {' or '.join(PLACES)}")
     generator = torch.Generator().manual_seed(seed)
     images, labels, ids = [], [], []
     erased: dict[int, torch.Tensor] = {}
@@ -106,7 +152,8 @@ def background_swap(split: ImageSplit, masks: torch.Tensor | Mapping[int, torch.
             d = others[p]
             if d not in erased:
                 erased[d] = erase_object(split.raw(d), masks[d])
-            images.append(paste_object(split.raw(i), masks[i], erased[d], grow))
+            images.append(paste_object(split.raw(i), masks[i], erased[d], grow,
+                                       at=masks[d] if place == "donor" else None))
             labels.append(label)
             ids.append(f"{split.ids[i]}@{split.ids[d]}")
     if not images:

@@ -55,9 +55,9 @@ def weight_change(model: nn.Module, start: nn.Module) -> dict[str, float]:
     return change
 
 
-def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int) -> ImageSplit | None:
+def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int, place: str = "own") -> ImageSplit | None:
     """The report's swap composites for held-out images ``held`` (objects and backgrounds both held out)."""
-    return meter_splits(data.train, bank, held, seed).report
+    return meter_splits(data.train, bank, held, seed, place).report
 
 
 def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
@@ -85,12 +85,12 @@ def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainC
 
 
 def _last_layer(model: nn.Module, control: nn.Module | None, data: DataBundle, bank: MaskBank, chooser: ImageSplit,
-                seed: int) -> tuple[nn.Module, str, float]:
+                seed: int, place: str = "own") -> tuple[nn.Module, str, float]:
     """DFR re-fits the head on the features training left; here two trainings left features — the original
     model's and its control's fine-tune — so both heads are re-fit and the better on ``chooser`` swaps is kept.  A
     fine-tune that erodes a good model (a clean one) keeps the original's features; one that helps keeps its own, so
     the candidate never starts behind both.  Returns the kept re-fit, which start it came from, and its score."""
-    composer = Composer(data.train, bank)
+    composer = Composer(data.train, bank, place=place)
     starts = {"original": model, **({"control": control} if control is not None else {})}
     refits = {name: refit_head(m, composer, data.num_classes, seed=seed) for name, m in starts.items()}
     scores = {name: evaluate(m, chooser, data.num_classes)["accuracy"] for name, m in refits.items()}
@@ -123,7 +123,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     if bank is not None and cfg.holdout_annotated > 0:
         used, held = holdout_split(bank.pool, data.train.labels, cfg.holdout_annotated, train_cfg.seed)
         train_bank = bank.restricted(used)
-    meter = meter_splits(data.train, bank, held, train_cfg.seed) if bank is not None else Meter(None, None)
+    meter = Meter(None, None) if bank is None else meter_splits(data.train, bank, held, train_cfg.seed,
+                                                                 cfg.swap_paste_at)
     select = cfg.select if (cfg.select != "swap" or meter.select is not None) else "val"
     chooser = meter.select if select == "swap" and meter.select is not None else data.val
     mixer = batch_mixer(data.train, train_bank.pool, cfg.mix_annotated, train_cfg.seed) if train_bank else None
@@ -167,7 +168,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 if train_bank is None or not train_bank.pool:
                     return
                 tuned, start, score = _last_layer(model, out["control"][0] if control else None, data, train_bank,
-                                                  chooser, train_cfg.seed)
+                                                  chooser, train_cfg.seed, cfg.paste_at)
                 lambdas: dict[str, Any] = {}
                 detail: dict[str, Any] = {"head_of": start}
             else:

@@ -20,15 +20,17 @@ import torch
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import expand_mask
-from modeldoctor.data.swap import erase_object
+from modeldoctor.data.swap import PLACES, donor_shift, erase_object, object_boxes, shifted
 from modeldoctor.doctor.annotation import MaskBank
 
 
 class Composer:
     """Composites of ``bank``'s annotated images of ``split`` (their backgrounds erased once, kept in memory)."""
 
-    def __init__(self, split: ImageSplit, bank: MaskBank, grow: int = 0) -> None:
-        self.split, self.bank = split, bank
+    def __init__(self, split: ImageSplit, bank: MaskBank, grow: int = 0, place: str = "own") -> None:
+        if place not in PLACES:
+            raise UserError(f"unknown paste place {place!r}; choose {' or '.join(PLACES)}")
+        self.split, self.bank, self.place = split, bank, place
         self.pool = list(bank.pool)
         self.labels = split.labels[self.pool]
         if len(set(self.labels.tolist())) < 2:
@@ -38,12 +40,18 @@ class Composer:
         self.images = torch.stack([split.raw(i) for i in self.pool])
         self.backgrounds = torch.stack([erase_object(self.images[r], masks[i]) for r, i in enumerate(self.pool)])
         self.keep = expand_mask(torch.stack([masks[i] for i in self.pool]), grow).unsqueeze(1)  # (P, 1, H, W)
+        self.boxes = object_boxes(self.keep[:, 0])
+        self.spots = object_boxes(torch.stack([masks[i] for i in self.pool]).bool())  # where each donor's object was
 
     def compose(self, objects: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
         """Normalised composites (N, C, H, W): pool row ``objects[n]``'s object on pool row ``donors[n]``'s background
-        (:func:`modeldoctor.data.swap.paste_object`, batched)."""
-        images = torch.where(self.keep[objects], self.images[objects], self.backgrounds[donors])
-        return (images - self.split.mean) / self.split.std
+        (:func:`modeldoctor.data.swap.paste_object`, batched; with ``place="donor"`` at the donor object's place)."""
+        keep, images = self.keep[objects], self.images[objects]
+        if self.place == "donor":
+            shifts = donor_shift(self.boxes[objects], self.spots[donors], *keep.shape[-2:])
+            keep, images = shifted(keep, shifts), shifted(images, shifts)
+        composites = torch.where(keep, images, self.backgrounds[donors])
+        return (composites - self.split.mean) / self.split.std
 
     def draw(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` (object, donor) pool rows, each donor of a different class than its object."""

@@ -80,8 +80,9 @@ class Meter:
         return self.verdict if self.verdict is not None else self.select
 
 
-def meter_splits(split: ImageSplit, bank: MaskBank, held: list[int], seed: int) -> Meter:
-    """Select / verdict composites from the held-out annotated images ``held`` (split indices) only."""
+def meter_splits(split: ImageSplit, bank: MaskBank, held: list[int], seed: int, place: str = "own") -> Meter:
+    """Select / verdict composites from the held-out annotated images ``held`` (split indices) only, each object
+    pasted where it was or at its donor's object's place (``place``, :func:`~modeldoctor.data.swap.paste_object`)."""
     if not held:
         return Meter(None, None)
     chooser, judge = holdout_split(held, split.labels, 0.5, seed + 1)
@@ -90,7 +91,8 @@ def meter_splits(split: ImageSplit, bank: MaskBank, held: list[int], seed: int) 
     def composites(objects: list[int], salt: int) -> ImageSplit | None:
         if not objects:
             return None
-        return background_swap(split, masks, objects, held, per_object=DONORS_PER_OBJECT, seed=seed + salt)
+        return background_swap(split, masks, objects, held, per_object=DONORS_PER_OBJECT, seed=seed + salt,
+                               place=place)
 
     images = torch.stack([split.raw(i) for i in held])
     tightness = float(mask_tightness(images, torch.stack([masks[i] for i in held])).nanmedian())

@@ -38,6 +38,7 @@ from modeldoctor.core.replay import ForwardState, NoiseReplay
 from modeldoctor.core.surrogate import smooth_backward, surrogate_relus, twice_differentiable
 from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import background_mask, expand_mask, receptive_background
+from modeldoctor.data.swap import PLACES
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.constraints import channel_constraint, competitor_classes, first_classes, spatial_constraint
 from modeldoctor.doctor.counterfactual import Composer
@@ -62,6 +63,11 @@ class TreatConfig:
     lam_fraction: float = 10.0  # "auto": each term = this × the annotated images' cross-entropy at the start
     lam_counterfactual: float = 3.0  # weight of the composites' cross-entropy (L_orig's is 1)
     composites: int = 64  # counterfactual composites appended to every batch
+    # Where a pasted object sits: where it was in its own image ("own") or centred where the background image's own
+    # object was ("donor"); ``paste_at`` for the composites that train (the counterfactual term, the re-fit head),
+    # ``swap_paste_at`` for the swap meter's.  "donor" for both: development seeds only (benchmarks/paste_place.py).
+    paste_at: str = "donor"
+    swap_paste_at: str = "donor"
     term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
@@ -95,6 +101,9 @@ class TreatConfig:
             raise UserError(f"unknown checkpoint selection {self.select!r}; choose swap, val or last")
         if self.early_stop_margin is not None and not self.early_stop_margin >= 0:
             raise UserError(f"early_stop_margin must be None or >= 0, got {self.early_stop_margin}")
+        for place in (self.paste_at, self.swap_paste_at):
+            if place not in PLACES:
+                raise UserError(f"unknown paste place {place!r}; choose {' or '.join(PLACES)}")
         if not 0 <= self.holdout_annotated < 1:
             raise UserError(f"holdout_annotated must be in [0, 1), got {self.holdout_annotated}")
 
@@ -151,7 +160,7 @@ class TreatmentLoss:
             if split is None:
                 raise UserError("the counterfactual term needs the training split its masks belong to")
             assert bank is not None
-            self.composer = Composer(split, bank)
+            self.composer = Composer(split, bank, place=cfg.paste_at)
         missing = [n for n in self.channel_layers if relevant is None or n not in relevant]
         if missing:
             raise UserError(f"the diagnosis has no relevant kernels for {missing}; diagnose those layers first")
