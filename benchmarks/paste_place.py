@@ -40,8 +40,14 @@ default test falls by more than 1 point; (c) every do-no-harm run ends at or abo
 gain over the background cells is at least 3 times the mean test loss over the do-no-harm cells (a user who treats
 a shortcut gains more than one who treats a model with nothing to fix loses); (e) the verdict never says "use
 treated" where test fell, and the swap differences agree in sign with test in at least as many runs as ``own``'s.
-If both pass, the one with the larger mean gap recovered ships.  ``donor`` passed every criterion and shipped (treat
-v6); ``donor-train`` failed (b) (shortcut-mnist seed 103: its meter chose the re-fit head, 81.2 against 92.7).
+If both pass, the one with the larger mean gap recovered ships.  ``donor`` passed every criterion; ``donor-train``
+failed (b) (shortcut-mnist seed 103: its meter chose the re-fit head, 81.2 against 92.7).
+
+``donor`` was then run on the report seeds (``treatment_matrix.py --paste-at donor``), and there it wrecked the
+clean tint-mnist model — the on-object family, which neither rule covered: treated 46.7% test against 90.0% for its
+control, and the verdict said "use treated" on two of three seeds (the held-out objects carry the same colour cue,
+so the meter rewards reading it).  That observation came from report seeds; it withdrew ``donor`` as the default
+before anything shipped.  It stays an option (``treat --paste-at donor --swap-paste-at donor``).
 
 Usage: python benchmarks/paste_place.py [--confirm]   Last stdout line: JSON {clean_swap_shortfall, cells, rules,
 shipped}.

@@ -343,7 +343,7 @@ def check_text(verdict: dict[str, Any]) -> str:
             f"{pct(verdict['check_own']['vanilla'])}% on their own backgrounds), by the clean one on {reads('clean')}")
 
 
-def version_change(r: Results, old_name: str, new_name: str) -> str:
+def version_change(r: Results, old_name: str, new_name: str, versions: bool = True) -> str:
     """Cell by cell, what a change of the shipped default did: the summary ``old_name`` against ``new_name``."""
     if not (r.has(old_name) and r.has(new_name)):
         return f"_Not measured yet: generated from `benchmarks/results/{old_name}.json`._"
@@ -364,10 +364,10 @@ def version_change(r: Results, old_name: str, new_name: str) -> str:
                 moved.append(b["test_mean"] - a["test_mean"])
         chosen = [", ".join(d.get((*key, "verdict"), {}).get("chosen", [])) for d in (old, new)]
         version = new.get((*key, "verdict"), {}).get("treat_version")
-        rows.append([" · ".join(key), *cells, f"{chosen[0]} → {chosen[1]}", version])
+        rows.append([" · ".join(key), *cells, f"{chosen[0]} → {chosen[1]}", *([version] if versions else [])])
     better, worse = sum(m > 0.005 for m in moved), sum(m < -0.005 for m in moved)
     return (markdown_table(["cell", "default (treated arm)", "recommended", "default on the clean model",
-                            "chosen per seed", "treat version now"], rows)
+                            "chosen per seed", *(["treat version now"] if versions else [])], rows)
             + f"\n\nOf {len(moved)} default and recommended means, {better} rose and {worse} fell by more than "
               "half a point; the rest moved less.\n\n" + source(old_name, new_name))
 
@@ -381,13 +381,13 @@ def treatment_matrix_v1(r: Results) -> str:
 @table("treatment_matrix_v3")
 def treatment_matrix_v3(r: Results) -> str:
     """What the counterfactual fine-tune's low-lr fallback (treat v3 → v4) did."""
-    return version_change(r, "treatment_matrix_v3", "treatment_matrix_v4")
+    return version_change(r, "treatment_matrix_v3", "treatment_matrix")
 
 
-@table("treatment_matrix_v4")
-def treatment_matrix_v4(r: Results) -> str:
-    """What pasting training composites at the donor's place (treat v4/v5 → v6) did."""
-    return version_change(r, "treatment_matrix_v4", "treatment_matrix")
+@table("treatment_matrix_donor")
+def treatment_matrix_donor(r: Results) -> str:
+    """The shipped default against the same cells with every composite at the donor's object's place (an option)."""
+    return version_change(r, "treatment_matrix", "treatment_matrix_donor", versions=False)
 
 
 @table("treatment_matrix_dev")

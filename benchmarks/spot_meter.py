@@ -49,7 +49,7 @@ def seed_row(family: str, seed: int) -> dict[str, Any]:
     vanilla, data = baseline(family, ARCH, seed)
     clean, _ = baseline(f"{family}:clean", ARCH, seed)
     bank, held = held_out(vanilla, data, cell_masks(data, "exact"), seed)
-    composites = meter_splits(data.train, bank, held, seed, "own").select  # the meter before treat v6
+    composites = meter_splits(data.train, bank, held, seed, "own").select  # the shipped meter: objects where they were
     assert composites is not None
     index = {sid: i for i, sid in enumerate(data.train.ids)}
     by_index = bank.by_index()

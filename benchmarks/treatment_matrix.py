@@ -23,8 +23,11 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
 Annotations: the 20 lowest-confidence training images per class have masks (exact digit masks, or the bounding box
 of each, which is what the annotate page draws); a quarter is held out, as objects and backgrounds, for the swap
 meter.  Test accuracy chooses nothing.  Development seeds (100, 101) chose the shipped defaults; report seeds are
-0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  Each cell records the treat version
-(``TREAT_VERSION``) its default runs were made with.
+0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  A default run cached under an
+earlier treat version (``TREAT_VERSION``) is upgraded by re-running only what changed (:func:`upgraded`).
+``--paste-at donor`` runs the same cells with every composite pasted at the donor's object's place (``treat
+--paste-at donor --swap-paste-at donor``, an option: ``benchmarks/paste_place.py``), cached under ``donor/`` and
+written to ``treatment_matrix_donor.json``.
 
 Usage: python benchmarks/treatment_matrix.py [--cells FAMILY/ARCH/MASKS,...] [--seeds 0,1,2] [--methods ...]
 Last stdout line: ``{"cells": [{family, arch, masks, method, test_mean, test_std, swap_mean, gap_recovered,
@@ -64,9 +67,10 @@ FINETUNE_EPOCHS = 3
 # 5: a counterfactual fine-tune trailing the re-fit head by more than ``TreatConfig.early_stop_margin`` × the
 #    schedule left stops (benchmarks/early_stop.py); a verdict that keeps the control says "keep your original
 #    model" when the control falls significantly below it (benchmarks/keep_original.py).
-# 6: every composite (counterfactual term, re-fit head, swap meter) pastes its object at the donor's object's place
-#    (``TreatConfig.paste_at``, ``swap_paste_at``; benchmarks/paste_place.py).  No earlier run stays valid.
-TREAT_VERSION = 6
+TREAT_VERSION = 5
+# The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
+# its predecessors' runs stay valid, and rewrite ``upgraded``.
+UPGRADABLE_FROM: tuple[int, ...] = (4,)
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -123,6 +127,14 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
     train_cfg = recipe(arch, seed, epochs=epochs)
+    earlier = [p for v in UPGRADABLE_FROM if (p := CACHE / f"v{v}" / f"{key}.json").exists()]
+    if earlier and not options:
+        row = upgraded([json.loads(p.read_text()) for p in earlier])
+        if row is not None:
+            write_json(path, row)
+            log(f"{key}: upgraded from v{row['upgraded_from']}, chosen {row['chosen']} "
+                f"({time.time() - started:.0f}s)")
+            return row
     result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=epochs,
                        seed=seed, train_config=train_cfg, **options)
     row = {**run_row(result), "seconds": time.time() - started}
@@ -148,6 +160,20 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
             "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION}
 
 
+def upgraded(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """An earlier version's default run brought to this version by re-running only what changed.
+
+    Version 5 stops a counterfactual fine-tune that trails the re-fit head; the head and the fallback do not depend
+    on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the fine-tune lost) therefore
+    ends the same, only sooner, and where its verdict recommended the treated arm, the new comparison of the control
+    with the original model does not apply: it is kept, its ``seconds`` those of version 4.  Any other run is
+    ``None``, and the caller runs it in full."""
+    base = earlier[0]
+    if base["chosen"] == "counterfactual" or not base["verdict"].get("use_treated"):
+        return None
+    return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
+
+
 def held_out(vanilla: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor],
              seed: int) -> tuple[MaskBank, list[int]]:
     """The annotated images ``treat`` would use (the vanilla model's least confident per class with masks) and the
@@ -159,13 +185,13 @@ def held_out(vanilla: torch.nn.Module, data: DataBundle, masks: dict[str, torch.
 
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,
-              masks: dict[str, torch.Tensor], seed: int) -> dict[str, float]:
+              masks: dict[str, torch.Tensor], seed: int, place: str = "own") -> dict[str, float]:
     """The clean reference on the family's test split and on the same swap composites ``treat`` measures with."""
     path = CACHE / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     bank, held = held_out(vanilla, data, masks, seed)
-    swap = meter_splits(data.train, bank, held, seed, TreatConfig.swap_paste_at).report
+    swap = meter_splits(data.train, bank, held, seed, place).report
     row = accuracies(split_metrics(clean, data.val, data.test, data.num_classes, swap))
     write_json(path, row)
     return row
@@ -188,27 +214,28 @@ def check_row(key: str, models: dict[str, torch.nn.Module], data: DataBundle, ma
 
 
 def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None,
-              harm: bool = True) -> dict[str, Any]:
+              harm: bool = True, place: str = "own") -> dict[str, Any]:
     vanilla, data = baseline(family, arch, seed)
     clean, _ = baseline(f"{family}:clean", arch, seed)
     masks = cell_masks(data, kind)
     tag = f"{family.replace(':', '_')}__{arch}__{kind}__seed{seed}"
-    default = treat_run(f"run__{tag}__default", vanilla, data, masks, arch, seed)
+    prefix, paste = ("", {}) if place == "own" else (f"{place}/", {"paste_at": place, "swap_paste_at": place})
+    default = treat_run(f"{prefix}run__{tag}__default", vanilla, data, masks, arch, seed, **paste)
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
-            "clean": clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed),
+            "clean": clean_row(f"{prefix}clean__{tag}", vanilla, clean, data, masks, seed, place),
             "_default": default,
             "_check": check_row(f"check__{tag}", {"vanilla": vanilla, "clean": clean}, data, masks, seed)}
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
     rows["recommended"] = recommended(default)
     if harm and kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
-        harm = treat_run(f"run__{tag}__do_no_harm", clean, data, masks, arch, seed)
+        harm = treat_run(f"{prefix}run__{tag}__do_no_harm", clean, data, masks, arch, seed, **paste)
         rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
         rows["do_no_harm_recommended"] = recommended(harm)
     for method in methods:
-        options = dict(METHODS[method])
+        options = {**METHODS[method], **paste}
         if method == "input_gradient":
             options["lam_fraction"] = peer
-        rows[method] = treat_run(f"run__{tag}__{method}", vanilla, data, masks, arch, seed, control=False,
+        rows[method] = treat_run(f"{prefix}run__{tag}__{method}", vanilla, data, masks, arch, seed, control=False,
                                  **options)["treated"]
     return rows
 
@@ -289,19 +316,21 @@ def main() -> None:
     ap.add_argument("--cells", default=",".join(DEFAULT_CELLS))
     ap.add_argument("--seeds", default=",".join(map(str, REPORT_SEEDS)))
     ap.add_argument("--methods", default="", help=f"comma list of {', '.join(METHODS)}")
-    ap.add_argument("--out", default="treatment_matrix.json")
+    ap.add_argument("--out", default=None, help="default: treatment_matrix.json (treatment_matrix_donor.json)")
     ap.add_argument("--no-harm", action="store_true", help="skip the do-no-harm cell (treating the clean model)")
+    ap.add_argument("--paste-at", choices=["own", "donor"], default="own",
+                    help="donor: every composite at the donor's object's place (an option, not the default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    out_path = RESULTS / args.out
+    out_path = RESULTS / (args.out or ("treatment_matrix.json" if args.paste_at == "own" else "treatment_matrix_donor.json"))
     report: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {"cells": []}
     report["protocol"] = __doc__
     for cell in args.cells.split(","):
         family, arch, kind = cell.split("/")
         peer = peer_fraction(family, kind) if "input_gradient" in methods else None
-        per_seed = {s: seed_rows(family, arch, kind, s, methods, peer, not args.no_harm) for s in seeds}
+        per_seed = {s: seed_rows(family, arch, kind, s, methods, peer, not args.no_harm, args.paste_at) for s in seeds}
         fresh = summarise(family, arch, kind, per_seed)
         replaced = {cell_key(f) for f in fresh}
         report["cells"] = [c for c in report["cells"] if cell_key(c) not in replaced] + fresh

@@ -65,9 +65,11 @@ class TreatConfig:
     composites: int = 64  # counterfactual composites appended to every batch
     # Where a pasted object sits: where it was in its own image ("own") or centred where the background image's own
     # object was ("donor"); ``paste_at`` for the composites that train (the counterfactual term, the re-fit head),
-    # ``swap_paste_at`` for the swap meter's.  "donor" for both: development seeds only (benchmarks/paste_place.py).
-    paste_at: str = "donor"
-    swap_paste_at: str = "donor"
+    # ``swap_paste_at`` for the swap meter's.  "donor" for both passed its development rule but, on report seeds,
+    # wrecked a clean model whose objects carry an on-object cue (tint-mnist), so it stays an option
+    # (benchmarks/paste_place.py, treatment_matrix.py --paste-at donor).
+    paste_at: str = "own"
+    swap_paste_at: str = "own"
     term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
