@@ -732,6 +732,22 @@ def paste_place_confirm(r: Results) -> str:
     return paste_place_block(r["paste_place_confirm"], "paste_place_confirm")
 
 
+@table("paste_guard")
+def paste_guard(r: Results) -> str:
+    d = r["paste_guard"]
+
+    def arm(c: dict[str, Any], name: str) -> str:
+        return f"{pct(c[name]['test'])} ({c[name]['below_control']} below control)"
+
+    rows = [[c["cell"], f"{c['reads']} of {c['runs']}", *(arm(c, n) for n in ("own", "donor", "guarded"))]
+            for c in d["cells"]]
+    return (markdown_table(["cell", "check: reads the background", "own place: test", "donor's place: test",
+                            "guarded: test"], rows)
+            + f"\n\n{d['arch']}, development seeds {', '.join(map(str, d['seeds']))} (means); test accuracy %. "
+              "Guarded: the donor's place where the shortcut check of the model being treated reads the background, "
+              "else the object's own place. Evidence only: no rule chose it.\n\n" + source("paste_guard"))
+
+
 def keep_original_block(d: dict, seeds: str) -> str:
     rows = [[r["spec"], r["seed"], pct(r["test"]["original"]), pct(r["test"]["control"]), pct(r["test"]["treated"]),
              r["winner"], "" if r["control_gain_vs_original"] is None else

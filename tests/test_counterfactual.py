@@ -307,3 +307,20 @@ def test_a_trailing_fine_tune_stops_after_one_epoch_and_the_run_ends_as_the_full
         assert run.chosen == full.chosen
         for a, b in zip(run.treated.state_dict().values(), full.treated.state_dict().values()):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("corr, place", [(1.0, "donor"), (0.0, "own")])
+def test_auto_pastes_at_the_donor_s_place_only_where_the_check_finds_background_reading(shortcut, corr, place):
+    """``paste_at="auto"`` follows the shortcut check of the model being treated: a model trained where the
+    background gives the class away reads it (donor's place); one trained where it never does, not (own place)."""
+    data, model = shortcut
+    if corr == 0.0:
+        torch.manual_seed(0)
+        data = background_shortcut(corr=0.0)
+        model = TinyNet()
+        fit(model, data.train, data.val, 4, TrainConfig(epochs=10, batch_size=32, lr=0.05))
+    check = api.shortcut_check(model, data, data.masks, "train", 20)["verdict"]["reads_background"]
+    assert check == (corr == 1.0)
+    result = api.treat(model, None, data, annotate_per_class=10, epochs=1, batch_size=32, lr=0.05, control=False,
+                       candidates=("last-layer",), paste_at="auto", swap_paste_at="auto")
+    assert (result.config.paste_at, result.config.swap_paste_at) == (place, place)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeldoctor.api.diagnosis import shortcut_check
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.masks import check_masks, default_expansion
@@ -80,6 +82,20 @@ class TreatmentResult:
         return found
 
 
+def resolve_paste(cfg: TreatConfig, model: nn.Module, data: DataBundle, masks: Mapping[str, torch.Tensor],
+                  per_class: int, seed: int) -> TreatConfig:
+    """``cfg`` with every ``"auto"`` paste place resolved: ``"donor"`` when the shortcut check (on the training
+    images with masks) finds ``model`` reading its background, else ``"own"`` — a model with nothing to repair, or
+    with its cue on the object, keeps its objects where they were (benchmarks/paste_guard.py)."""
+    reads = shortcut_check(model, data, masks, "train", per_class, seed=seed)["verdict"]["reads_background"]
+    place = "donor" if reads else "own"
+    logger.info("paste place auto: the shortcut check %s, so objects are pasted at %s place",
+                "finds the model reading its background" if reads else "finds no background reading",
+                "the donor's" if reads else "their own")
+    return dataclasses.replace(cfg, paste_at=place if cfg.paste_at == "auto" else cfg.paste_at,
+                               swap_paste_at=place if cfg.swap_paste_at == "auto" else cfg.swap_paste_at)
+
+
 def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
           masks: Mapping[str, torch.Tensor] | None = None, annotate_per_class: int | None = 20,
           constraints: Sequence[str] | str = "auto", epochs: int = 3, lr: float | None = None,
@@ -128,6 +144,8 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
         if refine:
             given = refine_masks(data.train, {data.train.ids[i]: given[data.train.ids[i]] for i in chosen})
         bank = MaskBank.build(data.train, given, chosen, data.input_size)
+    if bank is not None and "auto" in (cfg.paste_at, cfg.swap_paste_at):
+        cfg = resolve_paste(cfg, model, data, given, annotate_per_class or 20, seed)
     base = train_config or TrainConfig(batch_size=64)
     run_cfg = TrainConfig(**{**base.to_dict(), "epochs": epochs, "lr": base.lr if lr is None else lr,
                              "batch_size": base.batch_size if batch_size is None else batch_size, "seed": seed})

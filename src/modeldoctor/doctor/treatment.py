@@ -65,9 +65,10 @@ class TreatConfig:
     composites: int = 64  # counterfactual composites appended to every batch
     # Where a pasted object sits: where it was in its own image ("own") or centred where the background image's own
     # object was ("donor"); ``paste_at`` for the composites that train (the counterfactual term, the re-fit head),
-    # ``swap_paste_at`` for the swap meter's.  "donor" for both passed its development rule but, on report seeds,
-    # wrecked a clean model whose objects carry an on-object cue (tint-mnist), so it stays an option
-    # (benchmarks/paste_place.py, treatment_matrix.py --paste-at donor).
+    # ``swap_paste_at`` for the swap meter's; "auto": "donor" when the shortcut check finds the model reading its
+    # background, else "own" (resolved by ``api.treat``).  "donor" for both passed its development rule but, on report
+    # seeds, wrecked a clean model whose objects carry an on-object cue (tint-mnist), so it is not the default
+    # (benchmarks/paste_place.py, paste_guard.py, treatment_matrix.py --paste-at donor).
     paste_at: str = "own"
     swap_paste_at: str = "own"
     term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
@@ -104,8 +105,8 @@ class TreatConfig:
         if self.early_stop_margin is not None and not self.early_stop_margin >= 0:
             raise UserError(f"early_stop_margin must be None or >= 0, got {self.early_stop_margin}")
         for place in (self.paste_at, self.swap_paste_at):
-            if place not in PLACES:
-                raise UserError(f"unknown paste place {place!r}; choose {' or '.join(PLACES)}")
+            if place not in (*PLACES, "auto"):
+                raise UserError(f"unknown paste place {place!r}; choose {', '.join(PLACES)} or auto")
         if not 0 <= self.holdout_annotated < 1:
             raise UserError(f"holdout_annotated must be in [0, 1), got {self.holdout_annotated}")
 

@@ -48,10 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weight of the counterfactual composites' cross-entropy")
     p.add_argument("--composites", type=int, default=TreatConfig.composites,
                    help="counterfactual composites (annotated objects on other images' backgrounds) per batch")
-    p.add_argument("--paste-at", choices=list(PLACES), default=TreatConfig.paste_at,
-                   help="where a pasted object sits in the composites that train: where it was in its own image, or "
-                        "centred where the background image's own object was")
-    p.add_argument("--swap-paste-at", choices=list(PLACES), default=TreatConfig.swap_paste_at,
+    p.add_argument("--paste-at", choices=[*PLACES, "auto"], default=TreatConfig.paste_at,
+                   help="where a pasted object sits in the composites that train: where it was in its own image, "
+                        "centred where the background image's own object was, or auto (donor when the shortcut "
+                        "check finds the model reading its background)")
+    p.add_argument("--swap-paste-at", choices=[*PLACES, "auto"], default=TreatConfig.swap_paste_at,
                    help="the same for the swap meter's composites")
     p.add_argument("--term-cap", type=float, default=None,
                    help="trust region: each penalty's λ·term at most this × the batch cross-entropy per step")
