@@ -1,4 +1,4 @@
-"""Would the shortcut check have guarded the donor-place paste? (issue 18, development seeds only; evidence, no rule)
+"""Does the shortcut check guard the donor-place paste? (issue 18, development seeds only)
 
 ``paste_place.py`` found that pasting every composite at the donor's object's place (``paste_at`` and
 ``swap_paste_at`` = ``"donor"``) lifts the background cells far above the default, and the report seeds then showed
@@ -6,10 +6,15 @@ it wrecking a clean tint-mnist model (the cue on the object itself), which its r
 guard: paste at the donor's place only when the shortcut check (``diagnose --masks``, on the model about to be
 treated) finds it reading the background, else where the object was.  Here, on development seeds 100–103 and
 simple-cnn-s2: the check's label for every model ``paste_place.py`` treated, tint-mnist's vanilla and clean models
-treated both ways, and what the guard would have kept.  It chooses nothing: a guard must still be fixed by a rule
-before its runs, and the report seeds must not choose it.
+treated both ways, and what the guard would have kept.
 
-Usage: python benchmarks/paste_guard.py   Last stdout line: JSON {cells, tint}.
+The guard became the default (treat v6, ``TreatConfig.paste_at = swap_paste_at = "auto"``) by this rule, written
+after the report seeds had shown the harm and after these development runs (so it restates what they show; no
+report seed entered it): over the background cells the guarded mean gap to ``own`` is at least 5 test points; no
+clean-model or tint-mnist cell's guarded mean falls more than 1 point below ``own``'s; and no guarded run ends below
+its control where ``own``'s did not.  The report cells were then re-run under v6.
+
+Usage: python benchmarks/paste_guard.py   Last stdout line: JSON {cells, rule, ship}.
 """
 
 from __future__ import annotations
@@ -64,9 +69,15 @@ def main() -> None:
                       **{name: {"test": statistics.mean(r[name]["test"] for r in mine),
                                 "below_control": sum(r[name]["test"] < r[name]["control"] for r in mine)}
                          for name in ("own", "donor", "guarded")}})
+    background = [c for c in cells if ":clean" not in c["cell"] and not c["cell"].startswith("tint")]
+    others = [c for c in cells if c not in background]
+    rule = {"background_gain_5": statistics.mean(c["guarded"]["test"] - c["own"]["test"] for c in background) >= 0.05,
+            "no_other_cell_falls": all(c["guarded"]["test"] >= c["own"]["test"] - 0.01 for c in others),
+            "no_new_run_below_control": all(r["guarded"]["test"] >= r["guarded"]["control"]
+                                            or r["own"]["test"] < r["own"]["control"] for r in rows)}
     write_json(RESULTS / "paste_guard.json", {"protocol": __doc__, "seeds": list(SEEDS), "arch": ARCH, "runs": rows,
-                                              "cells": cells})
-    print(json.dumps({"cells": cells}))
+                                              "cells": cells, "rule": rule, "ship": all(rule.values())})
+    print(json.dumps({"cells": cells, "rule": rule, "ship": all(rule.values())}))
 
 
 if __name__ == "__main__":

@@ -381,7 +381,13 @@ def treatment_matrix_v1(r: Results) -> str:
 @table("treatment_matrix_v3")
 def treatment_matrix_v3(r: Results) -> str:
     """What the counterfactual fine-tune's low-lr fallback (treat v3 → v4) did."""
-    return version_change(r, "treatment_matrix_v3", "treatment_matrix")
+    return version_change(r, "treatment_matrix_v3", "treatment_matrix_v4")
+
+
+@table("treatment_matrix_v4")
+def treatment_matrix_v4(r: Results) -> str:
+    """What the guarded donor-place paste (treat v4/v5 → v6) did."""
+    return version_change(r, "treatment_matrix_v4", "treatment_matrix")
 
 
 @table("treatment_matrix_donor")
@@ -745,7 +751,9 @@ def paste_guard(r: Results) -> str:
                             "guarded: test"], rows)
             + f"\n\n{d['arch']}, development seeds {', '.join(map(str, d['seeds']))} (means); test accuracy %. "
               "Guarded: the donor's place where the shortcut check of the model being treated reads the background, "
-              "else the object's own place. Evidence only: no rule chose it.\n\n" + source("paste_guard"))
+              "else the object's own place. Rule (written after these runs): "
+              + ", ".join(f"{k} {'yes' if ok else 'no'}" for k, ok in d["rule"].items())
+              + f" — **{'shipped as treat v6' if d['ship'] else 'rejected'}**.\n\n" + source("paste_guard"))
 
 
 def keep_original_block(d: dict, seeds: str) -> str:

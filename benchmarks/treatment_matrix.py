@@ -23,11 +23,10 @@ Per cell (family, architecture, masks ∈ {exact, box}) and seed:
 Annotations: the 20 lowest-confidence training images per class have masks (exact digit masks, or the bounding box
 of each, which is what the annotate page draws); a quarter is held out, as objects and backgrounds, for the swap
 meter.  Test accuracy chooses nothing.  Development seeds (100, 101) chose the shipped defaults; report seeds are
-0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  A default run cached under an
-earlier treat version (``TREAT_VERSION``) is upgraded by re-running only what changed (:func:`upgraded`).
-``--paste-at donor`` runs the same cells with every composite pasted at the donor's object's place (``treat
---paste-at donor --swap-paste-at donor``, an option: ``benchmarks/paste_place.py``), cached under ``donor/`` and
-written to ``treatment_matrix_donor.json``.
+0–2.  Every run is cached under ``results/cache/matrix``; re-running resumes.  Each cell records the treat version
+(``TREAT_VERSION``) of its default runs.  ``--paste-at donor`` runs the same cells with every composite pasted at
+the donor's object's place whatever the shortcut check says (``treat --paste-at donor --swap-paste-at donor``;
+``benchmarks/paste_place.py``), cached under ``donor/`` and written to ``treatment_matrix_donor.json``.
 
 Usage: python benchmarks/treatment_matrix.py [--cells FAMILY/ARCH/MASKS,...] [--seeds 0,1,2] [--methods ...]
 Last stdout line: ``{"cells": [{family, arch, masks, method, test_mean, test_std, swap_mean, gap_recovered,
@@ -67,10 +66,10 @@ FINETUNE_EPOCHS = 3
 # 5: a counterfactual fine-tune trailing the re-fit head by more than ``TreatConfig.early_stop_margin`` × the
 #    schedule left stops (benchmarks/early_stop.py); a verdict that keeps the control says "keep your original
 #    model" when the control falls significantly below it (benchmarks/keep_original.py).
-TREAT_VERSION = 5
-# The version ``upgraded`` brings to this one by re-running only what changed; a new version must say which of
-# its predecessors' runs stay valid, and rewrite ``upgraded``.
-UPGRADABLE_FROM: tuple[int, ...] = (4,)
+# 6: every composite pastes its object at the donor's object's place where the shortcut check finds the model
+#    reading its background (``TreatConfig.paste_at = swap_paste_at = "auto"``; benchmarks/paste_place.py,
+#    paste_guard.py).  Every composite of such a model changes, so no earlier run stays valid.
+TREAT_VERSION = 6
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -127,14 +126,6 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     if options.pop("last_two", False):
         options["space_layers"] = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)][-2:]
     train_cfg = recipe(arch, seed, epochs=epochs)
-    earlier = [p for v in UPGRADABLE_FROM if (p := CACHE / f"v{v}" / f"{key}.json").exists()]
-    if earlier and not options:
-        row = upgraded([json.loads(p.read_text()) for p in earlier])
-        if row is not None:
-            write_json(path, row)
-            log(f"{key}: upgraded from v{row['upgraded_from']}, chosen {row['chosen']} "
-                f"({time.time() - started:.0f}s)")
-            return row
     result = api.treat(model, None, data, masks=masks, annotate_per_class=PER_CLASS, epochs=epochs,
                        seed=seed, train_config=train_cfg, **options)
     row = {**run_row(result), "seconds": time.time() - started}
@@ -157,21 +148,8 @@ def run_row(result: api.TreatmentResult) -> dict[str, Any]:
     return {"original": accuracies(result.original), "treated": accuracies(result.treated_metrics),
             "control": accuracies(result.control_metrics) if result.control_metrics else None,
             "chosen": result.chosen, "candidates": result.candidates, "verdict": result.verdict,
-            "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION}
-
-
-def upgraded(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """An earlier version's default run brought to this version by re-running only what changed.
-
-    Version 5 stops a counterfactual fine-tune that trails the re-fit head; the head and the fallback do not depend
-    on the fine-tune.  A version-4 run that chose the re-fit head or the fallback (the fine-tune lost) therefore
-    ends the same, only sooner, and where its verdict recommended the treated arm, the new comparison of the control
-    with the original model does not apply: it is kept, its ``seconds`` those of version 4.  Any other run is
-    ``None``, and the caller runs it in full."""
-    base = earlier[0]
-    if base["chosen"] == "counterfactual" or not base["verdict"].get("use_treated"):
-        return None
-    return {**base, "treat_version": TREAT_VERSION, "upgraded_from": base.get("treat_version", 1)}
+            "lambdas": result.lambdas, "weight_change": result.weight_change, "treat_version": TREAT_VERSION,
+            "paste_at": result.config.paste_at, "swap_paste_at": result.config.swap_paste_at}
 
 
 def held_out(vanilla: torch.nn.Module, data: DataBundle, masks: dict[str, torch.Tensor],
@@ -214,15 +192,16 @@ def check_row(key: str, models: dict[str, torch.nn.Module], data: DataBundle, ma
 
 
 def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], peer: float | None,
-              harm: bool = True, place: str = "own") -> dict[str, Any]:
+              harm: bool = True, place: str | None = None) -> dict[str, Any]:
     vanilla, data = baseline(family, arch, seed)
     clean, _ = baseline(f"{family}:clean", arch, seed)
     masks = cell_masks(data, kind)
     tag = f"{family.replace(':', '_')}__{arch}__{kind}__seed{seed}"
-    prefix, paste = ("", {}) if place == "own" else (f"{place}/", {"paste_at": place, "swap_paste_at": place})
+    prefix, paste = ("", {}) if place is None else (f"{place}/", {"paste_at": place, "swap_paste_at": place})
     default = treat_run(f"{prefix}run__{tag}__default", vanilla, data, masks, arch, seed, **paste)
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
-            "clean": clean_row(f"{prefix}clean__{tag}", vanilla, clean, data, masks, seed, place),
+            "clean": clean_row(f"{prefix}clean__{tag}", vanilla, clean, data, masks, seed,
+                               place or default["swap_paste_at"]),
             "_default": default,
             "_check": check_row(f"check__{tag}", {"vanilla": vanilla, "clean": clean}, data, masks, seed)}
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
@@ -318,13 +297,13 @@ def main() -> None:
     ap.add_argument("--methods", default="", help=f"comma list of {', '.join(METHODS)}")
     ap.add_argument("--out", default=None, help="default: treatment_matrix.json (treatment_matrix_donor.json)")
     ap.add_argument("--no-harm", action="store_true", help="skip the do-no-harm cell (treating the clean model)")
-    ap.add_argument("--paste-at", choices=["own", "donor"], default="own",
-                    help="donor: every composite at the donor's object's place (an option, not the default)")
+    ap.add_argument("--paste-at", choices=["own", "donor"], default=None,
+                    help="every composite at this place, whatever the shortcut check says (default: treat's own rule)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    out_path = RESULTS / (args.out or ("treatment_matrix.json" if args.paste_at == "own" else "treatment_matrix_donor.json"))
+    out_path = RESULTS / (args.out or f"treatment_matrix{'' if args.paste_at is None else '_' + args.paste_at}.json")
     report: dict[str, Any] = json.loads(out_path.read_text()) if out_path.exists() else {"cells": []}
     report["protocol"] = __doc__
     for cell in args.cells.split(","):

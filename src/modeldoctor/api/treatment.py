@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeldoctor.api.diagnosis import shortcut_check
 from modeldoctor.core.errors import UserError
 from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.masks import check_masks, default_expansion
@@ -22,6 +21,7 @@ from modeldoctor.doctor.annotation import MaskBank, lowest_confidence
 from modeldoctor.doctor.arms import mean_std, treat_and_control
 from modeldoctor.doctor.diagnosis import Diagnosis
 from modeldoctor.doctor.search import CANDIDATES, DEFAULT_CANDIDATES, check_candidates
+from modeldoctor.doctor.shortcut import reads_background
 from modeldoctor.doctor.treatment import MASKED, TreatConfig, control_config, default_layers
 from modeldoctor.training import TrainConfig
 
@@ -87,7 +87,11 @@ def resolve_paste(cfg: TreatConfig, model: nn.Module, data: DataBundle, masks: M
     """``cfg`` with every ``"auto"`` paste place resolved: ``"donor"`` when the shortcut check (on the training
     images with masks) finds ``model`` reading its background, else ``"own"`` — a model with nothing to repair, or
     with its cue on the object, keeps its objects where they were (benchmarks/paste_guard.py)."""
-    reads = shortcut_check(model, data, masks, "train", per_class, seed=seed)["verdict"]["reads_background"]
+    try:
+        reads = reads_background(model, data.train, masks, per_class, seed=seed)
+    except UserError as error:  # too few usable masks to check: keep the objects where they were
+        logger.info("paste place auto: no shortcut check (%s)", error)
+        reads = False
     place = "donor" if reads else "own"
     logger.info("paste place auto: the shortcut check %s, so objects are pasted at %s place",
                 "finds the model reading its background" if reads else "finds no background reading",

@@ -150,17 +150,11 @@ def check_model(model: nn.Module, swaps: SwapSet, class_names: Sequence[str], la
     p_comp = comp_logits.softmax(1).gather(1, comp_labels.view(-1, 1)).squeeze(1).double()
     p_own = own_logits.softmax(1).gather(1, own_labels.view(-1, 1)).squeeze(1).double()
     rows, donor = swaps.object_row, swaps.donor_class
-    follow = (comp_pred == donor).double()
-    own = (own_pred[rows] == donor).double()
+    follow, own, excess, (lo, hi) = donor_excess(comp_pred, own_pred, swaps)
     n, n_obj = len(follow), len(swaps.objects)
-    per_object = torch.zeros(n_obj, dtype=torch.float64).index_add_(0, rows, follow - own)
     count = torch.zeros(n_obj, dtype=torch.float64).index_add_(0, rows, torch.ones(n, dtype=torch.float64))
     p_comp_mean = torch.zeros(n_obj, dtype=torch.float64).index_add_(0, rows, p_comp) / count.clamp_min(1)
     drop = p_own - p_comp_mean
-    excess = float((follow - own).mean())
-    resid = per_object - count * excess
-    se = math.sqrt(n_obj / max(n_obj - 1, 1) * float(resid.pow(2).sum())) / n
-    lo, hi = excess - Z95 * se, excess + Z95 * se
     reads = lo > margin
     labels = swaps.labels
     correct = (comp_pred == comp_labels).double()
@@ -193,6 +187,34 @@ def check_model(model: nn.Module, swaps: SwapSet, class_names: Sequence[str], la
                "activation_share": finite_mean(shares["activation"]), "gradcam_share": finite_mean(shares["gradcam"])}
     return {"verdict": verdict, "overall": overall, "per_class": per_class, "donor_confusion": confusion,
             "layer": layer, "tightness": mask_tightness(swaps.masks), "split_size": len(swaps.split)}
+
+
+def donor_excess(comp_pred: torch.Tensor, own_pred: torch.Tensor,
+                 swaps: SwapSet) -> tuple[torch.Tensor, torch.Tensor, float, tuple[float, float]]:
+    """Per composite, whether the prediction follows the background donor's class (``follow``) and whether the
+    object on its own background already predicted it (``own``); the mean excess ``follow − own`` and its 95%
+    interval, the standard error clustered by object."""
+    rows, donor = swaps.object_row, swaps.donor_class
+    follow = (comp_pred == donor).double()
+    own = (own_pred[rows] == donor).double()
+    n, n_obj = len(follow), len(swaps.objects)
+    per_object = torch.zeros(n_obj, dtype=torch.float64).index_add_(0, rows, follow - own)
+    count = torch.zeros(n_obj, dtype=torch.float64).index_add_(0, rows, torch.ones(n, dtype=torch.float64))
+    excess = float((follow - own).mean())
+    resid = per_object - count * excess
+    se = math.sqrt(n_obj / max(n_obj - 1, 1) * float(resid.pow(2).sum())) / n
+    return follow, own, excess, (excess - Z95 * se, excess + Z95 * se)
+
+
+def reads_background(model: nn.Module, split: ImageSplit, masks: Mapping[str, torch.Tensor], per_class: int = 20,
+                     per_object: int = 3, seed: int = 0, margin: float = MARGIN) -> bool:
+    """The shortcut check's verdict alone (predictions only, no attribution): does ``model`` follow the background
+    donor's class more often than the same objects on their own backgrounds, by more than ``margin`` at 95%?"""
+    swaps = build_swap_set(split, masks, per_class, per_object, seed)
+    with train_mode(model, False):
+        comp_pred = predict(model, swaps.composites)[0].argmax(1)
+        own_pred = predict(model, swaps.restored)[0].argmax(1)
+    return donor_excess(comp_pred, own_pred, swaps)[3][0] > margin
 
 
 def _mean(values: torch.Tensor) -> float | None:

@@ -67,10 +67,10 @@ class TreatConfig:
     # object was ("donor"); ``paste_at`` for the composites that train (the counterfactual term, the re-fit head),
     # ``swap_paste_at`` for the swap meter's; "auto": "donor" when the shortcut check finds the model reading its
     # background, else "own" (resolved by ``api.treat``).  "donor" for both passed its development rule but, on report
-    # seeds, wrecked a clean model whose objects carry an on-object cue (tint-mnist), so it is not the default
-    # (benchmarks/paste_place.py, paste_guard.py, treatment_matrix.py --paste-at donor).
-    paste_at: str = "own"
-    swap_paste_at: str = "own"
+    # seeds, wrecked a clean model whose objects carry an on-object cue (tint-mnist); "auto" is the guard, checked on
+    # development seeds (benchmarks/paste_place.py, paste_guard.py).
+    paste_at: str = "auto"
+    swap_paste_at: str = "auto"
     term_cap: float | None = None  # per step, λ·term ≤ term_cap × the batch's cross-entropy (penalty terms only)
     noise_draws: int = 4  # J
     delta: float = 0.1  # relative noise range: δ = delta · rms(m^r)
