@@ -26,7 +26,7 @@ from modeldoctor.doctor.annotation import MaskBank, batch_mixer, holdout_split
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
 from modeldoctor.doctor.search import FALLBACKS, Meter, candidate_config, meter_splits, verdict
-from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config
+from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config, paste_place
 from modeldoctor.training import TrainConfig, evaluate, fit
 
 Arm = tuple[nn.Module, dict[str, Any]]
@@ -124,7 +124,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         used, held = holdout_split(bank.pool, data.train.labels, cfg.holdout_annotated, train_cfg.seed)
         train_bank = bank.restricted(used)
     meter = Meter(None, None) if bank is None else meter_splits(data.train, bank, held, train_cfg.seed,
-                                                                 cfg.swap_paste_at)
+                                                                 paste_place(cfg.swap_paste_at))
     select = cfg.select if (cfg.select != "swap" or meter.select is not None) else "val"
     chooser = meter.select if select == "swap" and meter.select is not None else data.val
     mixer = batch_mixer(data.train, train_bank.pool, cfg.mix_annotated, train_cfg.seed) if train_bank else None
@@ -168,7 +168,7 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 if train_bank is None or not train_bank.pool:
                     return
                 tuned, start, score = _last_layer(model, out["control"][0] if control else None, data, train_bank,
-                                                  chooser, train_cfg.seed, cfg.paste_at)
+                                                  chooser, train_cfg.seed, paste_place(cfg.paste_at))
                 lambdas: dict[str, Any] = {}
                 detail: dict[str, Any] = {"head_of": start}
             else:

@@ -66,7 +66,8 @@ class TreatConfig:
     # Where a pasted object sits: where it was in its own image ("own") or centred where the background image's own
     # object was ("donor"); ``paste_at`` for the composites that train (the counterfactual term, the re-fit head),
     # ``swap_paste_at`` for the swap meter's; "auto": "donor" when the shortcut check finds the model reading its
-    # background, else "own" (resolved by ``api.treat``).  "donor" for both passed its development rule but, on report
+    # background, else "own" (resolved by ``api.treat``; where nothing resolves it, as in a bare ``TreatmentLoss``,
+    # it means "own": :func:`paste_place`).  "donor" for both passed its development rule but, on report
     # seeds, wrecked a clean model whose objects carry an on-object cue (tint-mnist); "auto" is the guard, checked on
     # development seeds (benchmarks/paste_place.py, paste_guard.py).
     paste_at: str = "auto"
@@ -126,6 +127,11 @@ def default_layers(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple
     return (small[-1:] or convs[:1]), [default_layer(model, input_shape)]
 
 
+def paste_place(place: str) -> str:
+    """A configured paste place as composites use it: an ``"auto"`` that no shortcut check resolved is ``"own"``."""
+    return "own" if place == "auto" else place
+
+
 def control_config(cfg: TreatConfig) -> TreatConfig:
     """The matched control: the same fine-tune (batches, annotated-image mixing, optimiser) without constraints."""
     return TreatConfig(**{**cfg.to_dict(), "constraints": ()})
@@ -163,7 +169,7 @@ class TreatmentLoss:
             if split is None:
                 raise UserError("the counterfactual term needs the training split its masks belong to")
             assert bank is not None
-            self.composer = Composer(split, bank, place=cfg.paste_at)
+            self.composer = Composer(split, bank, place=paste_place(cfg.paste_at))
         missing = [n for n in self.channel_layers if relevant is None or n not in relevant]
         if missing:
             raise UserError(f"the diagnosis has no relevant kernels for {missing}; diagnose those layers first")
