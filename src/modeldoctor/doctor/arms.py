@@ -55,9 +55,9 @@ def weight_change(model: nn.Module, start: nn.Module) -> dict[str, float]:
     return change
 
 
-def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int, place: str = "own") -> ImageSplit | None:
+def swap_split(data: DataBundle, bank: MaskBank, held: list[int], seed: int) -> ImageSplit | None:
     """The report's swap composites for held-out images ``held`` (objects and backgrounds both held out)."""
-    return meter_splits(data.train, bank, held, seed, place).report
+    return meter_splits(data.train, bank, held, seed).report
 
 
 def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
