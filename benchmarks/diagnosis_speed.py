@@ -80,7 +80,7 @@ def naive(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch
         for j in range(J):
             holder = {}
 
-            def hook(mod, inputs, output, j=j):
+            def hook(mod, inputs, output, j=j, holder=holder, layer=layer):
                 nonlocal noise
                 if noise is None:
                     noise = draw_noise(output.detach(), J, deltas[layer], sample_seeds=sample_seeds(index, SEED, layer))

@@ -17,9 +17,9 @@ and it ships if it stops at least half the runs where the fallback ran.
 How the rule came about, in order: first a stop after the first epoch alone, judged on the simple-cnn-s2 runs and
 ResNet-20 seed 100.  Those showed that the first epoch does not tell: fine-tunes that went on to win trailed the
 head by up to 28 points after it (spot-mnist box seed 101; border-mnist box seed 101 and ResNet-20 seed 100: 27),
-fine-tunes that lost by 18 to 65.  After the second epoch the winners trailed by at most 6 points.  So the threshold shrinks with the schedule
-left, and the margin was fixed on the simple-cnn-s2 runs and ResNet-20 seed 100 before ResNet-20 seed 101 and
-ResNet-18 (both seeds) finished: those three runs are the rule's check.
+fine-tunes that lost by 18 to 65.  After the second epoch the winners trailed by at most 6 points.  So the
+threshold shrinks with the schedule left, and the margin was fixed on the simple-cnn-s2 runs and ResNet-20 seed 100
+before ResNet-20 seed 101 and ResNet-18 (both seeds) finished: those three runs are the rule's check.
 
 Cells: simple-cnn-s2 on shortcut-, border- and spot-mnist (exact and box masks, and the do-no-harm run on the clean
 model), ResNet-20 and ResNet-18 on border-mnist, seeds 100 and 101.  Report seeds are never run here.

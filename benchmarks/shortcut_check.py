@@ -2,7 +2,8 @@
 
 Per family (shortcut-mnist, border-mnist, spot-mnist: background cues; tint-mnist: the cue is the digit's
 colour, on the object, where the honest answer is "not a background shortcut") and seed: the vanilla
-simple-cnn-s2 (trained on the shortcut data) and the clean reference (trained on ``:clean``), the same models and recipe as ``benchmarks/shortcut.py`` (its cache is
+simple-cnn-s2 (trained on the shortcut data) and the clean reference (trained on ``:clean``), the same models and
+recipe as ``benchmarks/shortcut.py`` (its cache is
 reused when present: ``results/cache/shortcut2/``; otherwise each is trained for 10 epochs and cached there).
 Each model gets the shortcut check (:mod:`modeldoctor.doctor.shortcut`) on 20 masked training images per class of
 the shortcut family (the user's own masked images; normalised as the model was trained), each pasted on 3 other
