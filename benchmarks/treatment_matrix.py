@@ -290,6 +290,24 @@ def cell_key(cell: dict[str, Any]) -> tuple[Any, ...]:
     return cell["family"], cell["arch"], cell["masks"], cell["method"]
 
 
+def merge(cells: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cells`` with ``fresh`` in place of the rows it re-ran.  Rows of the same cell that the re-run did not
+    produce (the do-no-harm arms under ``--no-harm``) stay, marked with the treat version of the run they came
+    from and ``earlier_baselines``: their models were trained in an earlier session, and baselines trained on another
+    machine differ (the same seed gives other weights), so such a row compares only with its own control."""
+    replaced = {cell_key(f) for f in fresh}
+    sites = {cell_key(f)[:3] for f in fresh}
+    versions = {cell_key(c)[:3]: c.get("treat_version") for c in cells if c["method"] == "verdict"}
+    kept = []
+    for c in cells:
+        if cell_key(c) in replaced:
+            continue
+        if cell_key(c)[:3] in sites and "treat_version" not in c:
+            c = {**c, "treat_version": versions.get(cell_key(c)[:3]), "earlier_baselines": True}
+        kept.append(c)
+    return kept + fresh
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cells", default=",".join(DEFAULT_CELLS))
@@ -310,9 +328,7 @@ def main() -> None:
         family, arch, kind = cell.split("/")
         peer = peer_fraction(family, kind) if "input_gradient" in methods else None
         per_seed = {s: seed_rows(family, arch, kind, s, methods, peer, not args.no_harm, args.paste_at) for s in seeds}
-        fresh = summarise(family, arch, kind, per_seed)
-        replaced = {cell_key(f) for f in fresh}
-        report["cells"] = [c for c in report["cells"] if cell_key(c) not in replaced] + fresh
+        report["cells"] = merge(report["cells"], summarise(family, arch, kind, per_seed))
         if peer is not None:
             report.setdefault("peer_fraction", {})[cell] = peer
         write_json(out_path, report)

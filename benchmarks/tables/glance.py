@@ -12,7 +12,10 @@ def matrix_glance(r: Results) -> str:
     if not r.has("treatment_matrix"):
         return "not measured yet (treatment matrix)"
     cells = [c for c in r["treatment_matrix"]["cells"] if c["method"] == "default"]
-    parts = [f"{c['family']} · {c['arch']} · {c['masks']} ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}) "
+    version = {(c["family"], c["arch"], c["masks"]): c["treat_version"] for c in r["treatment_matrix"]["cells"]
+               if c["method"] == "verdict"}
+    parts = [f"{c['family']} · {c['arch']} · {c['masks']} ({len(c['seeds'])} seed{'s' if len(c['seeds']) > 1 else ''}, "
+             f"treat v{version[c['family'], c['arch'], c['masks']]}) "
              f"{pct(c['test_mean'])} vs control {pct(c['test_mean'] - c['paired_vs_control'])}, "
              f"{pct(c['gap_recovered'], 0)}% of the gap" for c in cells]
     verdicts = [u for c in r["treatment_matrix"]["cells"] if c["method"] == "verdict" for u in c["use_treated"]]

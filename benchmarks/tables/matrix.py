@@ -96,7 +96,8 @@ def treatment_matrix(r: Results) -> str:
     blocks = []
     for key in dict.fromkeys((c["family"], c["arch"], c["masks"]) for c in cells):
         rows = {c["method"]: c for c in cells if (c["family"], c["arch"], c["masks"]) == key}
-        body = [[label, f"{pct(c['test_mean'])} ± {pct(c['test_std'])}", pct(c["swap_mean"]), pct(c["val_mean"]),
+        body = [[label + earlier(c), f"{pct(c['test_mean'])} ± {pct(c['test_std'])}", pct(c["swap_mean"]),
+                 pct(c["val_mean"]),
                  pct(c["swap_mean"] - c["test_mean"]),
                  "" if m in ("vanilla", "clean") else f"{pct(c['gap_recovered'], 0)}%",
                  "" if m in ("vanilla", "clean", "control", "do_no_harm_control") else
@@ -122,6 +123,11 @@ def treatment_matrix(r: Results) -> str:
     return "\n\n".join(blocks) + f"\n\nGoals per background-shortcut cell:\n\n{goals}\n\n" + source("treatment_matrix")
 
 
+def earlier(row: dict[str, Any]) -> str:
+    """The note on an arm kept from an earlier run of its cell (``treatment_matrix.merge``)."""
+    return f" (treat v{row['treat_version']}, earlier baselines)" if row.get("earlier_baselines") else ""
+
+
 def check_text(verdict: dict[str, Any]) -> str:
     """The shortcut check's reading of the cell's vanilla and clean models, when the summary has it."""
     if "check" not in verdict:
@@ -134,8 +140,14 @@ def check_text(verdict: dict[str, Any]) -> str:
             f"{pct(verdict['check_own']['vanilla'])}% on their own backgrounds), by the clean one on {reads('clean')}")
 
 
+def moved_text(row: dict[str, Any]) -> str:
+    """Test accuracy with the share of the gap it recovered: the share compares across runs on other baselines."""
+    return f"{pct(row['test_mean'])} ({pct(row['gap_recovered'], 0)}%)"
+
+
 def version_change(r: Results, old_name: str, new_name: str, versions: bool = True) -> str:
-    """Cell by cell, what a change of the shipped default did: the summary ``old_name`` against ``new_name``."""
+    """Cell by cell, what a change of the shipped default did: the summary ``old_name`` against ``new_name``, test
+    accuracy (gap recovered)."""
     if not (r.has(old_name) and r.has(new_name)):
         return not_measured(old_name)
 
@@ -150,7 +162,7 @@ def version_change(r: Results, old_name: str, new_name: str, versions: bool = Tr
         cells = []
         for arm in ("default", "recommended", "do_no_harm"):
             a, b = old.get((*key, arm)), new.get((*key, arm))
-            cells.append(f"{pct(a['test_mean'])} → {pct(b['test_mean'])}" if a and b else "")
+            cells.append(f"{moved_text(a)} → {moved_text(b)}" if a and b else "")
             if a and b and arm != "do_no_harm":
                 moved.append(b["test_mean"] - a["test_mean"])
         chosen = [", ".join(d.get((*key, "verdict"), {}).get("chosen", [])) for d in (old, new)]
