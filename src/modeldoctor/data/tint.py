@@ -47,14 +47,21 @@ def build_images(digit_layer: torch.Tensor, hues: np.ndarray, generator: torch.G
     return torch.maximum(background, stroke)
 
 
+def placements(labels: np.ndarray, parts: list[np.ndarray], clean: bool,
+               opts: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each digit's (row, col) offset on the canvas and its hue index (class hue with probability ``corr``)."""
+    size = int(opts["size"])
+    rng = np.random.default_rng(SEED)
+    offsets = rng.integers(0, size - 28 + 1, size=(len(labels), 2))
+    return offsets, class_cues(rng, labels, parts, opts["corr"], clean, len(HUES))
+
+
 def load_tint_mnist(arg: str, input_size: int | None) -> DataBundle:
     """The on-object shortcut family; see the module docstring."""
     clean, opts = parse_spec(arg)
     size = int(opts["size"])
     digits, labels, parts = mnist_digits()
-    rng = np.random.default_rng(SEED)
-    offsets = rng.integers(0, size - 28 + 1, size=(len(labels), 2))
-    hues = class_cues(rng, labels, parts, opts["corr"], clean, len(HUES))
+    offsets, hues = placements(labels, parts, clean, opts)
     digit_layer = paste_digits(digits, offsets, size)
     images = build_images(digit_layer, hues, torch.Generator().manual_seed(SEED))
     return digit_bundle("tint-mnist" + (f":{arg}" if arg else ""), images, digit_layer, labels, parts, "tmnist",
