@@ -200,3 +200,13 @@ def keep_original(r: Results) -> str:
         out += (keep_original_block(rep, "report seeds " + ", ".join(map(str, rep["seeds"]))
                                     + ", after the rule was decided (it chose nothing)") + ".\n\n")
     return out + source("keep_original", *(["keep_original_report"] if r.has("keep_original_report") else []))
+
+
+@table("annotated_minority", pending=True)
+def annotated_minority(r: Results) -> str:
+    d = r["annotated_minority"]
+    rows = [[seed, pct(share)] for seed, share in d["annotated_off_hue"].items()]
+    return (markdown_table(["seed", "annotated images whose hue is not their class's %"], rows)
+            + f"\n\ntint-mnist, {d['arch']} vanilla models, the {d['per_class']} least confident training images "
+              f"per class that `treat` annotates; over the whole training split: {pct(d['train_off_hue'])}%.\n\n"
+            + source("annotated_minority"))
