@@ -51,7 +51,7 @@ from modeldoctor.data.bundle import DataBundle
 from modeldoctor.data.refine import refine_masks
 from modeldoctor.doctor.annotation import MaskBank, holdout_split, lowest_confidence
 from modeldoctor.doctor.arms import split_metrics
-from modeldoctor.doctor.search import meter_splits
+from modeldoctor.doctor.search import FALLBACKS, choose, meter_splits, needs_fallback
 from modeldoctor.doctor.treatment import TreatConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,7 +69,10 @@ FINETUNE_EPOCHS = 3
 # 6: every composite pastes its object at the donor's object's place where the shortcut check finds the model
 #    reading its background (``TreatConfig.paste_at = swap_paste_at = "auto"``; benchmarks/paste_place.py,
 #    paste_guard.py).  Every composite of such a model changes, so no earlier run stays valid.
-TREAT_VERSION = 6
+# 7: a tie on select swaps goes to the less invasive candidate, and a fine-tune that only ties the others retries
+#    as its fallback (``search.choose``, ``search.needs_fallback``).  Only ties changed, so a v6 run whose recorded
+#    scores replay to the same runs and choice under these rules is a v7 run (``replays_unchanged``); the rest re-run.
+TREAT_VERSION = 7
 PER_CLASS = 20
 PEER_FRACTIONS = (0.01, 0.1, 1.0)
 DEFAULT_CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "shortcut-mnist/simple-cnn-s2/box",
@@ -120,7 +123,12 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
               seed: int, epochs: int = FINETUNE_EPOCHS, **options: Any) -> dict[str, Any]:
     path = CACHE / f"{key}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        if row.get("treat_version") != TREAT_VERSION - 1:
+            return row
+        if replays_unchanged(row):
+            return {**row, "treat_version": TREAT_VERSION}
+        log(f"{key}: treat v{TREAT_VERSION} would run or choose otherwise than this v{TREAT_VERSION - 1} run; re-running")
     started = time.time()
     options = dict(options)
     if options.pop("last_two", False):
@@ -132,6 +140,17 @@ def treat_run(key: str, model: torch.nn.Module, data: DataBundle, masks: dict[st
     write_json(path, row)
     log(f"{key}: treated {row['treated']} control {row['control']} ({row['seconds']:.0f}s) {result.chosen}")
     return row
+
+
+def replays_unchanged(row: dict[str, Any]) -> bool:
+    """Whether treat v7's tie rules, replayed on a v6 run's recorded select-swap scores, run the same candidates
+    (the fallback exactly where v6 ran it) and choose the same one."""
+    scores = {c["name"]: c["select_swap"] for c in row.get("candidates") or []}
+    if len(scores) < 2:
+        return True
+    first = {name: score for name, score in scores.items() if name not in FALLBACKS.values()}
+    ran = any(name in scores for name in FALLBACKS.values())
+    return ran == any(needs_fallback(name, first) for name in first) and choose(scores) == row["chosen"]
 
 
 def default_treat(spec: str, arch: str, kind: str, seed: int, **options: Any) -> api.TreatmentResult:

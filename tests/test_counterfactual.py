@@ -15,10 +15,11 @@ from modeldoctor import api
 from modeldoctor.data.bundle import ImageSplit
 from modeldoctor.data.masks import expand_mask
 from modeldoctor.data.swap import erase_object, paste_object
+from modeldoctor.doctor import arms
 from modeldoctor.doctor.annotation import MaskBank
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
-from modeldoctor.doctor.search import Meter, paired_gain, verdict
+from modeldoctor.doctor.search import Meter, choose, needs_fallback, paired_gain, verdict
 from modeldoctor.training import TrainConfig, fit
 from toys import TinyNet, background_shortcut
 
@@ -324,3 +325,31 @@ def test_auto_pastes_at_the_donor_s_place_only_where_the_check_finds_background_
     result = api.treat(model, None, data, annotate_per_class=10, epochs=1, batch_size=32, lr=0.05, control=False,
                        candidates=("last-layer",), paste_at="auto", swap_paste_at="auto")
     assert (result.config.paste_at, result.config.swap_paste_at) == (place, place)
+
+
+def test_a_tie_on_select_swaps_runs_the_fallback_and_goes_to_the_least_invasive(shortcut, monkeypatch):
+    """Every candidate scoring the same on select swaps (the meter patched to a constant): the full-lr fine-tune
+    does not beat the re-fit head, so its fifth-lr fallback runs, and of the three tied candidates the head re-fit —
+    which rewrites no feature — is chosen (treat v7; before, the first candidate run won a tie)."""
+    data, model = shortcut
+    measured = arms.evaluate
+    monkeypatch.setattr(arms, "evaluate", lambda *args, **kwargs: {**measured(*args, **kwargs), "accuracy": 0.5})
+    result = api.treat(model, None, data, annotate_per_class=10, epochs=1, batch_size=32, lr=0.05)
+    assert [c["name"] for c in result.candidates] == ["counterfactual", "last-layer", "counterfactual-low-lr"]
+    assert {c["select_swap"] for c in result.candidates} == {0.5}
+    assert result.chosen == "last-layer"
+    changed = [n for n, p in result.treated.named_parameters() if not torch.equal(p, dict(model.named_parameters())[n])]
+    assert changed and all(n.startswith(changed[0].split(".")[0]) for n in changed), "only the head may change"
+
+
+@pytest.mark.parametrize("scores, fallback, chosen", [
+    ({"counterfactual": 0.9, "last-layer": 0.8}, False, "counterfactual"),
+    ({"counterfactual": 0.8, "last-layer": 0.8}, True, "last-layer"),
+    ({"counterfactual": 0.7, "last-layer": 0.8}, True, "last-layer"),
+    ({"counterfactual": 0.7, "last-layer": 0.8, "counterfactual-low-lr": 0.8}, False, "last-layer"),
+    ({"counterfactual": 0.9, "last-layer": 0.8, "counterfactual-low-lr": 0.9}, False, "counterfactual-low-lr"),
+    ({"counterfactual": 0.9}, False, "counterfactual"),
+])
+def test_fallback_and_choice_by_hand(scores, fallback, chosen):
+    assert needs_fallback("counterfactual", scores) is fallback
+    assert choose(scores) == chosen

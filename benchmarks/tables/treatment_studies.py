@@ -1,4 +1,5 @@
-"""Studies behind treat's default: collapse, spot meter, fine-tune budget and lr, early stop, paste place, keep original."""
+"""Studies behind treat's default: collapse, spot meter, fine-tune budget and lr, fallback lr, early stop, paste place,
+keep original."""
 
 from __future__ import annotations
 
@@ -74,14 +75,14 @@ def finetune_lr(r: Results) -> str:
             + "\n\n" + source("finetune_lr"))
 
 
-def early_stop_runs(d: dict) -> str:
+def early_stop_runs(d: dict, version: str = "v4") -> str:
     rows = []
     for run in d["runs"]:
         h, s = run["histories"], run["select_swap"]
         rows.append([f"{run['spec']} · {run['arch']} · {run['masks']}", run["seed"], run["chosen"],
                      " → ".join(pct(v) for v in h["counterfactual"]), pct(s["last-layer"]),
                      pct(s["counterfactual-low-lr"]) if "counterfactual-low-lr" in s else ""])
-    return markdown_table(["cell", "seed", "chosen (v4)", "counterfactual select swap per epoch", "re-fit head",
+    return markdown_table(["cell", "seed", f"chosen ({version})", "counterfactual select swap per epoch", "re-fit head",
                            "fallback"], rows)
 
 
@@ -109,6 +110,17 @@ def early_stop_report(r: Results) -> str:
     return (early_stop_runs(d) + f"\n\nReport seeds {', '.join(map(str, d['seeds']))}, after the margin was fixed; "
             f"select-swap accuracy %. The fallback ran in {d['fallback_ran']} of {len(d['runs'])} runs. Shipped "
             + stops(m, d["margins"][m]) + ".\n\n" + source("early_stop_report"))
+
+
+@table("early_stop_check", pending=True)
+def early_stop_check(r: Results) -> str:
+    d = r["early_stop_check"]
+    m = str(d["shipped_margin"])
+    safe = [float(k) for k, v in d["margins"].items() if v["changed"] == 0]
+    return (early_stop_runs(d, "v7") + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))} of "
+            f"{', '.join(d['cells'])}, a cell the margin was not chosen on; select-swap accuracy %. Shipped "
+            + stops(m, d["margins"][m]) + f". The smallest margin that stops no run that chose the fine-tune here: "
+            f"{min(safe) if safe else 'none of the grid'}. It chooses nothing.\n\n" + source("early_stop_check"))
 
 
 def paste_place_block(d: dict[str, Any], name: str) -> str:
@@ -210,3 +222,17 @@ def annotated_minority(r: Results) -> str:
             + f"\n\ntint-mnist, {d['arch']} vanilla models, the {d['per_class']} least confident training images "
               f"per class that `treat` annotates; over the whole training split: {pct(d['train_off_hue'])}%.\n\n"
             + source("annotated_minority"))
+
+
+@table("fallback_lr", pending=True)
+def fallback_lr(r: Results) -> str:
+    d = r["fallback_lr"]
+    shares = sorted(d["select_swap"], key=float)
+    rows = [[cell, *(f"{pct(v[s]['select_swap'])} / {pct(v[s]['test'])}" for s in shares)]
+            for cell, v in d["per_cell"].items()]
+    rows.append(["**all runs**", *(f"{pct(d['select_swap'][s])} / {pct(d['test'][s])}" for s in shares)])
+    decision = (f"lr × {d['ship']} replaces lr × 0.2" if d["ship"] is not None
+                else "no share beats lr × 0.2 under the rule: the fallback stays at a fifth")
+    return (markdown_table(["cell", *(f"lr × {s}: select swap / test" for s in shares)], rows)
+            + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}, exact masks, the fallback's fine-tune alone "
+              f"(3 epochs); means over seeds. **{decision}.**\n\n" + source("fallback_lr"))

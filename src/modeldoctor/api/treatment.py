@@ -114,10 +114,11 @@ def treat(model: nn.Module, diagnosis: Diagnosis | None, data: DataBundle,
     held-out quarter that measures background-swap accuracy and chooses the checkpoint.  ``refine=True`` cuts each
     chosen mask (a box, typically) down to the object with GrabCut first (:func:`modeldoctor.data.refine.refine_masks`).
     ``constraints="auto"`` (default) tries ``candidates`` (default
-    :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps (``fallback``: a
-    fine-tune another candidate beat is retried at a fifth of the lr, ``search.FALLBACKS``); a list of terms
-    (``"space"``, ``"channel"``, ``"input-gradient"``, ``"counterfactual"``) runs exactly those.  ``verdict`` says
-    whether the treated arm beat the control by more than its noise.
+    :data:`~modeldoctor.doctor.search.DEFAULT_CANDIDATES`) and keeps the best on held-out swaps, a tie going to the
+    less invasive (``fallback``: a fine-tune that does not beat every other candidate is retried at a fifth of the
+    lr, ``search.FALLBACKS``); a list of terms (``"space"``, ``"channel"``, ``"input-gradient"``,
+    ``"counterfactual"``) runs exactly those.  ``verdict`` says whether the treated arm beat the control by more
+    than its noise.
     ``diagnosis`` (or ``relevant``, per layer (num_classes, K) bool) supplies the relevant kernels of the
     channel-wise constraint (``relevance``: the diagnosis's relevance method; default its own).  ``options`` are
     :class:`~modeldoctor.doctor.treatment.TreatConfig` fields (``lam_space``, ``noise_draws``, ``select``, …).

@@ -25,7 +25,7 @@ from modeldoctor.data.bundle import DataBundle, ImageSplit
 from modeldoctor.doctor.annotation import MaskBank, batch_mixer, holdout_split
 from modeldoctor.doctor.counterfactual import Composer
 from modeldoctor.doctor.last_layer import refit_head
-from modeldoctor.doctor.search import FALLBACKS, Meter, candidate_config, meter_splits, verdict
+from modeldoctor.doctor.search import FALLBACKS, Meter, candidate_config, choose, meter_splits, needs_fallback, verdict
 from modeldoctor.doctor.treatment import TreatConfig, TreatmentLoss, control_config, paste_place
 from modeldoctor.training import TrainConfig, evaluate, fit
 
@@ -109,10 +109,11 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     with the best ``select`` swap accuracy (with more than two fine-tunes, each first runs ``trial_epochs`` of its
     own compressed schedule and the best reruns in full), and ``"verdict"`` says whether it beat the control on the
     ``verdict`` swaps.  ``"last-layer"`` re-fits the head of ``model`` and of the control's fine-tune and keeps the
-    better on ``select`` swaps.  With ``fallback``, a fine-tune candidate that another beats on ``select`` swaps
-    retries as its fallback (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr),
-    which then competes; with ``cfg.early_stop_margin`` such a fine-tune runs epoch by epoch and stops after epoch
-    e of E once it trails the re-fit head on ``select`` swaps by more than the margin × (E − e) / E.
+    better on ``select`` swaps; a tie between candidates goes to the less invasive (``search.choose``).  With
+    ``fallback``, a fine-tune candidate that does not beat every other on ``select`` swaps retries as its fallback
+    (:data:`~modeldoctor.doctor.search.FALLBACKS`: the same term at a fifth of the lr), which then competes;
+    with ``cfg.early_stop_margin`` such a fine-tune runs epoch by epoch and stops after epoch e of E once it trails
+    the re-fit head on ``select`` swaps by more than the margin × (E − e) / E.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
     "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
@@ -203,12 +204,11 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
                 run_candidate(name, stop_after=done if done < epochs else None, carry_on=True)
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
-        if fallback and trial is None:  # a fine-tune another candidate beat on select swaps retries as its fallback
-            top = max(scores.values())
-            for name in [n for n in runs if n in FALLBACKS and FALLBACKS[n] not in runs and scores[n] < top]:
-                run_candidate(FALLBACKS[name])
+        if fallback and trial is None:  # a fine-tune that did not beat every other candidate retries as its fallback
+            for name in [n for n in runs if needs_fallback(n, scores)]:
+                run_candidate(FALLBACKS[name])  # type: ignore[index]
         out["candidates"] = list(records.values())
-        best = max(runs, key=lambda n: scores[n])
+        best = choose(scores)
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":
             tuned, lambdas = _run(model, data, arm_cfg, schedule(best, train_cfg.epochs), relevant, train_bank,
