@@ -14,7 +14,8 @@ choose inside ``treat``), averaged over every run here, is higher, and no cell's
 ``TOLERANCE``.  Test accuracy is recorded beside it and chooses nothing.  Report seeds are never run here.
 
 Usage: python benchmarks/fallback_lr.py [--cells FAMILY/ARCH/MASKS,...]
-Last stdout line: JSON {"select_swap": {share: mean}, "test": {share: mean}, "ship": share or null}.
+Last stdout line: JSON {"select_swap": {share: mean}, "test": {share: mean}, "ship": the rule's share or null,
+"shipped": the share treat ships}.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from matrix_baselines import CACHE, baseline, recipe
 from modeldoctor import api
 from modeldoctor.core.files import write_json
+from modeldoctor.doctor.search import CANDIDATES
 from modeldoctor.training import TrainConfig
 from treatment_matrix import DEV_SEEDS, FINETUNE_EPOCHS, PER_CLASS, RESULTS, accuracies, cell_masks, log
 
@@ -85,7 +87,8 @@ def main() -> None:
         if all(per_cell[c][str(share)]["select_swap"] >= per_cell[c][str(SHIPPED)]["select_swap"] - TOLERANCE
                for c in cells) and (ship is None or overall[str(share)] > overall[str(ship)]):
             ship = share
-    summary = {"select_swap": overall, "test": {str(s): by(s, key="test") for s in SHARES}, "ship": ship}
+    summary = {"select_swap": overall, "test": {str(s): by(s, key="test") for s in SHARES}, "ship": ship,
+               "shipped": CANDIDATES["counterfactual-low-lr"]["lr_factor"]}
     write_json(RESULTS / "fallback_lr.json", {"protocol": __doc__, "seeds": list(DEV_SEEDS), "cells": cells,
                                               "runs": rows, "per_cell": per_cell, **summary})
     print(json.dumps(summary))

@@ -231,8 +231,8 @@ def fallback_lr(r: Results) -> str:
     rows = [[cell, *(f"{pct(v[s]['select_swap'])} / {pct(v[s]['test'])}" for s in shares)]
             for cell, v in d["per_cell"].items()]
     rows.append(["**all runs**", *(f"{pct(d['select_swap'][s])} / {pct(d['test'][s])}" for s in shares)])
-    decision = (f"lr × {d['ship']} replaces lr × 0.2" if d["ship"] is not None
-                else "no share beats lr × 0.2 under the rule: the fallback stays at a fifth")
+    decision = (f"The rule picks lr × {d['ship']}" if d["ship"] is not None
+                else "No share beats lr × 0.2 under the rule") + f"; treat ships lr × {d['shipped']}"
     return (markdown_table(["cell", *(f"lr × {s}: select swap / test" for s in shares)], rows)
             + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}, exact masks, the fallback's fine-tune alone "
               f"(3 epochs); means over seeds. **{decision}.**\n\n" + source("fallback_lr"))
