@@ -52,7 +52,7 @@ torch.set_num_threads(1)
 from matrix_baselines import CACHE  # noqa: E402
 from modeldoctor.core.files import write_json  # noqa: E402
 from modeldoctor.doctor.treatment import TreatConfig  # noqa: E402
-from treatment_matrix import DEV_SEEDS, REPORT_SEEDS, RESULTS, accuracies, default_treat  # noqa: E402
+from treatment_matrix import DEV_SEEDS, REPORT_SEEDS, RESULTS, TREAT_VERSION, accuracies, default_treat  # noqa: E402
 
 CELLS = ["shortcut-mnist/simple-cnn-s2/exact", "border-mnist/simple-cnn-s2/exact", "spot-mnist/simple-cnn-s2/exact",
          "shortcut-mnist:clean/simple-cnn-s2/exact", "border-mnist:clean/simple-cnn-s2/exact",
@@ -134,6 +134,8 @@ def main() -> None:
     fallback_ran = sum(r["chosen"] != FINE_TUNE for r in rows)
     result: dict[str, Any] = {"protocol": __doc__, "seeds": list(seeds), "cells": cells, "runs": rows,
                               "margins": table, "fallback_ran": fallback_ran}
+    if args.check:
+        result["treat_version"] = TREAT_VERSION
     if args.report or args.check:
         result["shipped_margin"] = TreatConfig.early_stop_margin
         summary = {"shipped_margin": TreatConfig.early_stop_margin, **table[str(TreatConfig.early_stop_margin)],

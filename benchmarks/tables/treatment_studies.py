@@ -117,7 +117,7 @@ def early_stop_check(r: Results) -> str:
     d = r["early_stop_check"]
     m = str(d["shipped_margin"])
     safe = [float(k) for k, v in d["margins"].items() if v["changed"] == 0]
-    return (early_stop_runs(d, "v7") + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))} of "
+    return (early_stop_runs(d, f"v{d['treat_version']}") + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))} of "
             f"{', '.join(d['cells'])}, a cell the margin was not chosen on; select-swap accuracy %. Shipped "
             + stops(m, d["margins"][m]) + f". The smallest margin that stops no run that chose the fine-tune here: "
             f"{min(safe) if safe else 'none of the grid'}. It chooses nothing.\n\n" + source("early_stop_check"))

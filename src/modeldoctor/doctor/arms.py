@@ -205,8 +205,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         if not runs:
             raise UserError("no treatment candidate could run; the last-layer re-fit needs annotated images")
         if fallback and trial is None:  # a fine-tune that did not beat every other candidate retries as its fallback
-            for name in [n for n in runs if needs_fallback(n, scores)]:
-                run_candidate(FALLBACKS[name])  # type: ignore[index]
+            for name in [n for n in runs if n is not None and needs_fallback(n, scores)]:
+                run_candidate(FALLBACKS[name])
         out["candidates"] = list(records.values())
         best = choose(scores)
         tuned, arm_cfg, lambdas = runs[best]

@@ -74,7 +74,7 @@ def choose(scores: dict[str | None, float]) -> str | None:
     return max(scores, key=lambda n: (scores[n], -invasiveness(n)))
 
 
-def needs_fallback(name: str | None, scores: dict[str | None, float]) -> bool:
+def needs_fallback(name: str, scores: dict[str | None, float]) -> bool:
     """Whether fine-tune candidate ``name`` retries as its fallback (:data:`FALLBACKS`): it has one not yet run and
     does not beat every other candidate on select swaps (since treat v7 a tie counts as not beating)."""
     others = [score for other, score in scores.items() if other != name]
