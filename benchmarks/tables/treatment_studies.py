@@ -42,19 +42,40 @@ def spot_meter(r: Results) -> str:
               f"{d['grow']} px of the object's box.\n\n" + source("spot_meter"))
 
 
-@table("finetune_budget", pending=True)
-def finetune_budget(r: Results) -> str:
-    d = r["finetune_budget"]
+def budget_table(r: Results, name: str) -> str:
+    d = r[name]
     rows = [[family, epochs, f"{pct(b['control_test']['mean'])} ± {pct(b['control_test']['std'])}",
              f"{pct(b['default_test']['mean'])} ± {pct(b['default_test']['std'])}",
              f"{pct(b['control_swap']['mean'])} / {pct(b['default_swap']['mean'])}",
              f"{pct(b['gap_control']['mean'], 0)}% / {pct(b['gap_default']['mean'], 0)}%",
-             f"{sum(b['use_treated'])} of {len(b['use_treated'])}"]
+             f"{sum(b['use_treated'])} of {len(b['use_treated'])}",
+             ", ".join(f"{100 * (run['default']['test'] - run['control']['test']):+.1f}" for run in b["runs"]),
+             ", ".join(run["chosen"] for run in b["runs"])]
             for family, budgets in d["families"].items() for epochs, b in budgets.items()]
+    seeds = "development" if d.get("development_seeds", True) else "report"
+    versions = {run.get("treat_version") for budgets in d["families"].values() for b in budgets.values()
+                for run in b["runs"]}
+    version = f" (treat v{versions.pop()})" if len(versions) == 1 and None not in versions else ""
     return (markdown_table(["family", "fine-tune epochs", "control test", "default test", "swap control / default",
-                            "gap recovered control / default", "verdict: use treated"], rows)
-            + f"\n\n{d['arch']}, exact masks, development seeds {', '.join(map(str, d['seeds']))}; every option of "
-              "`treat` at its default except the epochs (both arms).\n\n" + source("finetune_budget"))
+                            "gap recovered control / default", "verdict: use treated", "default − control test per seed",
+                            "chosen per seed"], rows)
+            + f"\n\n{d['arch']}, exact masks, {seeds} seeds {', '.join(map(str, d['seeds']))}{version}; every option "
+              "of `treat` at its default except the epochs (both arms).\n\n" + source(name))
+
+
+@table("finetune_budget", pending=True)
+def finetune_budget(r: Results) -> str:
+    return budget_table(r, "finetune_budget")
+
+
+@table("finetune_budget_resnet20", pending=True)
+def finetune_budget_resnet20(r: Results) -> str:
+    return budget_table(r, "finetune_budget_resnet20")
+
+
+@table("finetune_budget_resnet20_dev", pending=True)
+def finetune_budget_resnet20_dev(r: Results) -> str:
+    return budget_table(r, "finetune_budget_resnet20_dev")
 
 
 @table("finetune_lr", pending=True)
