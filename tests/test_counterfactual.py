@@ -304,6 +304,14 @@ def test_a_trailing_fine_tune_stops_after_one_epoch_and_the_run_ends_as_the_full
     assert [c["name"] for c in continued.candidates] == [c["name"] for c in full.candidates]
     assert [c["select_swap"] for c in continued.candidates] == [c["select_swap"] for c in full.candidates]
     assert "stopped_after" not in continued.candidates[0]
+    # The per-epoch record: one score per epoch run, the kept (best) checkpoint re-measured as its maximum, and a
+    # fine-tune continued epoch by epoch recording what the uninterrupted one did.
+    trajectory = full.candidates[0]["select_swap_per_epoch"]
+    assert len(trajectory) == 3 and trajectory[0] == pytest.approx(first_epoch)
+    assert max(trajectory) == pytest.approx(full.candidates[0]["select_swap"])
+    assert cut["counterfactual"]["select_swap_per_epoch"] == pytest.approx([first_epoch])
+    assert continued.candidates[0]["select_swap_per_epoch"] == pytest.approx(trajectory)
+    assert "select_swap_per_epoch" not in cut["last-layer"]
     for run in (stopped, continued):
         assert run.chosen == full.chosen
         for a, b in zip(run.treated.state_dict().values(), full.treated.state_dict().values()):

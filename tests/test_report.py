@@ -168,3 +168,23 @@ def test_report_cli_lists_written_figures_and_quiet_silences_info(tmp_path: Path
     assert captured.err.startswith("modeldoctor report: 1 sections, 0 figures")
     assert cli.main(["report", str(tmp_path), "--no-images", "--json", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_the_candidate_table_shows_each_fine_tune_per_epoch() -> None:
+    """A hand-made treat.json: the stopped fine-tune's one epoch, the full run's three, the head re-fit none."""
+    from modeldoctor.report.build import treatment_section
+
+    split = {"accuracy": 0.5, "per_class": [0.5, 0.5]}
+    arm = {"test": split, "swap": split}
+    candidates = [
+        {"name": "counterfactual", "select_swap": 0.33, "seconds": 9.0, "lr": 0.05, "stopped_after": 1,
+         "select_swap_per_epoch": [0.33]},
+        {"name": "last-layer", "select_swap": 0.7, "seconds": 1.0, "head_of": "control"},
+        {"name": "counterfactual-low-lr", "select_swap": 0.854, "seconds": 27.0, "lr": 0.01,
+         "select_swap_per_epoch": [0.729, 0.8125, 0.854]}]
+    section = treatment_section({"original": arm, "control": arm, "treated": arm, "candidates": candidates,
+                                 "verdict": {"candidate": "counterfactual-low-lr"}, "select": "swap"}, ["a", "b"])
+    page = "".join(section.tables)
+    assert "stopped after 1: trailing the re-fit head (33.0)" in page
+    assert "full run (72.9 → 81.2 → 85.4)" in page
+    assert "<td>full run</td>" in page

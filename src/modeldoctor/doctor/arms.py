@@ -74,14 +74,15 @@ def _fine_tune(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: 
 
 def _run(model: nn.Module, data: DataBundle, cfg: TreatConfig, train_cfg: TrainConfig,
          relevant: dict[str, torch.Tensor] | None, bank: MaskBank | None, mixer: Any, chooser: ImageSplit, keep: str,
-         state: Path, resume: bool, stop_after: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it and the λ it used.  ``stop_after``
-    ends it after that many epochs of its schedule (``resume=True`` on the same ``state`` continues it)."""
+         state: Path, resume: bool, stop_after: int | None = None) -> tuple[nn.Module, dict[str, Any], list[float]]:
+    """One fine-tune of a copy of ``model`` with ``cfg``'s terms; returns it, the λ it used and its ``chooser``
+    accuracy after each epoch so far.  ``stop_after`` ends it after that many epochs of its schedule
+    (``resume=True`` on the same ``state`` continues it)."""
     tuned = copy.deepcopy(model)
     with _fine_tune(tuned, data, cfg, train_cfg, relevant, bank, mixer) as loss_fn:
-        fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep, state_path=state,
-            resume=resume, desc=f"{state.stem.removeprefix('.state-')}", stop_after=stop_after)
-        return tuned, dict(loss_fn.lambdas)
+        log = fit(tuned, data.train, chooser, data.num_classes, train_cfg, loss_fn=loss_fn, keep=keep,
+                  state_path=state, resume=resume, desc=f"{state.stem.removeprefix('.state-')}", stop_after=stop_after)
+        return tuned, dict(loss_fn.lambdas), [float(h["val_accuracy"]) for h in log["history"]]
 
 
 def _last_layer(model: nn.Module, control: nn.Module | None, data: DataBundle, bank: MaskBank, chooser: ImageSplit,
@@ -116,7 +117,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     the re-fit head on ``select`` swaps by more than the margin × (E − e) / E.
     Returns ``{"treated": (model, M), "control": (model, M) | absent, "original": M, "lambdas": {...},
     "weight_change": {arm: {layer: ratio}}, "annotated": [...], "held_out": [...], "select": rule,
-    "candidates": [...], "chosen": name, "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
+    "candidates": [...] (a fine-tune's with its select-swap score after each epoch it ran), "chosen": name,
+    "config": TreatConfig, "verdict": {...}}``; ``model`` is left unchanged.
     With ``state_dir`` each fine-tune's training state is saved per epoch (``resume=True`` continues).
     """
     held: list[int] = []
@@ -143,8 +145,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
     started = time.time()
     try:
         if control:
-            tuned, _ = _run(model, data, control_config(cfg), train_cfg, relevant, train_bank, mixer, chooser, keep,
-                            states / f".state-control{suffix}.pt", resume)
+            tuned, _, _ = _run(model, data, control_config(cfg), train_cfg, relevant, train_bank, mixer, chooser, keep,
+                               states / f".state-control{suffix}.pt", resume)
             out["control"] = (tuned, metrics(tuned))
             out["weight_change"]["control"] = weight_change(tuned, model)
             out["seconds"] = {"control": time.time() - started}
@@ -175,9 +177,11 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
             else:
                 run_cfg = schedule(name, trial or train_cfg.epochs)
                 tag = f"{name or 'treated'}{'-trial' if trial else ''}"
-                tuned, lambdas = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser, keep,
-                                      states / f".state-{tag}{suffix}.pt", resume or carry_on, stop_after)
-                detail = {"lr": run_cfg.lr, **({"stopped_after": stop_after} if stop_after else {})}
+                tuned, lambdas, per_epoch = _run(model, data, arm_cfg, run_cfg, relevant, train_bank, mixer, chooser,
+                                                 keep, states / f".state-{tag}{suffix}.pt", resume or carry_on,
+                                                 stop_after)
+                detail = {"lr": run_cfg.lr, "select_swap_per_epoch": per_epoch,
+                          **({"stopped_after": stop_after} if stop_after else {})}
                 score = evaluate(tuned, chooser, data.num_classes)["accuracy"]
             runs[name], scores[name] = (tuned, arm_cfg, lambdas), score
             spent = records[name]["seconds"] if carry_on else 0.0
@@ -211,8 +215,8 @@ def treat_and_control(model: nn.Module, data: DataBundle, cfg: TreatConfig, trai
         best = choose(scores)
         tuned, arm_cfg, lambdas = runs[best]
         if trial is not None and best != "last-layer":
-            tuned, lambdas = _run(model, data, arm_cfg, schedule(best, train_cfg.epochs), relevant, train_bank,
-                                  mixer, chooser, keep, states / f".state-{best}{suffix}.pt", resume)
+            tuned, lambdas, _ = _run(model, data, arm_cfg, schedule(best, train_cfg.epochs), relevant, train_bank,
+                                     mixer, chooser, keep, states / f".state-{best}{suffix}.pt", resume)
         out["lambdas"] = lambdas
         out["treated"] = (tuned, metrics(tuned))
         out["weight_change"]["treated"] = weight_change(tuned, model)

@@ -157,10 +157,13 @@ def _best_profile(diagnosis: Diagnosis, layer: LayerDiagnosis) -> tuple[int, int
 
 def _candidate_epochs(candidate: dict[str, Any]) -> str:
     if candidate.get("stopped_after"):
-        return f"stopped after {candidate['stopped_after']}: trailing the re-fit head"
-    if candidate.get("trial_epochs"):
-        return f"{candidate['trial_epochs']} (trial)"
-    return "full run"
+        run = f"stopped after {candidate['stopped_after']}: trailing the re-fit head"
+    elif candidate.get("trial_epochs"):
+        run = f"{candidate['trial_epochs']} (trial)"
+    else:
+        run = "full run"
+    per_epoch = candidate.get("select_swap_per_epoch")
+    return f"{run} ({' → '.join(f'{100 * a:.1f}' for a in per_epoch)})" if per_epoch else run
 
 
 def _accuracy_runs(treat: dict, split: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -204,7 +207,7 @@ def treatment_section(treat: dict, class_names: list[str]) -> Section:
     if candidates:
         chosen_name = verdict.get("candidate")
         section.tables.append(table(
-            ["candidate", "swap accuracy (selection half)", "epochs", "seconds"],
+            ["candidate", "swap accuracy (selection half)", "epochs (swap accuracy after each)", "seconds"],
             [[c["name"] + (f" (head of the {c['head_of']})" if c.get("head_of") else "")
               + (" (chosen)" if c["name"] == chosen_name else ""), _pct(c["select_swap"], None),
               _candidate_epochs(c), f"{c['seconds']:.0f}"] for c in candidates],
