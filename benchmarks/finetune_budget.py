@@ -58,7 +58,12 @@ def main() -> None:
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--out", default="finetune_budget.json")
     args = parser.parse_args()
-    families, arch = (FAMILIES, DEV_ARCH) if args.cell is None else ((args.cell.split("/")[0],), args.cell.split("/")[1])
+    families, arch = FAMILIES, DEV_ARCH
+    if args.cell is not None:
+        if args.cell.count("/") != 1:
+            parser.error(f"--cell takes FAMILY/ARCH (e.g. border-mnist/resnet20), got {args.cell!r}")
+        family, arch = args.cell.split("/")
+        families = (family,)
     seeds = [int(s) for s in args.seeds.split(",")]
     report: dict[str, Any] = {"protocol": __doc__, "arch": arch, "seeds": seeds,
                               "development_seeds": all(s in DEV_SEEDS for s in seeds), "families": {}}
