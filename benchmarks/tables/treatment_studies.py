@@ -257,3 +257,31 @@ def fallback_lr(r: Results) -> str:
     return (markdown_table(["cell", *(f"lr × {s}: select swap / test" for s in shares)], rows)
             + f"\n\nDevelopment seeds {', '.join(map(str, d['seeds']))}, exact masks, the fallback's fine-tune alone "
               f"(3 epochs); means over seeds. **{decision}.**\n\n" + source("fallback_lr"))
+
+
+def draw_table(r: Results, name: str) -> str:
+    d = r[name]
+    def mean(runs: list[dict[str, Any]], key: str) -> str:
+        return pct(sum(run[key] for run in runs) / len(runs))
+
+    rows = [[kind, f"{mean(b['runs'], 'vanilla_test')} → {mean(b['runs'], 'clean_test')}", pm(b["control_test"], 1),
+             pm(b["default_test"], 1),
+             ", ".join(f"{100 * (run['default']['test'] - run['control']['test']):+.1f}" for run in b["runs"]),
+             f"{pct(b['gap_control']['mean'], 0)}% / {pct(b['gap_default']['mean'], 0)}%",
+             f"{sum(b['use_treated'])} of {len(b['use_treated'])}", ", ".join(run["chosen"] for run in b["runs"]),
+             f"{mean(b['runs'], 'annotated_confidence')} / {mean(b['runs'], 'annotated_misread')}",
+             f"{mean(b['runs'], 'annotated_off_cue')} / {mean(b['runs'], 'train_off_cue')}"
+             if b["runs"][0]["annotated_off_cue"] is not None else "–"]
+            for kind, b in d["draws"].items()]
+    seeds = "development" if d["development_seeds"] else "report"
+    return (markdown_table(["draw", "vanilla → clean test", "control test", "default test",
+                            "default − control test per seed", "gap recovered control / default", "verdict: use treated",
+                            "chosen per seed",
+                            "annotated: vanilla confidence % / misread %",
+                            "frame not the class's colour %: annotated / training"], rows)
+            + f"\n\n{d['family']} · {d['arch']}, exact masks, {seeds} seeds {', '.join(map(str, d['seeds']))}; every "
+              "option of `treat` at its default, only the annotated images differ (20 per class).\n\n" + source(name))
+
+
+for _name in ("annotation_draw_dev", "annotation_draw"):  # development seeds, then report seeds
+    table(_name, pending=True)(lambda r, name=_name: draw_table(r, name))
