@@ -209,3 +209,22 @@ def treatment_matrix_dev(r: Results) -> str:
                        for c in r["treatment_matrix_dev"]["cells"] if c["method"] == "verdict")
     return (markdown_table(["family", "architecture", "masks", "arm", "test", "swap", "development seeds"], rows)
             + f"\n\nChosen candidate per seed: {chosen}.\n\n" + source("treatment_matrix_dev"))
+
+
+@table("matrix_reproduce", pending=True)
+def matrix_reproduce(r: Results) -> str:
+    d = r["matrix_reproduce"]
+
+    def pair(c: dict[str, Any], key: str) -> str:
+        fresh = c["fresh"][key]
+        return f"{pct(c['matrix'][key])} / {pct(fresh['mean'] if isinstance(fresh, dict) else fresh)}"
+
+    rows = [[cell.replace("/", " · "), pair(c, "vanilla_test"), pair(c, "control_test"), pair(c, "default_test"),
+             f"{pct(c['matrix']['gap_recovered'], 0)}% / {pct(c['fresh']['gap_recovered'], 0)}%",
+             f"{num(c['matrix']['paired_in_control_std'], 1)} / {num(c['fresh']['paired_in_control_std'], 1)}",
+             "yes" if c["same_vanilla"] else "no"]
+            for cell, c in d["cells"].items()]
+    return (markdown_table(["cell (exact masks)", "vanilla test: matrix / fresh", "control", "default",
+                            "gap recovered", "default − control in control std", "same baselines"], rows)
+            + f"\n\nReport seeds {', '.join(map(str, d['seeds']))}, means; \"fresh\": the shipped default re-run on "
+              "baselines trained in this machine's cache, every option at its default.\n\n" + source("matrix_reproduce"))
