@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,11 +69,8 @@ def run(spec: str, arch: str, kind: str, seed: int) -> dict[str, Any]:
     path = CACHE / "early_stop" / f"{spec.replace(':', '_')}__{arch}__{kind}__seed{seed}.json"
     if path.exists():
         return json.loads(path.read_text())
-    with tempfile.TemporaryDirectory() as states:
-        result = default_treat(spec, arch, kind, seed, state_dir=states, early_stop_margin=None)
-        histories = {p.stem.removeprefix(".state-").removesuffix(f"-seed{seed}"):
-                     [h["val_accuracy"] for h in torch.load(p, weights_only=True)["history"]]
-                     for p in Path(states).glob(".state-*.pt")}
+    result = default_treat(spec, arch, kind, seed, early_stop_margin=None)
+    histories = {c["name"]: c["select_swap_per_epoch"] for c in result.candidates if "select_swap_per_epoch" in c}
     row = {"spec": spec, "arch": arch, "masks": kind, "seed": seed, "chosen": result.chosen,
            "select_swap": {c["name"]: c["select_swap"] for c in result.candidates},
            "candidate_seconds": {c["name"]: c["seconds"] for c in result.candidates}, "seconds": result.seconds,

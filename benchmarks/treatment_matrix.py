@@ -216,7 +216,8 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
     clean, _ = baseline(f"{family}:clean", arch, seed)
     masks = cell_masks(data, kind)
     tag = f"{family.replace(':', '_')}__{arch}__{kind}__seed{seed}"
-    prefix, paste = ("", {}) if place is None else (f"{place}/", {"paste_at": place, "swap_paste_at": place})
+    paste: dict[str, Any] = {} if place is None else {"paste_at": place, "swap_paste_at": place}
+    prefix = "" if place is None else f"{place}/"
     default = treat_run(f"{prefix}run__{tag}__default", vanilla, data, masks, arch, seed, **paste)
     rows = {"vanilla": default["original"], "control": default["control"], "default": default["treated"],
             "clean": clean_row(f"{prefix}clean__{tag}", vanilla, clean, data, masks, seed,
@@ -226,9 +227,9 @@ def seed_rows(family: str, arch: str, kind: str, seed: int, methods: list[str], 
     # What a user following the verdict ends up with: the treated arm only when it beat the control on swaps.
     rows["recommended"] = recommended(default)
     if harm and kind == "exact":  # the clean model's do-no-harm cell, once per family and architecture
-        harm = treat_run(f"{prefix}run__{tag}__do_no_harm", clean, data, masks, arch, seed, **paste)
-        rows["do_no_harm"], rows["do_no_harm_control"] = harm["treated"], harm["control"]
-        rows["do_no_harm_recommended"] = recommended(harm)
+        harm_run = treat_run(f"{prefix}run__{tag}__do_no_harm", clean, data, masks, arch, seed, **paste)
+        rows["do_no_harm"], rows["do_no_harm_control"] = harm_run["treated"], harm_run["control"]
+        rows["do_no_harm_recommended"] = recommended(harm_run)
     for method in methods:
         options = {**METHODS[method], **paste}
         if method == "input_gradient":

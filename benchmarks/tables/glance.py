@@ -35,7 +35,18 @@ def matrix_glance(r: Results) -> str:
             f"{pct(gaps[len(gaps) // 2], 0)}%; lowest {worst['family']} · {worst['arch']} · {worst['masks']} "
             f"{pct(worst['gap_recovered'], 0)}%), beats its control by > 2 control std in {above}, falls below it by "
             f"more than 1 std in {below}; its verdict recommended the treated arm in {sum(map(bool, verdicts))} of "
-            f"{len(verdicts)} runs. {on_object}")
+            f"{len(verdicts)} runs.{reproduced(r)} {on_object}")
+
+
+def reproduced(r: Results) -> str:
+    """How many re-run background cells meet all three goals on baselines trained in another session."""
+    if not r.has("matrix_reproduce"):
+        return ""
+    cells = r["matrix_reproduce"]["cells"]
+    met = sum(all(c["fresh"]["goals"].values()) for c in cells.values())
+    low = min(cells, key=lambda k: cells[k]["fresh"]["default"]["gap_recovered"])
+    return (f" Re-run on baselines trained in another session, {met} of {len(cells)} background cells meet all three "
+            f"goals (lowest gap {low.replace('/', ' · ')} {pct(cells[low]['fresh']['default']['gap_recovered'], 0)}%).")
 
 
 @table("at_a_glance")

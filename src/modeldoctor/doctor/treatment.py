@@ -51,8 +51,8 @@ Lambda = float | Literal["auto"]
 
 @dataclass
 class TreatConfig:
-    """What to constrain and how.  Defaults frozen by the protocol in README (section treat), chosen on
-    validation and background-swap data of shortcut-mnist seed 0, never on test."""
+    """What to constrain and how.  Defaults frozen by the protocol in ``docs/protocols.md`` (section treat): chosen
+    on held-out background swaps (and validation) of development seeds 100–101, never on test or a report seed."""
 
     constraints: tuple[str, ...] = ("counterfactual",)
     space_layers: list[str] | None = None  # default: deepest conv with receptive field ≤ ¼ of the input
