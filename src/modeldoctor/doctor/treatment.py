@@ -52,7 +52,7 @@ Lambda = float | Literal["auto"]
 @dataclass
 class TreatConfig:
     """What to constrain and how.  Defaults frozen by the protocol in ``docs/protocols.md`` (section treat): chosen
-    on held-out background swaps (and validation) of development seeds 100–101, never on test or a report seed."""
+    on held-out background swaps (and validation) of development seeds 100–101, never on test."""
 
     constraints: tuple[str, ...] = ("counterfactual",)
     space_layers: list[str] | None = None  # default: deepest conv with receptive field ≤ ¼ of the input
