@@ -75,12 +75,11 @@ def seed_row(family: str, arch: str, seed: int, kind: str) -> dict[str, Any]:
     clean, _ = baseline(f"{family}:clean", arch, seed)
     masks = data.masks
     tag = f"{family}__{arch}__exact__seed{seed}"
+    clean_test = clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed)["test"]
     chosen, conf = draw(vanilla, data, masks, kind, seed)
     drawn = {data.train.ids[i]: masks[data.train.ids[i]] for i in chosen}
     key = f"run__{tag}__default" if kind == "lowest" else f"draw__{tag}__{kind}"  # lowest: the matrix's own run
     run = treat_run(key, vanilla, data, masks if kind == "lowest" else drawn, arch, seed)
-    # The matrix's own clean row (its cache key), so measured at the place the default's swap meter pasted.
-    clean_test = clean_row(f"clean__{tag}", vanilla, clean, data, masks, seed, run["swap_paste_at"])["test"]
     vanilla_test = run["original"]["test"]
     gap = max(clean_test - vanilla_test, 1e-9)
     return {"default": run["treated"], "control": run["control"], "clean_test": clean_test, "vanilla_test": vanilla_test,

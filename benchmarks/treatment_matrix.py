@@ -183,8 +183,10 @@ def held_out(vanilla: torch.nn.Module, data: DataBundle, masks: dict[str, torch.
 
 def clean_row(key: str, vanilla: torch.nn.Module, clean: torch.nn.Module, data: DataBundle,
               masks: dict[str, torch.Tensor], seed: int, place: str = "own") -> dict[str, float]:
-    """The clean reference on the family's test split and on the same swap composites ``treat`` measures with."""
-    path = CACHE / f"{key}.json"
+    """The clean reference on the family's test split and on the same swap composites ``treat`` measures with
+    (objects pasted at ``place``).  The place is part of the cache key: callers that need only the test accuracy
+    pass none, and must not hand their row to one that reads the swap."""
+    path = CACHE / f"{key}{'' if place == 'own' else '__' + place}.json"
     if path.exists():
         return json.loads(path.read_text())
     bank, held = held_out(vanilla, data, masks, seed)
